@@ -1,0 +1,52 @@
+"""Declares the only compiled part: the ``iii._codec`` extension.
+
+``III_BUILD_EXTENSION`` chooses how hard to try: ``auto`` (default) builds it when a compiler is
+there and falls back to the pure-Python twin otherwise; ``required`` fails the install if the
+build fails (CI uses this so a broken ``.pyx`` cannot hide); ``off`` skips it.
+"""
+
+import os
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+MODE = os.environ.get("III_BUILD_EXTENSION", "auto")
+
+
+class OptionalBuildExt(build_ext):
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # compiler or Cython missing
+            if MODE == "required":
+                raise
+            print(f"warning: iii._codec not built ({exc}); the pure-Python codec will be used")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            if MODE == "required":
+                raise
+            print(f"warning: iii._codec not built ({exc}); the pure-Python codec will be used")
+
+
+def extensions():
+    if MODE == "off":
+        return []
+    try:
+        from Cython.Build import cythonize
+
+        return cythonize(
+            [Extension("iii._codec", ["src/iii/_codec.pyx"])],
+            compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
+            annotate=os.environ.get("III_CYTHON_ANNOTATE") == "1",
+        )
+    except Exception as exc:  # Cython missing or the .pyx does not compile
+        if MODE == "required":
+            raise
+        print(f"warning: iii._codec not cythonized ({exc}); the pure-Python codec will be used")
+        return []
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,7 @@
+"""``python -m iii`` runs the ``iii`` command."""
+
+import sys
+
+from iii.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,141 @@
+"""Frame codec, pure-Python reference: classify inbound frames and build outbound ones.
+
+Inbound frames decode into the protocol Structs with every payload kept as raw JSON bytes,
+so routing reads only ``type``, ids, namespace and action. Outbound frames are encoded from the
+same Structs, splicing forwarded payloads in verbatim. ``_codec.pyx`` compiles this very file
+(``include``), so both twins share one source and behave identically.
+"""
+
+from typing import Union
+
+import msgspec
+
+from iii.protocol import (
+    ABSENT,
+    INBOUND_TYPES,
+    ErrorBody,
+    InvocationResult,
+    InvokeFunction,
+    Message,
+    TypeProbe,
+)
+
+__all__ = [
+    "DecodeError",
+    "decode_frame",
+    "probe_frame",
+    "encode_message",
+    "caller_field",
+    "with_caller",
+    "encode_invoke",
+    "encode_result",
+    "encode_error_result",
+    "encode_json",
+    "decode_json",
+]
+
+DecodeError = msgspec.DecodeError
+_frame_decoder = msgspec.json.Decoder(Union[INBOUND_TYPES])  # type: ignore[valid-type]
+_probe_decoder = msgspec.json.Decoder(TypeProbe)
+_encoder = msgspec.json.Encoder()
+_json_decoder = msgspec.json.Decoder()
+_CALLER_KEY = b'"_caller_worker_id"'
+_NULL = msgspec.Raw(b"null")
+
+
+def decode_frame(frame: bytes) -> Message:
+    """Decode one inbound frame; payload fields stay raw.
+
+    Raises:
+        msgspec.DecodeError: malformed JSON, unknown ``type`` or a field of the wrong type (its
+            message names the JSON path).
+    """
+    return _frame_decoder.decode(frame)
+
+
+def probe_frame(frame: bytes) -> TypeProbe:
+    """Best-effort read of ``type`` / ``invocation_id`` from a frame that failed to decode."""
+    try:
+        return _probe_decoder.decode(frame)
+    except msgspec.DecodeError:
+        return TypeProbe()
+
+
+def encode_message(message: Message) -> bytes:
+    """Encode any protocol message compactly (absent optional fields are left out)."""
+    return _encoder.encode(message)
+
+
+def encode_json(value: object) -> bytes:
+    return _encoder.encode(value)
+
+
+def decode_json(raw: bytes) -> object:
+    return _json_decoder.decode(raw)
+
+
+def caller_field(worker_id: str) -> bytes:
+    """The ``"_caller_worker_id":"<id>"`` member, encoded once per connection."""
+    return _CALLER_KEY + b":" + _encoder.encode(worker_id)
+
+
+def with_caller(data: bytes, field: bytes) -> bytes:
+    """Add the caller member (from :func:`caller_field`) to a raw JSON value if it is an object.
+
+    The payload is spliced, not decoded. A payload that already names ``_caller_worker_id`` is
+    decoded and rewritten so the engine's value is the only one (no duplicate keys).
+    """
+    if not data or data[0] != 0x7B:  # not an object: "{"
+        return data
+    if _CALLER_KEY in data:
+        obj = _json_decoder.decode(data)
+        obj["_caller_worker_id"] = _json_decoder.decode(field[len(_CALLER_KEY) + 1 :])
+        return _encoder.encode(obj)
+    if not data[1:-1].strip():
+        return b"{" + field + b"}"
+    return data[:-1] + b"," + field + b"}"
+
+
+def encode_invoke(
+    invocation_id: str,
+    function_id: str,
+    data: bytes,
+    metadata: bytes,
+    traceparent: Union[str, None],
+    baggage: Union[str, None],
+) -> bytes:
+    """An ``invokefunction`` for the function's owner; ``data`` and ``metadata`` are raw JSON."""
+    return _encoder.encode(
+        InvokeFunction(
+            function_id=function_id,
+            invocation_id=invocation_id,
+            data=msgspec.Raw(data) if data else _NULL,
+            metadata=msgspec.Raw(metadata) if metadata else ABSENT,
+            traceparent=traceparent,
+            baggage=baggage,
+        )
+    )
+
+
+def encode_result(invocation_id: str, function_id: str, result: bytes) -> bytes:
+    """A successful ``invocationresult``; ``result`` is raw JSON (empty or ``null`` = no result)."""
+    if result == b"null":
+        result = b""
+    return _encoder.encode(
+        InvocationResult(
+            invocation_id=invocation_id,
+            function_id=function_id,
+            result=msgspec.Raw(result) if result else ABSENT,
+        )
+    )
+
+
+def encode_error_result(invocation_id: str, function_id: str, error: ErrorBody) -> bytes:
+    """A failed ``invocationresult``."""
+    return _encoder.encode(
+        InvocationResult(
+            invocation_id=invocation_id,
+            function_id=function_id,
+            error=msgspec.Raw(_encoder.encode(error)),
+        )
+    )

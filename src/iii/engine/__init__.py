@@ -1,0 +1,3 @@
+"""The iii engine: the routing core (:mod:`.router`) and the WebSocket server around it."""
+
+__all__: list[str] = []

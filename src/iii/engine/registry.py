@@ -1,0 +1,316 @@
+"""The engine's records: connections, functions, trigger types, bindings, pending invocations.
+
+Plain slotted classes with no behaviour beyond describing themselves; the router owns the
+rules that change them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from iii.protocol import DEFAULT_NAMESPACE
+
+__all__ = [
+    "PENDING",
+    "RESOLVED",
+    "ABORTED",
+    "Connection",
+    "FunctionEntry",
+    "TriggerType",
+    "Binding",
+    "Pending",
+    "EngineError",
+    "Module",
+]
+
+# Namespace state of a connection (protocol.md §7).
+PENDING = 0  # namespace not known yet: registrations are held
+RESOLVED = 1  # namespace fixed: registrations apply at once
+ABORTED = 2  # tearing down: everything it sends is dropped
+
+
+class Connection:
+    """One worker WebSocket connection, as the router sees it.
+
+    ``send`` and ``close`` are supplied by the I/O layer (or by a test): the router only calls
+    them, it never touches a socket.
+    """
+
+    __slots__ = (
+        "id",
+        "token",
+        "send",
+        "close",
+        "caller_field",
+        "ip",
+        "connected_at_ms",
+        "state",
+        "namespace",
+        "held",
+        "registered",
+        "name",
+        "description",
+        "runtime",
+        "version",
+        "os",
+        "pid",
+        "isolation",
+        "telemetry",
+        "functions",
+        "invocations",
+        "inbound_active",
+        "invocations_handled",
+        "invocations_failed",
+        "invocations_made",
+        "frames_dropped",
+    )
+
+    def __init__(
+        self,
+        worker_id: str,
+        token: str,
+        send: Callable[[bytes], None],
+        close: Callable[[], None],
+        caller_field: bytes,
+        ip: Optional[str],
+        connected_at_ms: int,
+    ) -> None:
+        self.id = worker_id
+        self.token = token
+        self.send = send
+        self.close = close
+        #: ``"_caller_worker_id":"<id>"``, pre-encoded for splicing into payloads.
+        self.caller_field = caller_field
+        self.ip = ip
+        self.connected_at_ms = connected_at_ms
+        self.state = PENDING
+        self.namespace = DEFAULT_NAMESPACE
+        #: Registration messages waiting for the namespace.
+        self.held: list[Any] = []
+        #: ``engine::workers::register`` succeeded (metadata known).
+        self.registered = False
+        self.name: Optional[str] = None
+        self.description: Optional[str] = None
+        self.runtime: Optional[str] = None
+        self.version: Optional[str] = None
+        self.os: Optional[str] = None
+        self.pid: Optional[int] = None
+        self.isolation: Optional[str] = None
+        self.telemetry: Optional[dict[str, Any]] = None
+        #: ``(namespace, function_id)`` of the functions it owns.
+        self.functions: set[tuple[str, str]] = set()
+        #: Ids of pending invocations to it and made by it.
+        self.invocations: set[str] = set()
+        #: Invocations routed to it and not answered yet (busy while > 0).
+        self.inbound_active = 0
+        self.invocations_handled = 0
+        self.invocations_failed = 0
+        self.invocations_made = 0
+        self.frames_dropped = 0
+
+    @property
+    def closed(self) -> bool:
+        return self.state == ABORTED
+
+    @property
+    def status(self) -> str:
+        """Lifecycle state shown by ``engine::workers::list``."""
+        if self.state == ABORTED:
+            return "disconnected"
+        if self.inbound_active:
+            return "busy"
+        if self.state == RESOLVED:
+            return "available"
+        return "connected"
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+
+class FunctionEntry:
+    """A function at ``(namespace, id)``: worker-owned (``owner``) or built in (``handler``)."""
+
+    __slots__ = (
+        "id",
+        "namespace",
+        "owner",
+        "handler",
+        "module",
+        "description",
+        "request_format",
+        "response_format",
+        "metadata",
+    )
+
+    def __init__(
+        self,
+        function_id: str,
+        namespace: str,
+        owner: Optional[Connection] = None,
+        handler: Optional[Callable[..., Any]] = None,
+        module: Optional[str] = None,
+        description: Optional[str] = None,
+        request_format: Any = None,
+        response_format: Any = None,
+        metadata: Any = None,
+    ) -> None:
+        self.id = function_id
+        self.namespace = namespace
+        self.owner = owner
+        self.handler = handler
+        self.module = module
+        self.description = description
+        #: Schemas and metadata are decoded JSON (``None`` when absent).
+        self.request_format = request_format
+        self.response_format = response_format
+        self.metadata = metadata
+
+    @property
+    def worker_name(self) -> str:
+        if self.owner is not None and self.owner.name:
+            return self.owner.name
+        if self.module:
+            return self.module
+        return self.id.split("::", 1)[0]
+
+    @property
+    def internal(self) -> bool:
+        """Hidden from default listings: ``engine::*`` (but not ``engine::queue::*``) and
+        functions whose ``metadata.internal`` is true."""
+        if self.id.startswith("engine::") and not self.id.startswith("engine::queue::"):
+            return True
+        return isinstance(self.metadata, dict) and self.metadata.get("internal") is True
+
+
+class TriggerType:
+    """A trigger type at ``(namespace, id)``, provided in-process or by a worker."""
+
+    __slots__ = (
+        "id",
+        "namespace",
+        "owner",
+        "provider",
+        "description",
+        "trigger_request_format",
+        "call_request_format",
+        "module",
+    )
+
+    def __init__(
+        self,
+        type_id: str,
+        namespace: str,
+        description: str,
+        owner: Optional[Connection] = None,
+        provider: Any = None,
+        trigger_request_format: Any = None,
+        call_request_format: Any = None,
+        module: Optional[str] = None,
+    ) -> None:
+        self.id = type_id
+        self.namespace = namespace
+        self.description = description
+        self.owner = owner
+        #: In-process provider with ``register(binding) -> error | None`` and
+        #: ``unregister(binding)``; ``None`` for worker-provided types.
+        self.provider = provider
+        self.trigger_request_format = trigger_request_format
+        self.call_request_format = call_request_format
+        self.module = module
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.id)
+
+    @property
+    def worker_name(self) -> str:
+        if self.owner is not None and self.owner.name:
+            return self.owner.name
+        if self.module:
+            return self.module
+        return self.id.split("::", 1)[0]
+
+
+class Binding:
+    """A trigger: "when the provider's event happens, call ``function_id``"."""
+
+    __slots__ = (
+        "id",
+        "trigger_type",
+        "function_id",
+        "config",
+        "metadata",
+        "owner",
+        "namespace",
+        "trigger_namespace",
+        "home_namespace",
+        "provider_key",
+    )
+
+    def __init__(
+        self,
+        binding_id: str,
+        trigger_type: str,
+        function_id: str,
+        config: bytes,
+        metadata: bytes,
+        owner: Optional[Connection],
+        namespace: str,
+        trigger_namespace: Optional[str],
+        home_namespace: str,
+    ) -> None:
+        self.id = binding_id
+        self.trigger_type = trigger_type
+        self.function_id = function_id
+        #: Raw JSON (``b"null"`` when the binder gave none).
+        self.config = config
+        #: Raw JSON, ``b""`` when absent.
+        self.metadata = metadata
+        #: The connection that created it; ``None`` for durable bindings.
+        self.owner = owner
+        self.namespace = namespace
+        self.trigger_namespace = trigger_namespace
+        self.home_namespace = home_namespace
+        #: Where its provider was found while live.
+        self.provider_key: Optional[tuple[str, str]] = None
+
+
+class Pending:
+    """An invocation routed to a worker and not answered yet."""
+
+    __slots__ = ("caller", "target", "function_id", "on_result")
+
+    def __init__(
+        self,
+        caller: Optional[Connection],
+        target: Connection,
+        function_id: str,
+        on_result: Optional[Callable[[Any, Any], None]] = None,
+    ) -> None:
+        #: Who gets the ``invocationresult``; ``None`` for void and engine-originated calls.
+        self.caller = caller
+        self.target = target
+        self.function_id = function_id
+        #: Engine-side continuation ``(result_raw, error_body)`` for engine-originated calls.
+        self.on_result = on_result
+
+
+class EngineError(Exception):
+    """Raised by a built-in function: becomes the ``error`` of the caller's result."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class Module:
+    """An in-process module, listed by ``engine::workers::list`` beside the workers."""
+
+    __slots__ = ("name", "description", "started_at_ms")
+
+    def __init__(self, name: str, description: str, started_at_ms: int) -> None:
+        self.name = name
+        self.description = description
+        self.started_at_ms = started_at_ms

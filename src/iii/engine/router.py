@@ -1,0 +1,878 @@
+"""The engine's routing core: a sans-I/O state machine (frames in, frames out).
+
+The I/O layer calls :meth:`Router.connect`, :meth:`Router.receive` (one complete text message),
+:meth:`Router.disconnect` and :meth:`Router.expire_grace`; the router answers by calling the
+``send`` / ``close`` callables it was given for each connection. Time comes in as arguments, and
+the only deferred work (the coalesced ``engine::functions-available`` event) is handed to the
+``defer`` callable, so tests drive everything without sockets or a loop.
+
+Invocation payloads are never decoded on the routing path: ``data`` travels as raw JSON bytes
+with ``_caller_worker_id`` spliced in, results are forwarded as the bytes the owner sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, Callable, Optional
+
+import msgspec
+from msgspec import UNSET
+
+from iii import codec
+from iii.engine.functions import install_engine_functions
+from iii.engine.registry import (
+    ABORTED,
+    PENDING,
+    RESOLVED,
+    Binding,
+    Connection,
+    EngineError,
+    FunctionEntry,
+    Module,
+    Pending,
+    TriggerType,
+)
+from iii.protocol import (
+    DEFAULT_GRACE_MS,
+    DEFAULT_NAMESPACE,
+    HELD_TYPES,
+    ActionEnqueue,
+    ErrorBody,
+    ErrorCode,
+    InvocationResult,
+    InvokeFunction,
+    Ping,
+    Pong,
+    Reattach,
+    RegisterFunction,
+    RegisterService,
+    RegisterTrigger,
+    RegisterTriggerType,
+    RegistrationRejected,
+    TriggerRegistrationResult,
+    UnregisterFunction,
+    UnregisterTrigger,
+    UnregisterTriggerType,
+    WorkerRegistered,
+    is_blank,
+)
+
+__all__ = ["Router"]
+
+log = logging.getLogger("iii.engine")
+
+#: Bad frames logged per connection before the log goes quiet (they are still counted).
+_BAD_FRAME_LOG_LIMIT = 5
+_PONG = codec.encode_message(Pong())
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _namespace_error(field: str) -> ErrorBody:
+    return ErrorBody(
+        ErrorCode.INVALID_NAMESPACE,
+        f"`{field}` is empty: it was named and left blank. Give it a name, or omit it to use "
+        "`default`.",
+    )
+
+
+def _decode_raw(raw: Any) -> Any:
+    """Decoded JSON of an optional raw field (``None`` when absent)."""
+    return codec.decode_json(raw) if raw else None
+
+
+class Router:
+    """Registry and router of one engine.
+
+    Args:
+        grace_ms: how long registrations of a connection are held waiting for its namespace.
+        now_ms: clock for records made outside a connect (modules).
+        defer: schedules a callable to run soon (the server passes ``loop.call_soon``); with
+            ``None`` the owner calls :meth:`flush_events` itself.
+        new_id: id generator (tests pass a deterministic one).
+    """
+
+    def __init__(
+        self,
+        *,
+        grace_ms: int = DEFAULT_GRACE_MS,
+        now_ms: int = 0,
+        defer: Optional[Callable[[Callable[[], None]], None]] = None,
+        new_id: Callable[[], str] = _new_id,
+        version: str = "0.0.0",
+    ) -> None:
+        self.grace_ms = grace_ms
+        self.version = version
+        self._defer = defer
+        self._new_id = new_id
+        self.connections: dict[str, Connection] = {}
+        #: namespace -> function id -> entry (two lookups, no tuple per call).
+        self.functions: dict[str, dict[str, FunctionEntry]] = {}
+        self.trigger_types: dict[tuple[str, str], TriggerType] = {}
+        self.bindings: dict[str, Binding] = {}
+        self.parked: dict[str, Binding] = {}
+        self.pending: dict[str, Pending] = {}
+        self.names: dict[tuple[str, str], Connection] = {}
+        self.modules: list[Module] = []
+        self._functions_dirty = False
+        self._handlers: dict[type, Callable[[Connection, Any, bytes], None]] = {
+            InvokeFunction: self._on_invoke,
+            InvocationResult: self._on_result,
+            RegisterFunction: self._on_register_function,
+            UnregisterFunction: self._on_unregister_function,
+            RegisterTriggerType: self._on_register_trigger_type,
+            UnregisterTriggerType: self._on_unregister_trigger_type,
+            RegisterTrigger: self._on_register_trigger,
+            UnregisterTrigger: self._on_unregister_trigger,
+            TriggerRegistrationResult: self._on_trigger_registration_result,
+            Reattach: self._on_reattach,
+            RegisterService: self._on_register_service,
+            Ping: self._on_ping,
+            Pong: self._on_pong,
+        }
+        self._discovery = install_engine_functions(self, now_ms)
+        self._functions_dirty = False
+        self._functions_fingerprint = self._fingerprint()
+
+    # ------------------------------------------------------------------ connections
+
+    def connect(
+        self,
+        send: Callable[[bytes], None],
+        close: Callable[[], None],
+        ip: Optional[str],
+        now_ms: int,
+    ) -> Connection:
+        """Admit a new worker connection: sends ``workerregistered``, fires ``worker_connected``."""
+        worker_id = self._new_id()
+        conn = Connection(
+            worker_id, self._new_id(), send, close, codec.caller_field(worker_id), ip, now_ms
+        )
+        self.connections[worker_id] = conn
+        send(codec.encode_message(WorkerRegistered(worker_id=worker_id, reattach_token=conn.token)))
+        self.fire_workers_available("worker_connected", worker_id)
+        return conn
+
+    def receive(self, conn: Connection, frame: bytes) -> None:
+        """Process one complete message from ``conn``; bad frames are logged and dropped."""
+        if conn.state == ABORTED:
+            return
+        try:
+            msg = codec.decode_frame(frame)
+        except codec.DecodeError as exc:
+            self._on_bad_frame(conn, frame, exc)
+            return
+        msg_type = type(msg)
+        if conn.state == PENDING and msg_type in HELD_TYPES:
+            conn.held.append(msg)
+            return
+        self._handlers[msg_type](conn, msg, frame)
+
+    def disconnect(self, conn: Connection) -> None:
+        """Clean up after a connection (idempotent; protocol.md §5.3)."""
+        if conn.state == ABORTED and conn.id not in self.connections:
+            return
+        conn.state = ABORTED
+        conn.held.clear()
+        for ns, function_id in list(conn.functions):
+            self._remove_function(conn, ns, function_id)
+        self._halt_invocations(conn)
+        self._drop_bindings_of(conn)
+        for tt in [t for t in self.trigger_types.values() if t.owner is conn]:
+            self._remove_trigger_type(tt)
+        if conn.name is not None and self.names.get((conn.namespace, conn.name)) is conn:
+            del self.names[(conn.namespace, conn.name)]
+        self.connections.pop(conn.id, None)
+        self.fire_workers_available("worker_disconnected", conn.id)
+
+    def expire_grace(self, conn: Connection) -> None:
+        """The grace period ended: a connection still without namespace gets ``default``."""
+        if conn.state == PENDING:
+            self._resolve_namespace(conn, DEFAULT_NAMESPACE)
+
+    def _resolve_namespace(self, conn: Connection, namespace: str) -> None:
+        conn.namespace = namespace
+        conn.state = RESOLVED
+        held, conn.held = conn.held, []
+        for msg in held:
+            try:
+                self._handlers[type(msg)](conn, msg, b"")
+            except Exception:  # one bad held message must not stop the drain
+                log.exception("worker %s: applying a held %s failed", conn.id, type(msg).__name__)
+
+    def _on_bad_frame(self, conn: Connection, frame: bytes, exc: Exception) -> None:
+        conn.frames_dropped += 1
+        probe = codec.probe_frame(frame)
+        if conn.frames_dropped <= _BAD_FRAME_LOG_LIMIT:
+            log.warning(
+                "worker %s: dropped a frame (type %r): %s%s",
+                conn.id,
+                probe.type,
+                exc,
+                "" if conn.frames_dropped < _BAD_FRAME_LOG_LIMIT else " (further drops not logged)",
+            )
+        # A call that names its invocation id gets an error instead of waiting for its timeout.
+        if probe.type == "invokefunction" and probe.invocation_id:
+            conn.send(
+                codec.encode_error_result(
+                    probe.invocation_id,
+                    "",
+                    ErrorBody(ErrorCode.DESERIALIZATION_ERROR, f"Invalid invokefunction: {exc}"),
+                )
+            )
+
+    def _on_reattach(self, conn: Connection, msg: Reattach, frame: bytes) -> None:
+        old = self.connections.get(msg.previous_worker_id)
+        if old is None or old is conn or not msg.reattach_token or msg.reattach_token != old.token:
+            return
+        self.disconnect(old)
+        old.close()
+
+    def _on_ping(self, conn: Connection, msg: Ping, frame: bytes) -> None:
+        conn.send(_PONG)
+
+    def _on_pong(self, conn: Connection, msg: Pong, frame: bytes) -> None:
+        pass
+
+    def _on_register_service(self, conn: Connection, msg: RegisterService, frame: bytes) -> None:
+        # Services are cosmetic (console grouping) and no current SDK sends them.
+        log.debug("worker %s: registerservice %s ignored", conn.id, msg.id)
+
+    # ------------------------------------------------------------------ functions
+
+    def find_function(self, namespace: str, function_id: str) -> Optional[FunctionEntry]:
+        by_id = self.functions.get(namespace)
+        return by_id.get(function_id) if by_id is not None else None
+
+    def namespaces_of(self, function_id: str) -> list[str]:
+        return sorted(ns for ns, by_id in self.functions.items() if function_id in by_id)
+
+    def all_functions(self) -> list[FunctionEntry]:
+        return [fn for by_id in self.functions.values() for fn in by_id.values()]
+
+    def add_builtin(
+        self,
+        function_id: str,
+        handler: Callable[[Router, Optional[Connection], Any], Any],
+        *,
+        module: str,
+        description: Optional[str] = None,
+        request_format: Any = None,
+        response_format: Any = None,
+        metadata: Any = None,
+    ) -> None:
+        """Register an in-process function in ``default``.
+
+        ``handler(router, caller, data)`` gets the decoded payload and the calling connection
+        (``None`` for engine-originated calls); it returns the result or raises
+        :class:`EngineError`.
+        """
+        self.functions.setdefault(DEFAULT_NAMESPACE, {})[function_id] = FunctionEntry(
+            function_id,
+            DEFAULT_NAMESPACE,
+            handler=handler,
+            module=module,
+            description=description,
+            request_format=request_format,
+            response_format=response_format,
+            metadata=metadata,
+        )
+        self._functions_changed()
+
+    def _on_register_function(self, conn: Connection, msg: RegisterFunction, frame: bytes) -> None:
+        ns = conn.namespace
+        function_id = msg.id
+        if msg.invocation:
+            log.warning(
+                "worker %s: %s is an HTTP-invoked function; the iii-http-functions module is not "
+                "running, so it was not registered",
+                conn.id,
+                function_id,
+            )
+            return
+        existing = self.find_function(ns, function_id)
+        owner_id: Optional[str] = None
+        if function_id.startswith("engine::") and (ns != DEFAULT_NAMESPACE or existing is None):
+            owner_id = ""  # engine:: ids are reserved: only the engine's own live in `default`
+        elif existing is not None and existing.owner is None:
+            owner_id = ""  # built-ins cannot be replaced by a worker
+        elif existing is not None and existing.owner is not conn and not existing.owner.closed:
+            owner_id = existing.owner.id
+        if owner_id is not None:
+            log.warning(
+                "worker %s: function %s in namespace %s refused (owned by %r)",
+                conn.id,
+                function_id,
+                ns,
+                owner_id or "the engine",
+            )
+            conn.send(
+                codec.encode_message(
+                    RegistrationRejected(
+                        code=ErrorCode.FUNCTION_NAMESPACE_CONFLICT,
+                        namespace=ns,
+                        function_id=function_id,
+                        owner_worker_id=owner_id,
+                    )
+                )
+            )
+            return
+        if existing is not None and existing.owner is not conn:
+            existing.owner.functions.discard((ns, function_id))
+        self.functions.setdefault(ns, {})[function_id] = FunctionEntry(
+            function_id,
+            ns,
+            owner=conn,
+            description=msg.description,
+            request_format=_decode_raw(msg.request_format),
+            response_format=_decode_raw(msg.response_format),
+            metadata=_decode_raw(msg.metadata),
+        )
+        conn.functions.add((ns, function_id))
+        self._functions_changed()
+
+    def _on_unregister_function(
+        self, conn: Connection, msg: UnregisterFunction, frame: bytes
+    ) -> None:
+        self._remove_function(conn, conn.namespace, msg.id)
+
+    def _remove_function(self, conn: Connection, ns: str, function_id: str) -> None:
+        """Compare-and-delete: only the owner removes its function."""
+        conn.functions.discard((ns, function_id))
+        by_id = self.functions.get(ns)
+        if by_id is None:
+            return
+        fn = by_id.get(function_id)
+        if fn is not None and fn.owner is conn:
+            del by_id[function_id]
+            if not by_id:
+                del self.functions[ns]
+            self._functions_changed()
+
+    def _functions_changed(self) -> None:
+        if not self._functions_dirty:
+            self._functions_dirty = True
+            if self._defer is not None:
+                self._defer(self.flush_events)
+
+    def _fingerprint(self) -> frozenset[tuple[str, str]]:
+        return frozenset((ns, fid) for ns, by_id in self.functions.items() for fid in by_id)
+
+    def flush_events(self) -> None:
+        """Fire ``engine::functions-available`` if the set of functions changed since last time.
+
+        Changes made within one batch (one loop tick in the server) give one event; an add
+        undone in the same batch gives none.
+        """
+        if not self._functions_dirty:
+            return
+        self._functions_dirty = False
+        fingerprint = self._fingerprint()
+        if fingerprint == self._functions_fingerprint:
+            return
+        self._functions_fingerprint = fingerprint
+        self._discovery.functions_changed()
+
+    # ------------------------------------------------------------------ invocations
+
+    def _on_invoke(self, conn: Connection, msg: InvokeFunction, frame: bytes) -> None:
+        invocation_id = msg.invocation_id
+        action = msg.action
+        # Only a plain call with an id gets an answer; void (or id-less) calls get none.
+        answer_to = conn if invocation_id is not None and action is None else None
+        ns = msg.namespace
+        if ns is UNSET:
+            ns = DEFAULT_NAMESPACE
+        elif ns is None or is_blank(ns):
+            self._reply_error(answer_to, invocation_id, msg.function_id, _namespace_error("namespace"))
+            return
+        if type(action) is ActionEnqueue:
+            self._enqueue(conn, msg, ns)
+            return
+        function_id = msg.function_id
+        by_id = self.functions.get(ns)
+        fn = by_id.get(function_id) if by_id is not None else None
+        if fn is None:
+            error = self._not_found(function_id, ns)
+            if answer_to is None:
+                log.info("worker %s: void call failed: %s", conn.id, error.message)
+            self._reply_error(answer_to, invocation_id, function_id, error)
+            return
+        conn.invocations_made += 1
+        data = bytes(msg.data) if msg.data else b"null"
+        if fn.handler is not None:
+            self._run_builtin(fn, conn, answer_to, invocation_id, data)
+            return
+        target = fn.owner
+        if answer_to is not None:
+            if invocation_id in self.pending:
+                self._reply_error(
+                    answer_to,
+                    invocation_id,
+                    function_id,
+                    ErrorBody(
+                        ErrorCode.DUPLICATE_INVOCATION,
+                        f"Invocation id {invocation_id} is already in flight",
+                    ),
+                )
+                return
+            key = invocation_id
+            conn.invocations.add(key)
+        else:
+            key = self._new_id()
+        self.pending[key] = Pending(answer_to, target, function_id)
+        target.invocations.add(key)
+        target.inbound_active += 1
+        target.send(
+            codec.encode_invoke(
+                key,
+                function_id,
+                codec.with_caller(data, conn.caller_field),
+                bytes(msg.metadata) if msg.metadata else b"",
+                msg.traceparent,
+                msg.baggage,
+            )
+        )
+
+    def _on_result(self, conn: Connection, msg: InvocationResult, frame: bytes) -> None:
+        invocation_id = msg.invocation_id
+        pending = self.pending.get(invocation_id)
+        if pending is None or pending.target is not conn:
+            # Late answer (caller gone, void call, a result replayed after a reconnect).
+            return
+        del self.pending[invocation_id]
+        conn.invocations.discard(invocation_id)
+        conn.inbound_active -= 1
+        conn.invocations_handled += 1
+        error = self._error_of(msg) if msg.error else None
+        if error is not None:
+            conn.invocations_failed += 1
+        caller = pending.caller
+        if caller is not None:
+            caller.invocations.discard(invocation_id)
+            if caller.state == ABORTED:
+                return
+            if error is None:
+                caller.send(frame)  # forwarded as sent: the result is never decoded
+            else:
+                caller.send(codec.encode_error_result(invocation_id, msg.function_id, error))
+        elif pending.on_result is not None:
+            pending.on_result(bytes(msg.result) if msg.result else b"null", error)
+
+    @staticmethod
+    def _error_of(msg: InvocationResult) -> ErrorBody:
+        """The error body, normalised so SDKs read it (string code and message)."""
+        try:
+            return msgspec.json.decode(msg.error, type=ErrorBody)
+        except msgspec.DecodeError:
+            raw = bytes(msg.error).decode("utf-8", "replace")
+            return ErrorBody("UNKNOWN", raw)
+
+    def _reply_error(
+        self,
+        caller: Optional[Connection],
+        invocation_id: Optional[str],
+        function_id: str,
+        error: ErrorBody,
+    ) -> None:
+        if caller is not None and invocation_id is not None:
+            caller.send(codec.encode_error_result(invocation_id, function_id, error))
+
+    def _not_found(self, function_id: str, ns: str) -> ErrorBody:
+        message = f"Function {function_id} not found in namespace {ns}."
+        elsewhere = self.namespaces_of(function_id)
+        if elsewhere:
+            message += f" It is registered in namespace(s): {', '.join(elsewhere)}."
+        return ErrorBody(ErrorCode.FUNCTION_NOT_FOUND, message)
+
+    def _run_builtin(
+        self,
+        fn: FunctionEntry,
+        conn: Optional[Connection],
+        answer_to: Optional[Connection],
+        invocation_id: Optional[str],
+        data: bytes,
+    ) -> None:
+        try:
+            result = fn.handler(self, conn, codec.decode_json(data))  # type: ignore[misc]
+        except EngineError as exc:
+            self._reply_error(answer_to, invocation_id, fn.id, ErrorBody(exc.code, exc.message))
+            return
+        except Exception as exc:  # a bug in a built-in must not take the engine down
+            log.exception("built-in %s failed", fn.id)
+            self._reply_error(
+                answer_to, invocation_id, fn.id, ErrorBody(ErrorCode.INVOCATION_FAILED, str(exc))
+            )
+            return
+        if answer_to is not None and invocation_id is not None and answer_to.state != ABORTED:
+            answer_to.send(codec.encode_result(invocation_id, fn.id, codec.encode_json(result)))
+
+    def _enqueue(self, conn: Connection, msg: InvokeFunction, ns: str) -> None:
+        # No queue provider runs yet: answer as the original does without `engine::queue::enqueue`.
+        if msg.invocation_id is None:
+            return
+        queue = msg.action.queue  # type: ignore[union-attr]
+        error = ErrorBody(
+            ErrorCode.ENQUEUE_ERROR,
+            f"Cannot enqueue {msg.function_id} on queue '{queue}': no queue provider is "
+            "installed (engine::queue::enqueue is not registered). Add it with "
+            "`iii worker add queue`.",
+        )
+        conn.send(codec.encode_error_result(msg.invocation_id, msg.function_id, error))
+
+    def invoke(
+        self,
+        namespace: str,
+        function_id: str,
+        data: bytes,
+        metadata: bytes = b"",
+        on_result: Optional[Callable[[bytes, Optional[ErrorBody]], None]] = None,
+    ) -> None:
+        """Engine-originated call (a trigger firing): fresh id, no ``_caller_worker_id``.
+
+        ``on_result(result_raw, error)`` is called when the answer arrives, if given.
+        """
+        fn = self.find_function(namespace, function_id)
+        if fn is None:
+            error = self._not_found(function_id, namespace)
+            log.info("engine call failed: %s", error.message)
+            if on_result is not None:
+                on_result(b"null", error)
+            return
+        if fn.handler is not None:
+            try:
+                result = fn.handler(self, None, codec.decode_json(data))
+            except Exception as exc:
+                if on_result is not None:
+                    if isinstance(exc, EngineError):
+                        on_result(b"null", ErrorBody(exc.code, exc.message))
+                    else:
+                        on_result(b"null", ErrorBody(ErrorCode.INVOCATION_FAILED, str(exc)))
+                return
+            if on_result is not None:
+                on_result(codec.encode_json(result), None)
+            return
+        target = fn.owner
+        key = self._new_id()
+        self.pending[key] = Pending(None, target, function_id, on_result)
+        target.invocations.add(key)
+        target.inbound_active += 1
+        target.send(codec.encode_invoke(key, function_id, data, metadata, None, None))
+
+    def _halt_invocations(self, conn: Connection) -> None:
+        """Fail calls to ``conn`` with ``invocation_stopped``; forget calls it made."""
+        stopped = ErrorBody(ErrorCode.INVOCATION_STOPPED, "Invocation stopped")
+        for invocation_id in conn.invocations:
+            pending = self.pending.pop(invocation_id, None)
+            if pending is None:
+                continue
+            target, caller = pending.target, pending.caller
+            if target is not conn:  # a call conn made: the target's answer will be ignored
+                target.invocations.discard(invocation_id)
+                target.inbound_active -= 1
+                continue
+            if caller is not None:
+                caller.invocations.discard(invocation_id)
+                if caller.state != ABORTED:
+                    caller.send(
+                        codec.encode_error_result(invocation_id, pending.function_id, stopped)
+                    )
+            elif pending.on_result is not None:
+                pending.on_result(b"null", stopped)
+        conn.invocations.clear()
+        conn.inbound_active = 0
+
+    # ------------------------------------------------------------------ trigger types
+
+    def add_builtin_trigger_type(
+        self,
+        type_id: str,
+        provider: Any,
+        *,
+        module: str,
+        description: str,
+        trigger_request_format: Any = None,
+        call_request_format: Any = None,
+    ) -> None:
+        """Register an in-process trigger type in ``default``."""
+        self._install_trigger_type(
+            TriggerType(
+                type_id,
+                DEFAULT_NAMESPACE,
+                description,
+                provider=provider,
+                trigger_request_format=trigger_request_format,
+                call_request_format=call_request_format,
+                module=module,
+            )
+        )
+
+    def _on_register_trigger_type(
+        self, conn: Connection, msg: RegisterTriggerType, frame: bytes
+    ) -> None:
+        ns = conn.namespace if msg.namespace is UNSET else msg.namespace
+        if ns is None or is_blank(ns):
+            log.error("worker %s: registertriggertype %s: blank namespace ignored", conn.id, msg.id)
+            return
+        self._install_trigger_type(
+            TriggerType(
+                msg.id,
+                ns,
+                msg.description or "",
+                owner=conn,
+                trigger_request_format=_decode_raw(msg.trigger_request_format),
+                call_request_format=_decode_raw(msg.call_request_format),
+            )
+        )
+
+    def _install_trigger_type(self, tt: TriggerType) -> None:
+        """Store (or replace) a provider and hand it every binding it now serves (§11.4)."""
+        key = tt.key
+        old = self.trigger_types.get(key)
+        self.trigger_types[key] = tt
+        for binding in [b for b in self.bindings.values() if b.provider_key == key]:
+            if old is not None and old.provider is not None:
+                old.provider.unregister(binding)
+            self._deliver_or_park(binding, tt)
+        for binding in [b for b in self.parked.values() if b.trigger_type == tt.id]:
+            if self._resolve_provider(binding) is tt:
+                del self.parked[binding.id]
+                self._deliver_or_park(binding, tt)
+        if tt.namespace != DEFAULT_NAMESPACE:  # re-home bindings that fell back to `default`
+            fallback_key = (DEFAULT_NAMESPACE, tt.id)
+            for binding in list(self.bindings.values()):
+                if (
+                    binding.provider_key == fallback_key
+                    and binding.trigger_namespace is None
+                    and binding.home_namespace == tt.namespace
+                ):
+                    self._withdraw(binding)
+                    self._deliver_or_park(binding, tt)
+
+    def _on_unregister_trigger_type(
+        self, conn: Connection, msg: UnregisterTriggerType, frame: bytes
+    ) -> None:
+        ns = conn.namespace if msg.namespace is UNSET or msg.namespace is None else msg.namespace
+        tt = self.trigger_types.get((ns, msg.id))
+        if tt is not None and tt.owner is conn:
+            self._remove_trigger_type(tt)
+
+    def _remove_trigger_type(self, tt: TriggerType) -> None:
+        """The provider left: its bindings move to a fallback provider or are parked (§11.5)."""
+        key = tt.key
+        if self.trigger_types.get(key) is not tt:
+            return
+        del self.trigger_types[key]
+        for binding in [b for b in self.bindings.values() if b.provider_key == key]:
+            del self.bindings[binding.id]
+            binding.provider_key = None
+            fallback = self._resolve_provider(binding)
+            if fallback is None:
+                self.parked[binding.id] = binding
+            else:
+                self._deliver_or_park(binding, fallback)
+
+    # ------------------------------------------------------------------ bindings
+
+    def _resolve_provider(self, binding: Binding) -> Optional[TriggerType]:
+        if binding.trigger_namespace is not None:
+            return self.trigger_types.get((binding.trigger_namespace, binding.trigger_type))
+        return self.trigger_types.get(
+            (binding.home_namespace, binding.trigger_type)
+        ) or self.trigger_types.get((DEFAULT_NAMESPACE, binding.trigger_type))
+
+    def _deliver_or_park(self, binding: Binding, tt: TriggerType) -> Optional[ErrorBody]:
+        """Hand ``binding`` to ``tt``; live on success, parked if the provider cannot take it.
+
+        Returns the in-process provider's refusal, if any (the binding is then dropped).
+        """
+        if tt.provider is not None:
+            refusal = tt.provider.register(binding)
+            if refusal is not None:
+                return ErrorBody(ErrorCode.TRIGGER_REGISTRATION_FAILED, refusal)
+        elif tt.owner is None or tt.owner.state == ABORTED:
+            self.parked[binding.id] = binding
+            return None
+        else:
+            tt.owner.send(
+                codec.encode_message(
+                    RegisterTrigger(
+                        id=binding.id,
+                        trigger_type=binding.trigger_type,
+                        function_id=binding.function_id,
+                        config=msgspec.Raw(binding.config),
+                        metadata=msgspec.Raw(binding.metadata),
+                        namespace=(
+                            UNSET if binding.namespace == DEFAULT_NAMESPACE else binding.namespace
+                        ),
+                        trigger_namespace=(
+                            UNSET if tt.namespace == DEFAULT_NAMESPACE else tt.namespace
+                        ),
+                    )
+                )
+            )
+        binding.provider_key = tt.key
+        self.bindings[binding.id] = binding
+        return None
+
+    def _withdraw(self, binding: Binding) -> None:
+        """Tell a live binding's provider to drop it and forget it."""
+        self.bindings.pop(binding.id, None)
+        tt = self.trigger_types.get(binding.provider_key) if binding.provider_key else None
+        binding.provider_key = None
+        if tt is None:
+            return
+        if tt.provider is not None:
+            tt.provider.unregister(binding)
+        elif tt.owner is not None and tt.owner.state != ABORTED:
+            tt.owner.send(
+                codec.encode_message(UnregisterTrigger(id=binding.id, trigger_type=binding.trigger_type))
+            )
+
+    def add_binding(self, binding: Binding) -> Optional[ErrorBody]:
+        """Create (or replace) a binding: delivered to its provider, or parked (§11.3)."""
+        self.remove_binding(binding.id)
+        tt = self._resolve_provider(binding)
+        if tt is None:
+            log.warning(
+                "trigger %s: no provider of type %r yet; it waits until one registers "
+                "(add the worker that provides it, e.g. `iii worker add ...`)",
+                binding.id,
+                binding.trigger_type,
+            )
+            self.parked[binding.id] = binding
+            return None
+        return self._deliver_or_park(binding, tt)
+
+    def remove_binding(self, binding_id: str) -> bool:
+        """Remove a live or parked binding by id; ``True`` if there was one."""
+        binding = self.bindings.get(binding_id)
+        if binding is not None:
+            self._withdraw(binding)
+            return True
+        return self.parked.pop(binding_id, None) is not None
+
+    def _on_register_trigger(self, conn: Connection, msg: RegisterTrigger, frame: bytes) -> None:
+        for field in ("namespace", "trigger_namespace"):
+            value = getattr(msg, field)
+            if value is None or (value is not UNSET and is_blank(value)):
+                self._refuse_binding(conn, msg.id, msg.trigger_type, msg.function_id, _namespace_error(field))
+                return
+        binding = Binding(
+            msg.id,
+            msg.trigger_type,
+            msg.function_id,
+            bytes(msg.config) if msg.config else b"null",
+            bytes(msg.metadata) if msg.metadata else b"",
+            conn,
+            DEFAULT_NAMESPACE if msg.namespace is UNSET else msg.namespace,
+            None if msg.trigger_namespace is UNSET else msg.trigger_namespace,
+            conn.namespace,
+        )
+        error = self.add_binding(binding)
+        if error is not None:
+            self._refuse_binding(conn, msg.id, msg.trigger_type, msg.function_id, error)
+
+    @staticmethod
+    def _refuse_binding(
+        conn: Connection, binding_id: str, trigger_type: str, function_id: str, error: ErrorBody
+    ) -> None:
+        conn.send(
+            codec.encode_message(
+                TriggerRegistrationResult(
+                    id=binding_id, trigger_type=trigger_type, function_id=function_id, error=error
+                )
+            )
+        )
+
+    def _on_unregister_trigger(
+        self, conn: Connection, msg: UnregisterTrigger, frame: bytes
+    ) -> None:
+        self.remove_binding(msg.id)
+
+    def _on_trigger_registration_result(
+        self, conn: Connection, msg: TriggerRegistrationResult, frame: bytes
+    ) -> None:
+        binding = self.bindings.get(msg.id)
+        if binding is None or binding.provider_key is None:
+            return
+        tt = self.trigger_types.get(binding.provider_key)
+        if tt is None or tt.owner is not conn or msg.error is None:
+            return
+        # The provider refused: park it (re-delivered when the type registers again) and tell
+        # whoever created it.
+        del self.bindings[binding.id]
+        binding.provider_key = None
+        self.parked[binding.id] = binding
+        log.warning("trigger %s refused by its provider: %s", binding.id, msg.error.message)
+        owner = binding.owner
+        if owner is not None and owner.state != ABORTED:
+            self._refuse_binding(owner, binding.id, binding.trigger_type, binding.function_id, msg.error)
+
+    def _drop_bindings_of(self, conn: Connection) -> None:
+        for binding in [b for b in self.bindings.values() if b.owner is conn]:
+            self._withdraw(binding)
+        for binding_id in [i for i, b in self.parked.items() if b.owner is conn]:
+            del self.parked[binding_id]
+
+    # ------------------------------------------------------------------ worker metadata
+
+    def effective_namespace(self, conn: Connection, declared: str) -> str:
+        """The namespace a registering connection ends up in: a namespace already fixed (the
+        grace period ran out first) wins over a late declaration."""
+        if conn.state == RESOLVED and declared != conn.namespace:
+            log.warning(
+                "worker %s declared namespace %r after it was fixed to %r; keeping %r",
+                conn.id,
+                declared,
+                conn.namespace,
+                conn.namespace,
+            )
+            return conn.namespace
+        return declared
+
+    def claim_name(self, conn: Connection, namespace: str, name: str) -> bool:
+        """Lease ``(namespace, name)`` to ``conn``.
+
+        Returns ``False`` when another live connection holds it: ``conn`` is then sent
+        ``registrationrejected``, cleaned up and closed, and nothing it declared is applied.
+        """
+        holder = self.names.get((namespace, name))
+        if holder is not None and holder is not conn and holder.state != ABORTED:
+            conn.send(
+                codec.encode_message(
+                    RegistrationRejected(
+                        code=ErrorCode.WORKER_NAMESPACE_CONFLICT,
+                        namespace=namespace,
+                        worker_name=name,
+                        owner_worker_id=holder.id,
+                    )
+                )
+            )
+            log.warning(
+                "worker %s rejected: the name %r is taken in namespace %r by %s",
+                conn.id,
+                name,
+                namespace,
+                holder.id,
+            )
+            self.disconnect(conn)
+            conn.close()
+            return False
+        if conn.name is not None and self.names.get((conn.namespace, conn.name)) is conn:
+            del self.names[(conn.namespace, conn.name)]
+        self.names[(namespace, name)] = conn
+        return True
+
+    def resolve_namespace(self, conn: Connection, namespace: str) -> None:
+        """Fix the namespace of a connection still waiting for it and apply what it held."""
+        if conn.state == PENDING:
+            self._resolve_namespace(conn, namespace)
+
+    # ------------------------------------------------------------------ events
+
+    def fire_workers_available(self, event: str, worker_id: str) -> None:
+        self._discovery.workers_changed(event, worker_id)

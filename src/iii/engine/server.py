@@ -1,0 +1,200 @@
+"""The engine's WebSocket server: picows listeners pumping frames into the router.
+
+Path ``/`` carries the worker protocol, ``/otel`` is the SDKs' telemetry socket (accepted and
+drained, never a worker); anything else is answered 404. Each frame is handled inside the picows
+callback; messages fragmented over several frames are reassembled up to 64 MiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Optional
+
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
+
+from iii import __version__
+from iii.engine.config import EngineConfig, ListenerConfig
+from iii.engine.registry import Connection
+from iii.engine.router import Router
+from iii.protocol import MAX_MESSAGE_SIZE
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("iii.engine")
+
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+_CONTINUATION = WSMsgType.CONTINUATION
+_CLOSE = WSMsgType.CLOSE
+#: Binary frames with these prefixes are OpenTelemetry payloads, not protocol messages.
+_TELEMETRY_PREFIXES = (b"OTLP", b"MTRC", b"LOGS")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _answer_close(transport: WSTransport, frame: WSFrame) -> None:
+    transport.send_close(frame.get_close_code())
+    transport.disconnect()
+
+
+class WorkerListener(WSListener):
+    """One worker connection on ``/``."""
+
+    __slots__ = ("_engine", "_transport", "_conn", "_grace", "_parts", "_parts_size", "_skipping")
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._transport: Optional[WSTransport] = None
+        self._conn: Optional[Connection] = None
+        self._grace: Optional[asyncio.TimerHandle] = None
+        self._parts: list[bytes] = []
+        self._parts_size = 0
+        self._skipping = False  # discarding the rest of an oversized fragmented message
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._transport = transport
+        self._engine.listeners.add(self)
+        peer = transport.underlying_transport.get_extra_info("peername")
+        router = self._engine.router
+        self._conn = conn = router.connect(
+            self._send, self._close, peer[0] if peer else None, _now_ms()
+        )
+        self._grace = asyncio.get_running_loop().call_later(
+            router.grace_ms / 1000, router.expire_grace, conn
+        )
+
+    def _send(self, data: bytes) -> None:
+        self._transport.send(_TEXT, data)  # type: ignore[union-attr]
+
+    def _close(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_disconnected:
+            transport.send_close(WSCloseCode.OK)
+            transport.disconnect()
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if msg_type is _TEXT or msg_type is _BINARY:
+            if frame.fin:
+                self._deliver(frame.get_payload_as_bytes(), msg_type is _BINARY)
+                return
+            self._parts = [frame.get_payload_as_bytes()]
+            self._parts_size = frame.payload_size
+            self._skipping = False
+        elif msg_type is _CONTINUATION:
+            if not self._skipping:
+                self._parts_size += frame.payload_size
+                if self._parts_size > MAX_MESSAGE_SIZE:
+                    self._skipping = True
+                    self._parts = []
+                    self._conn.frames_dropped += 1  # type: ignore[union-attr]
+                    log.warning(
+                        "worker %s: dropped a message larger than %d bytes",
+                        self._conn.id,  # type: ignore[union-attr]
+                        MAX_MESSAGE_SIZE,
+                    )
+                else:
+                    self._parts.append(frame.get_payload_as_bytes())
+            if frame.fin:
+                parts, self._parts = self._parts, []
+                if not self._skipping and parts:
+                    self._deliver(b"".join(parts), False)
+                self._skipping = False
+        elif msg_type is _CLOSE:
+            _answer_close(transport, frame)
+
+    def _deliver(self, payload: bytes, binary: bool) -> None:
+        if binary and payload[:4] in _TELEMETRY_PREFIXES:
+            return
+        try:
+            self._engine.router.receive(self._conn, payload)  # type: ignore[arg-type]
+        except Exception:  # a router bug must cost one frame, never the connection
+            log.exception("worker %s: frame handling failed", self._conn.id)  # type: ignore[union-attr]
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+        if self._conn is not None:
+            try:
+                self._engine.router.disconnect(self._conn)
+            except Exception:
+                log.exception("worker %s: cleanup failed", self._conn.id)
+        self._engine.listeners.discard(self)
+
+    def shutdown(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_disconnected:
+            transport.send_close(WSCloseCode.GOING_AWAY)
+            transport.disconnect()
+
+
+class TelemetryListener(WSListener):
+    """The SDKs' ``/otel`` socket: accepted and drained (telemetry is not ingested yet)."""
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is _CLOSE:
+            _answer_close(transport, frame)
+
+
+class Engine:
+    """An engine process: one router, one picows server per configured listener."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.router: Router = None  # type: ignore[assignment]  # made in start(), on the loop
+        self.listeners: set[WorkerListener] = set()
+        self._servers: list[asyncio.AbstractServer] = []
+        self.urls: list[str] = []
+
+    def _route(self, request: WSUpgradeRequest) -> Any:
+        path = request.path.split(b"?", 1)[0].rstrip(b"/")
+        if path == b"":
+            return WorkerListener(self)
+        if path == b"/otel":
+            return TelemetryListener()
+        return None  # picows answers 404
+
+    async def start(self) -> list[str]:
+        """Bind every listener; returns their ``ws://`` URLs (with the real port for port 0)."""
+        loop = asyncio.get_running_loop()
+        self.router = Router(
+            grace_ms=self.config.grace_ms,
+            now_ms=_now_ms(),
+            defer=loop.call_soon,
+            version=__version__,
+        )
+        for listener in self.config.listeners:
+            server = await self._serve(listener)
+            self._servers.append(server)
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                url = f"ws://{host}:{port}" if ":" not in host else f"ws://[{host}]:{port}"
+                self.urls.append(url)
+                log.info("iii engine %s listening on %s", __version__, url)
+        return self.urls
+
+    async def _serve(self, listener: ListenerConfig) -> asyncio.AbstractServer:
+        return await ws_create_server(
+            self._route,
+            listener.host,
+            listener.port,
+            websocket_handshake_timeout=listener.handshake_timeout_ms / 1000,
+            max_frame_size=MAX_MESSAGE_SIZE,
+            enable_auto_pong=True,
+            disconnect_on_exception=False,
+            reuse_address=True,
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, close every worker socket (their cleanup runs), release the ports."""
+        for server in self._servers:
+            server.close()
+        for listener in list(self.listeners):
+            listener.shutdown()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
