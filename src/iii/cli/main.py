@@ -100,6 +100,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.log_level != "debug":
+        logging.getLogger("picows").setLevel(logging.WARNING)  # it logs every connection at INFO
     config_path = Path(args.config)
     if not _ensure_config(config_path):
         return 1

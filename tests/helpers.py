@@ -1,0 +1,213 @@
+"""Test helpers: an engine subprocess, scripted worker subprocesses, and a raw WebSocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+ROOT = Path(__file__).resolve().parent.parent
+_URL_LINE = re.compile(r"listening on (ws://\S+)")
+
+
+class Proc:
+    """A subprocess whose stdout is JSON lines (or log lines), always killed at teardown."""
+
+    def __init__(self, process: asyncio.subprocess.Process, label: str) -> None:
+        self.process = process
+        self.label = label
+        self.lines: list[Any] = []
+        self._waiters: list[tuple[Callable[[Any], bool], asyncio.Future]] = []
+        self._reader = asyncio.ensure_future(self._read())
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            text = raw.decode(errors="replace").strip()
+            try:
+                item: Any = json.loads(text)
+            except ValueError:
+                item = text
+            self.lines.append(item)
+            for predicate, future in list(self._waiters):
+                if not future.done() and predicate(item):
+                    future.set_result(item)
+
+    async def expect(self, predicate: Callable[[Any], bool], timeout: float = 20) -> Any:
+        """The first line (seen before or later) for which ``predicate`` holds."""
+        for item in self.lines:
+            if predicate(item):
+                return item
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        entry = (predicate, future)
+        self._waiters.append(entry)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"{self.label}: no matching line in {timeout}s; got {self.lines}") from None
+        finally:
+            self._waiters.remove(entry)
+
+    async def key(self, name: str, value: Any = None, timeout: float = 20) -> Any:
+        return await self.expect(
+            lambda item: isinstance(item, dict)
+            and name in item
+            and (value is None or item[name] == value),
+            timeout,
+        )
+
+    def close_stdin(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.is_closing():
+            self.process.stdin.close()
+
+    async def wait(self, timeout: float = 20) -> int:
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process.returncode is None:
+            try:
+                os.kill(self.process.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    async def stop(self) -> None:
+        self.kill()
+        try:
+            await asyncio.wait_for(self.process.wait(), 10)
+        except asyncio.TimeoutError:
+            pass
+        self._reader.cancel()
+
+
+class Procs:
+    """Starts subprocesses and kills every one of them (by pid) at teardown."""
+
+    def __init__(self) -> None:
+        self.started: list[Proc] = []
+
+    async def start(self, *cmd: str, env: Optional[dict[str, str]] = None, label: str = "", merge_stderr: bool = False, cwd: Optional[str] = None) -> Proc:
+        process = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT if merge_stderr else None,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+        proc = Proc(process, label or cmd[-1])
+        self.started.append(proc)
+        return proc
+
+    async def engine(self, config: Optional[str] = None, tmp: Optional[Path] = None, extra_env: Optional[dict[str, str]] = None) -> "EngineProc":
+        """Our engine on 127.0.0.1 and a free port; returns once it logged its URL."""
+        directory = tmp or Path(os.environ.get("TMPDIR", "/tmp")) / f"iii-test-{uuid.uuid4().hex[:8]}"
+        directory.mkdir(parents=True, exist_ok=True)
+        config_path = directory / "config.yaml"
+        config_path.write_text(
+            config
+            or "workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+        )
+        proc = await self.start(
+            sys.executable, "-m", "iii", "-c", str(config_path),
+            env={"PYTHONUNBUFFERED": "1", **(extra_env or {})}, label="engine", merge_stderr=True,
+        )
+        line = await proc.expect(lambda item: isinstance(item, str) and bool(_URL_LINE.search(item)), 15)
+        return EngineProc(proc, _URL_LINE.search(line).group(1))  # type: ignore[union-attr]
+
+    async def close(self) -> None:
+        for proc in self.started:
+            await proc.stop()
+
+
+class EngineProc:
+    def __init__(self, proc: Proc, url: str) -> None:
+        self.proc = proc
+        self.url = url
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.process.returncode is None
+
+
+class _Collector(WSListener):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.closed = asyncio.Event()
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            self.queue.put_nowait(json.loads(frame.get_payload_as_bytes()))
+        elif frame.msg_type == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closed.set()
+
+
+class RawClient:
+    """A bare protocol client for tests: sends any bytes, reads decoded frames."""
+
+    def __init__(self, transport: WSTransport, listener: _Collector) -> None:
+        self.transport = transport
+        self.listener = listener
+        self.worker_id: Optional[str] = None
+
+    @classmethod
+    async def connect(cls, url: str, path: str = "/") -> "RawClient":
+        transport, listener = await ws_connect(_Collector, url.rstrip("/") + path, max_frame_size=128 * 1024 * 1024)
+        client = cls(transport, listener)
+        if path == "/":
+            welcome = await client.recv()
+            assert welcome["type"] == "workerregistered"
+            client.worker_id = welcome["worker_id"]
+        return client
+
+    def send_bytes(self, data: bytes, msg_type: WSMsgType = WSMsgType.TEXT) -> None:
+        self.transport.send(msg_type, data)
+
+    def send(self, **message: Any) -> None:
+        self.send_bytes(json.dumps(message).encode())
+
+    async def recv(self, timeout: float = 10) -> Any:
+        return await asyncio.wait_for(self.listener.queue.get(), timeout)
+
+    async def recv_until(self, predicate: Callable[[Any], bool], timeout: float = 10) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            frame = await self.recv(max(0.01, deadline - asyncio.get_running_loop().time()))
+            if predicate(frame):
+                return frame
+
+    async def call(self, function_id: str, data: Any = None, **extra: Any) -> Any:
+        """Sync-style call: returns the ``invocationresult`` frame for it."""
+        invocation_id = str(uuid.uuid4())
+        self.send(type="invokefunction", invocation_id=invocation_id, function_id=function_id, data=data, **extra)
+        return await self.recv_until(
+            lambda f: f.get("type") == "invocationresult" and f.get("invocation_id") == invocation_id
+        )
+
+    async def register(self, name: str, **extra: Any) -> None:
+        self.send(
+            type="invokefunction",
+            function_id="engine::workers::register",
+            action={"type": "void"},
+            data={"runtime": "test", "version": "0", "name": name, "pid": os.getpid(), **extra},
+        )
+
+    async def close(self) -> None:
+        self.transport.send_close()
+        self.transport.disconnect()
+        await self.transport.wait_disconnected()

@@ -1,0 +1,205 @@
+"""Official SDK workers (Python iii-sdk 0.25.0, Node iii-sdk 0.22.1) against our engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import RawClient
+from interop.conftest import call_results
+
+pytestmark = pytest.mark.interop
+
+OTHER = {"python": "node", "node": "python"}
+
+
+@pytest.mark.parametrize("server", ["python", "node"])
+async def test_math_add_across_runtimes(workers, server):
+    await (await workers.start(server, f"math-{server}", "--fn", "math::add=add", "--stay")).key("ready")
+    caller = await workers.start(
+        OTHER[server],
+        "caller",
+        calls=[
+            {"function_id": "math::add", "payload": {"a": 2, "b": 3}},
+            {"function_id": "math::add", "payload": {"a": -1.5, "b": 0.5}},
+        ],
+    )
+    first, second = await call_results(caller, 2)
+    assert first["result"] == {"c": 5}
+    assert second["result"] == {"c": -1.0}
+
+
+@pytest.mark.parametrize("runtime", ["python", "node"])
+async def test_unknown_function_is_function_not_found(workers, runtime):
+    caller = await workers.start(runtime, "caller", calls=[{"function_id": "nope::missing", "payload": {}}])
+    (outcome,) = await call_results(caller, 1)
+    assert outcome["error"]["code"] == "function_not_found"
+    assert "nope::missing" in outcome["error"]["message"]
+
+
+@pytest.mark.parametrize("server", ["python", "node"])
+async def test_raising_handler_fails_the_call_and_the_engine_keeps_serving(workers, server):
+    owner = await workers.start(server, "owner", "--fn", "err::fail=fail", "--fn", "ok::add=add", "--stay")
+    await owner.key("ready")
+    caller = await workers.start(
+        OTHER[server],
+        "caller",
+        calls=[
+            {"function_id": "err::fail", "payload": {}},
+            {"function_id": "ok::add", "payload": {"a": 1, "b": 1}},
+        ],
+    )
+    failed, ok = await call_results(caller, 2)
+    assert failed["error"]["code"] == "invocation_failed"
+    assert "boom from err::fail" in failed["error"]["message"]
+    assert ok["result"] == {"c": 2}
+
+
+@pytest.mark.parametrize("owner_runtime", ["python", "node"])
+async def test_killed_owner_stops_in_flight_calls(workers, engine, owner_runtime):
+    owner = await workers.start(owner_runtime, "sleeper", "--fn", "slow::sleep=slow", "--stay")
+    await owner.key("ready")
+    caller = await workers.start(
+        OTHER[owner_runtime],
+        "caller",
+        calls=[{"function_id": "slow::sleep", "payload": {"seconds": 60}, "timeout_ms": 60000}],
+    )
+    await owner.key("started")
+    owner.kill()
+    (outcome,) = await call_results(caller, 1)
+    assert outcome["error"]["code"] == "invocation_stopped"
+    client = await RawClient.connect(engine.url)
+    listed = await client.call("engine::functions::list", {})
+    assert "slow::sleep" not in [f["function_id"] for f in listed["result"]["functions"]]
+
+
+@pytest.mark.parametrize("runtime", ["python", "node"])
+async def test_shutdown_removes_the_workers_functions(workers, engine, runtime):
+    owner = await workers.start(runtime, "short-lived", "--fn", "tmp::echo=echo", "--stay")
+    await owner.key("ready")
+    client = await RawClient.connect(engine.url)
+    before = await client.call("engine::workers::list", {})
+    assert "short-lived" in [w["name"] for w in before["result"]["workers"]]
+    owner.close_stdin()
+    await owner.key("stopped")
+    assert await owner.wait() == 0
+    functions = (await client.call("engine::functions::list", {}))["result"]["functions"]
+    assert "tmp::echo" not in [f["function_id"] for f in functions]
+    after = (await client.call("engine::workers::list", {}))["result"]["workers"]
+    assert "short-lived" not in [w["name"] for w in after]
+
+
+async def test_second_worker_with_the_same_name_is_rejected(workers, engine):
+    first = await workers.python("dup", "--fn", "dup::one=echo", "--stay")
+    first_ready = await first.key("ready")
+    second = await workers.python("dup", calls=[{"function_id": "dup::one", "payload": {"x": 1}}])
+    await second.key("state", "failed")
+    (outcome,) = await call_results(second, 1)
+    assert outcome["error"]["type"] == "RegistrationRejectedError"
+    client = await RawClient.connect(engine.url)
+    rows = (await client.call("engine::workers::list", {}))["result"]["workers"]
+    assert [w["id"] for w in rows if w["name"] == "dup"] == [first_ready["worker_id"]]
+
+
+@pytest.mark.parametrize("runtime", ["python", "node"])
+async def test_every_discovery_function(workers, runtime):
+    server = await workers.start(
+        OTHER[runtime], "disc-server", "--fn", "disc::add=add", "--watch", "engine::workers-available", "--stay"
+    )
+    await server.key("ready")
+    caller = await workers.start(
+        runtime,
+        "disc-caller",
+        calls=[
+            {"function_id": "engine::workers::list", "payload": {}},
+            {"function_id": "engine::functions::list", "payload": {"include_internal": False}},
+            {"function_id": "engine::functions::list", "payload": {"include_internal": True}},
+            {"function_id": "engine::triggers::list", "payload": {"include_internal": False}},
+            {"function_id": "engine::trigger-types::list", "payload": {"include_internal": True}},
+            {"function_id": "engine::workers::info", "payload": {"name": "disc-server"}},
+            {"function_id": "engine::functions::info", "payload": {"function_id": "disc::add"}},
+        ],
+    )
+    workers_, functions, functions_all, triggers, trigger_types, info, fn_info = [
+        outcome["result"] for outcome in await call_results(caller, 7)
+    ]
+
+    rows = {w["name"]: w for w in workers_["workers"]}
+    assert {"disc-server", "disc-caller", "iii-engine-functions"} <= set(rows)
+    served = rows["disc-server"]
+    assert served["runtime"] == OTHER[runtime]
+    assert served["status"] in ("available", "busy")
+    assert served["function_count"] == 2
+    assert isinstance(served["pid"], int) and isinstance(served["connected_at_ms"], int)
+    assert set(served["metrics"]) >= {"invocations_handled", "invocations_in_flight"}
+    # Telemetry sockets (/otel) are never workers: one row per SDK worker.
+    assert sum(1 for w in workers_["workers"] if w["runtime"] in ("python", "node")) == 2
+
+    ids = [f["function_id"] for f in functions["functions"]]
+    assert "disc::add" in ids and not any(i.startswith("engine::") for i in ids)
+    all_ids = [f["function_id"] for f in functions_all["functions"]]
+    assert "engine::workers::list" in all_ids and "disc::add" in all_ids
+    assert next(f for f in functions["functions"] if f["function_id"] == "disc::add")["worker_name"] == "disc-server"
+
+    bindings = [t for t in triggers["triggers"] if t["function_id"] == "disc-server::on-0"]
+    assert [b["trigger_type"] for b in bindings] == ["engine::workers-available"]
+    assert bindings[0]["config"] == {}
+
+    types = {t["id"]: t for t in trigger_types["trigger_types"]}
+    assert {"engine::workers-available", "engine::functions-available"} <= set(types)
+    assert types["engine::workers-available"]["instance_count"] == 1
+    assert "request_schema" in types["engine::workers-available"]
+
+    assert info["worker"]["name"] == "disc-server"
+    assert [f["function_id"] for f in info["functions"]] == ["disc-server::on-0", "disc::add"]
+    assert fn_info["function_id"] == "disc::add" and fn_info["worker_name"] == "disc-server"
+
+
+async def test_workers_list_selects_one_worker_by_id(workers):
+    server = await workers.python("one", "--fn", "one::echo=echo", "--stay")
+    ready = await server.key("ready")
+    caller = await workers.node(
+        "lister", calls=[{"function_id": "engine::workers::list", "payload": {"worker_id": ready["worker_id"]}}]
+    )
+    (outcome,) = await call_results(caller, 1)
+    assert [w["name"] for w in outcome["result"]["workers"]] == ["one"]
+
+
+async def test_discovery_triggers_fire_on_the_change(workers):
+    watchers = [
+        await workers.start(
+            runtime, f"watch-{runtime}", "--watch", "engine::workers-available",
+            "--watch", "engine::functions-available", "--stay",
+        )
+        for runtime in ("python", "node")
+    ]
+    for watcher in watchers:
+        await watcher.key("ready")
+    transient = await workers.python("transient", "--fn", "tmp::fn=echo", "--stay")
+    worker_id = (await transient.key("ready"))["worker_id"]
+
+    def worker_event(kind):
+        return lambda item: isinstance(item, dict) and item.get("event", {}) == {"event": kind, "worker_id": worker_id}
+
+    def functions_event(present):
+        def check(item):
+            if not (isinstance(item, dict) and isinstance(item.get("event"), dict)):
+                return False
+            functions = item["event"].get("functions")
+            return functions is not None and ("tmp::fn" in [f["function_id"] for f in functions]) == present
+
+        return check
+
+    for watcher in watchers:
+        await watcher.expect(worker_event("worker_connected"))
+        await watcher.expect(functions_event(True))
+    transient.close_stdin()
+    await transient.key("stopped")
+    for watcher in watchers:
+        await watcher.expect(worker_event("worker_disconnected"))
+        added = await watcher.expect(functions_event(True))
+        added_at = next(i for i, line in enumerate(watcher.lines) if line is added)
+        removed = await watcher.expect(
+            lambda item: functions_event(False)(item)
+            and next(i for i, line in enumerate(watcher.lines) if line is item) > added_at
+        )
+        assert removed["event"]["event"] == "functions_changed"
