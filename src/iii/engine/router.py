@@ -35,6 +35,7 @@ from iii.engine.registry import (
 )
 from iii.protocol import (
     DEFAULT_GRACE_MS,
+    ABSENT,
     DEFAULT_NAMESPACE,
     HELD_TYPES,
     ActionEnqueue,
@@ -704,7 +705,7 @@ class Router:
                         trigger_type=binding.trigger_type,
                         function_id=binding.function_id,
                         config=msgspec.Raw(binding.config),
-                        metadata=msgspec.Raw(binding.metadata),
+                        metadata=msgspec.Raw(binding.metadata) if binding.metadata else ABSENT,
                         namespace=(
                             UNSET if binding.namespace == DEFAULT_NAMESPACE else binding.namespace
                         ),

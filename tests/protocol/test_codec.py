@@ -1,0 +1,117 @@
+"""The frame codec, both twins: decoding what the official SDKs send, encoding what they read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iii.protocol import ActionEnqueue, ActionVoid, ErrorBody, InvokeFunction, RegisterTrigger
+
+# shared/ lies beside the checkout (also in CI).
+VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
+
+
+def captured_worker_frames():
+    frames = []
+    for path in sorted(VECTORS.glob("*.jsonl")):
+        if path.name.endswith(".observed.jsonl"):
+            continue
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("dir") == "worker->engine" and "frame" in record and record.get("path") == "/":
+                frames.append(pytest.param(record["frame"], id=f"{path.stem}:{record['frame'].get('type')}"))
+    return frames
+
+
+CAPTURED = captured_worker_frames()
+
+
+def test_vectors_are_there():
+    assert len(CAPTURED) > 50, f"no captured frames found under {VECTORS}"
+
+
+@pytest.mark.parametrize("frame", CAPTURED)
+def test_every_captured_sdk_frame_decodes(codec, frame):
+    msg = codec.decode_frame(json.dumps(frame).encode())
+    assert type(msg).__struct_config__.tag == frame["type"]
+    if isinstance(msg, InvokeFunction) and "data" in frame:
+        assert json.loads(bytes(msg.data)) == frame["data"]
+
+
+def test_payloads_stay_raw_and_routing_fields_are_read(codec):
+    raw = b'{"data":{"deep":[1,{"x":"y"}]},"function_id":"math::add","invocation_id":"i-1","action":{"type":"void"},"namespace":"default","type":"invokefunction"}'
+    msg = codec.decode_frame(raw)
+    assert isinstance(msg.data, msgspec.Raw) and bytes(msg.data) == b'{"deep":[1,{"x":"y"}]}'
+    assert (msg.function_id, msg.invocation_id, msg.namespace) == ("math::add", "i-1", "default")
+    assert isinstance(msg.action, ActionVoid)
+    enqueue = codec.decode_frame(b'{"type":"invokefunction","function_id":"f","action":{"type":"enqueue","queue":"q"}}')
+    assert enqueue.action == ActionEnqueue(queue="q")
+    assert enqueue.namespace is msgspec.UNSET and not enqueue.data
+
+
+@pytest.mark.parametrize(
+    "raw, where",
+    [
+        (b'{"type":"invokefunction","function_id":1}', "$.function_id"),
+        (b'{"type":"bogus"}', "$.type"),
+        (b"{", "truncated"),
+    ],
+)
+def test_decode_errors_name_the_problem(codec, raw, where):
+    with pytest.raises(codec.DecodeError) as info:
+        codec.decode_frame(raw)
+    assert where in str(info.value)
+
+
+def test_probe_reads_type_and_id_of_a_bad_frame(codec):
+    probe = codec.probe_frame(b'{"type":"invokefunction","invocation_id":"x","function_id":1}')
+    assert (probe.type, probe.invocation_id) == ("invokefunction", "x")
+    assert codec.probe_frame(b"garbage").type is None
+
+
+def test_encoders_produce_what_the_sdks_read(codec):
+    assert json.loads(codec.encode_invoke("i", "f::x", b'{"a":1}', b'{"m":2}', "tp", None)) == {
+        "type": "invokefunction", "function_id": "f::x", "invocation_id": "i",
+        "data": {"a": 1}, "metadata": {"m": 2}, "traceparent": "tp",
+    }
+    assert json.loads(codec.encode_invoke("i", "f", b"", b"", None, None))["data"] is None
+    assert json.loads(codec.encode_result("i", "f", b"null")) == {"type": "invocationresult", "invocation_id": "i", "function_id": "f"}
+    assert json.loads(codec.encode_error_result("i", "f", ErrorBody("c", "m"))) == {
+        "type": "invocationresult", "invocation_id": "i", "function_id": "f", "error": {"code": "c", "message": "m"},
+    }
+    trigger = RegisterTrigger(id="t", trigger_type="x", function_id="f", config=msgspec.Raw(b"null"))
+    assert json.loads(codec.encode_message(trigger)) == {"type": "registertrigger", "id": "t", "trigger_type": "x", "function_id": "f", "config": None}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=json_values, spacing=st.sampled_from([(",", ":"), (", ", ": ")]))
+def test_caller_splice_equals_decode_and_set(value, spacing):
+    """Property: splicing the caller id into raw bytes equals decoding, setting, re-encoding —
+    and both twins give byte-identical output."""
+    from iii import _codec_py
+
+    twins = [_codec_py]
+    try:
+        from iii import _codec
+
+        twins.append(_codec)
+    except ImportError:
+        pass
+    raw = json.dumps(value, separators=spacing).encode()
+    outputs = {twin.with_caller(raw, twin.caller_field("w-1")) for twin in twins}
+    assert len(outputs) == 1
+    (spliced,) = outputs
+    expected = dict(value, _caller_worker_id="w-1") if isinstance(value, dict) else value
+    assert json.loads(spliced) == expected
