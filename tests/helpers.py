@@ -145,15 +145,19 @@ class _Collector(WSListener):
     def __init__(self) -> None:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.closed = asyncio.Event()
+        self.close_code: Any = None
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type in (WSMsgType.TEXT, WSMsgType.BINARY):
             self.queue.put_nowait(json.loads(frame.get_payload_as_bytes()))
+        elif frame.msg_type == WSMsgType.PONG:
+            self.queue.put_nowait({"_pong": frame.get_payload_as_bytes().decode()})
         elif frame.msg_type == WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.close_code = transport.close_handshake.recv.code if transport.close_handshake and transport.close_handshake.recv else None
         self.closed.set()
 
 

@@ -1,0 +1,130 @@
+"""The engine process over real sockets: bad clients, big and fragmented messages, other paths."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from picows import WSMsgType
+
+from helpers import RawClient
+
+MiB = 1024 * 1024
+
+
+async def worker(url: str, name: str, *functions: str) -> RawClient:
+    client = await RawClient.connect(url)
+    await client.register(name)
+    for function_id in functions:
+        client.send(type="registerfunction", id=function_id)
+    listed = await client.call("engine::functions::list", {})  # frames are handled in order
+    assert set(functions) <= {f["function_id"] for f in listed["result"]["functions"]}
+    return client
+
+
+async def test_bad_frames_neither_close_the_socket_nor_disturb_others(engine):
+    owner = await worker(engine.url, "owner", "echo::x")
+    bad = await RawClient.connect(engine.url)
+    for raw in [
+        b"\x00\x01garbage",
+        b"\xff\xfe invalid utf-8",
+        b"[]",
+        b"{}",
+        b"",
+        b'{"type":"nosuchtype","x":1}',
+        b'{"type":"registerfunction","id":{"nested":true}}',
+        b'{"type":"invocationresult","invocation_id":null}',
+        b'{"type":"invokefunction","function_id":"echo::x","action":"void"}',
+        b'{"type":"registertrigger","id":1,"trigger_type":[],"function_id":null}',
+        b'{"type":"reattach","previous_worker_id":"not-a-uuid","reattach_token":"x"}',
+        json.dumps({"type": "invokefunction", "function_id": "echo::x", "data": [[[[[[[[[[1]]]]]]]]]]}).encode(),
+    ]:
+        bad.send_bytes(raw)
+    bad.send_bytes(b'{"type":"pong"}', WSMsgType.BINARY)
+    # The bad client is still served, and so is everybody else.
+    caller = await worker(engine.url, "caller")
+    caller.send(type="invokefunction", invocation_id="c1", function_id="echo::x", data={"v": 1})
+    invoke = await owner.recv_until(lambda f: f.get("invocation_id") == "c1")
+    owner.send(type="invocationresult", invocation_id="c1", function_id="echo::x", result=invoke["data"]["v"])
+    assert (await caller.recv_until(lambda f: f.get("invocation_id") == "c1"))["result"] == 1
+    rows = (await bad.call("engine::workers::list", {"worker_id": bad.worker_id}))["result"]["workers"]
+    assert rows[0]["metrics"]["frames_dropped"] >= 8
+    assert not bad.listener.closed.is_set() and engine.alive
+
+
+async def test_a_wrongly_typed_call_gets_an_error_instead_of_a_timeout(engine):
+    client = await RawClient.connect(engine.url)
+    client.send(type="invokefunction", invocation_id="x", function_id=["not", "a", "string"])
+    frame = await client.recv()
+    assert frame["invocation_id"] == "x" and frame["error"]["code"] == "deserialization_error"
+
+
+async def test_fragmented_and_large_messages_are_forwarded_whole(engine):
+    owner = await worker(engine.url, "owner", "big::echo")
+    caller = await worker(engine.url, "caller")
+    payload = "x" * (20 * MiB)
+    frame = json.dumps({"type": "invokefunction", "invocation_id": "big", "function_id": "big::echo", "data": {"blob": payload}}).encode()
+    step = 1 * MiB
+    caller.transport.send(WSMsgType.TEXT, frame[:step], fin=False)
+    for offset in range(step, len(frame), step):
+        caller.transport.send(WSMsgType.CONTINUATION, frame[offset : offset + step], fin=offset + step >= len(frame))
+    invoke = await owner.recv_until(lambda f: f.get("invocation_id") == "big", timeout=30)
+    assert invoke["data"]["blob"] == payload and invoke["data"]["_caller_worker_id"] == caller.worker_id
+    owner.send(type="invocationresult", invocation_id="big", function_id="big::echo", result={"size": len(payload)})
+    assert (await caller.recv_until(lambda f: f.get("invocation_id") == "big"))["result"] == {"size": 20 * MiB}
+
+
+async def test_oversized_fragmented_message_is_dropped_and_the_socket_kept(engine):
+    client = await worker(engine.url, "client")
+    chunk = b"x" * (8 * MiB)
+    client.transport.send(WSMsgType.TEXT, b'{"type":"invokefunction","data":"' + chunk, fin=False)
+    for _ in range(8):  # 72 MiB in all, past the 64 MiB limit
+        client.transport.send(WSMsgType.CONTINUATION, chunk, fin=False)
+    client.transport.send(WSMsgType.CONTINUATION, b'"}', fin=True)
+    answer = await client.call("engine::workers::list", {"worker_id": client.worker_id}, )
+    assert answer["result"]["workers"][0]["metrics"]["frames_dropped"] == 1
+    assert engine.alive
+
+
+async def test_oversized_single_frame_closes_only_that_socket(engine):
+    bystander = await worker(engine.url, "bystander")
+    client = await RawClient.connect(engine.url)
+    client.transport.send(WSMsgType.TEXT, b"x" * (64 * MiB + 1))
+    await asyncio.wait_for(client.listener.closed.wait(), 30)
+    assert client.listener.close_code is not None and client.listener.close_code.value == 1009
+    assert (await bystander.call("engine::workers::list", {}))["result"]["workers"]
+    assert engine.alive
+
+
+async def test_websocket_ping_is_answered(engine):
+    client = await RawClient.connect(engine.url)
+    client.transport.send_ping(b"are-you-there")
+    assert await client.recv() == {"_pong": "are-you-there"}
+
+
+async def test_otel_socket_is_drained_and_never_a_worker(engine):
+    otel = await RawClient.connect(engine.url, "/otel")
+    otel.send_bytes(b"OTLP" + b'{"resourceSpans":[]}', WSMsgType.BINARY)
+    otel.send_bytes(b'{"type":"registerfunction","id":"sneaky::fn"}')
+    client = await RawClient.connect(engine.url)
+    rows = (await client.call("engine::workers::list", {}))["result"]["workers"]
+    assert [r["id"] for r in rows if r["runtime"] != "engine"] == [client.worker_id]
+    functions = (await client.call("engine::functions::list", {}))["result"]["functions"]
+    assert "sneaky::fn" not in [f["function_id"] for f in functions]
+
+
+async def test_other_paths_are_not_found(engine):
+    with pytest.raises(Exception) as info:
+        await RawClient.connect(engine.url, "/nope")
+    assert "404" in str(info.value)
+
+
+async def test_disconnect_of_a_raw_owner_stops_its_calls(engine):
+    owner = await worker(engine.url, "owner", "hang::x")
+    caller = await worker(engine.url, "caller")
+    caller.send(type="invokefunction", invocation_id="h1", function_id="hang::x", data={})
+    await owner.recv_until(lambda f: f.get("invocation_id") == "h1")
+    owner.transport.disconnect(graceful=False)
+    stopped = await caller.recv_until(lambda f: f.get("invocation_id") == "h1")
+    assert stopped["error"] == {"code": "invocation_stopped", "message": "Invocation stopped"}
