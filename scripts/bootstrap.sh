@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the engine and its tests need into this checkout, from scratch on a new machine
+# (Python 3.11, gcc, node/npm): .venv (this package, compiled codec, test tools), .venv-official
+# (the official Python iii-sdk, which also imports as `iii`, so it lives apart) and the official
+# Node iii-sdk for the interop workers. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+III_BUILD_EXTENSION=${III_BUILD_EXTENSION:-required} \
+  .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
+
+[ -x .venv-official/bin/python ] || "$python" -m venv .venv-official
+.venv-official/bin/pip install --quiet --disable-pip-version-check "iii-sdk==0.25.0"
+
+(cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error)
