@@ -1,8 +1,63 @@
-"""iii: a fast, wire-compatible Python implementation of the iii engine.
+"""iii for Python: a drop-in for the official ``iii-sdk`` worker API, and a fast engine.
+
+Worker code written for the official package works unchanged::
+
+    from iii import register_worker, InitOptions
+    worker = register_worker(options=InitOptions(worker_name="math"))
+    worker.register_function("math::add", lambda data: {"c": data["a"] + data["b"]})
 
 The engine lives in :mod:`iii.engine` and runs with the ``iii`` command.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from iii.errors import IIIError, InvocationError, RegistrationRejectedError  # noqa: E402
+from iii.iii_constants import (  # noqa: E402
+    DEFAULT_ENGINE_URL,
+    ConnectionStateCallback,
+    EngineFunctions,
+    EngineTriggers,
+    IIIConnectionState,
+    InitOptions,
+    ReconnectionConfig,
+    TelemetryOptions,
+)
+from iii.logger import Logger  # noqa: E402
+from iii.sdk.client import (  # noqa: E402
+    III,
+    EnqueueResult,
+    TriggerAction,
+    TriggerActionEnqueue,
+    TriggerActionVoid,
+    register_worker,
+    register_worker_async,
+)
+from iii.triggers import TriggerConfig, TriggerHandler  # noqa: E402
+
+IIIClient = III
+
+__all__ = [
+    "__version__",
+    "ConnectionStateCallback",
+    "DEFAULT_ENGINE_URL",
+    "EngineFunctions",
+    "EngineTriggers",
+    "EnqueueResult",
+    "III",
+    "IIIClient",
+    "IIIConnectionState",
+    "IIIError",
+    "InitOptions",
+    "InvocationError",
+    "Logger",
+    "ReconnectionConfig",
+    "RegistrationRejectedError",
+    "TelemetryOptions",
+    "TriggerAction",
+    "TriggerActionEnqueue",
+    "TriggerActionVoid",
+    "TriggerConfig",
+    "TriggerHandler",
+    "register_worker",
+    "register_worker_async",
+]

@@ -13,6 +13,7 @@ import msgspec
 from iii.protocol import (
     ABSENT,
     INBOUND_TYPES,
+    OUTBOUND_TYPES,
     ErrorBody,
     InvocationResult,
     InvokeFunction,
@@ -23,6 +24,7 @@ from iii.protocol import (
 __all__ = [
     "DecodeError",
     "decode_frame",
+    "decode_engine_frame",
     "probe_frame",
     "encode_message",
     "caller_field",
@@ -36,6 +38,7 @@ __all__ = [
 
 DecodeError = msgspec.DecodeError
 _frame_decoder = msgspec.json.Decoder(Union[INBOUND_TYPES])  # type: ignore[valid-type]
+_engine_frame_decoder = msgspec.json.Decoder(Union[OUTBOUND_TYPES])  # type: ignore[valid-type]
 _probe_decoder = msgspec.json.Decoder(TypeProbe)
 _encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
@@ -51,6 +54,11 @@ def decode_frame(frame: bytes) -> Message:
             message names the JSON path).
     """
     return _frame_decoder.decode(frame)
+
+
+def decode_engine_frame(frame: bytes) -> Message:
+    """Decode one frame the engine sent to a worker (the SDK side); payloads stay raw."""
+    return _engine_frame_decoder.decode(frame)
 
 
 def probe_frame(frame: bytes) -> TypeProbe:

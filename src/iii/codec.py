@@ -20,6 +20,7 @@ IMPLEMENTATION = "py" if _impl.__name__.endswith("_codec_py") else "c"
 
 DecodeError = _impl.DecodeError
 decode_frame = _impl.decode_frame
+decode_engine_frame = _impl.decode_engine_frame
 probe_frame = _impl.probe_frame
 encode_message = _impl.encode_message
 encode_json = _impl.encode_json
@@ -34,6 +35,7 @@ __all__ = [
     "IMPLEMENTATION",
     "DecodeError",
     "decode_frame",
+    "decode_engine_frame",
     "probe_frame",
     "encode_message",
     "encode_json",

@@ -44,6 +44,7 @@ __all__ = [
     "Pong",
     "ErrorMessage",
     "INBOUND_TYPES",
+    "OUTBOUND_TYPES",
     "HELD_TYPES",
     "TypeProbe",
     "is_blank",
@@ -223,6 +224,20 @@ INBOUND_TYPES = (
     RegisterService,
     Ping,
     Pong,
+)
+
+#: Everything the engine may send to a worker.
+OUTBOUND_TYPES = (
+    WorkerRegistered,
+    InvokeFunction,
+    InvocationResult,
+    RegisterTrigger,
+    UnregisterTrigger,
+    TriggerRegistrationResult,
+    RegistrationRejected,
+    Ping,
+    Pong,
+    ErrorMessage,
 )
 
 #: Registration messages held until the connection's namespace is known (protocol.md §7).

@@ -1,0 +1,1 @@
+"""The worker SDK: the client (:mod:`.client`) behind ``import iii``."""
