@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, Procs
+from helpers import ROOT, Procs, Workers
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -66,3 +66,8 @@ def node() -> str:
     if node_path is None or not (ROOT / "tests/interop/node/node_modules/iii-sdk").exists():
         _missing("node with the official iii-sdk (npm ci in tests/interop/node)")
     return node_path  # type: ignore[return-value]
+
+
+@pytest.fixture
+def workers(procs, engine, official_python, node) -> Workers:
+    return Workers(procs, engine, official_python, node)

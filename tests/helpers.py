@@ -110,14 +110,14 @@ class Procs:
         self.started.append(proc)
         return proc
 
-    async def engine(self, config: Optional[str] = None, tmp: Optional[Path] = None, extra_env: Optional[dict[str, str]] = None) -> "EngineProc":
-        """Our engine on 127.0.0.1 and a free port; returns once it logged its URL."""
+    async def engine(self, config: Optional[str] = None, tmp: Optional[Path] = None, extra_env: Optional[dict[str, str]] = None, port: int = 0) -> "EngineProc":
+        """Our engine on 127.0.0.1 and a free port (or ``port``); returns once it logged its URL."""
         directory = tmp or Path(os.environ.get("TMPDIR", "/tmp")) / f"iii-test-{uuid.uuid4().hex[:8]}"
         directory.mkdir(parents=True, exist_ok=True)
         config_path = directory / "config.yaml"
         config_path.write_text(
             config
-            or "workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+            or f"workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: {port}\n"
         )
         proc = await self.start(
             sys.executable, "-m", "iii", "-c", str(config_path),
@@ -203,6 +203,20 @@ class RawClient:
             lambda f: f.get("type") == "invocationresult" and f.get("invocation_id") == invocation_id
         )
 
+    async def wait_for_function(self, function_id: str, timeout: float = 30) -> None:
+        """Return once ``function_id`` is registered (watches ``engine::functions-available``)."""
+        watcher = f"probe::{uuid.uuid4().hex[:8]}"
+        self.send(type="registerfunction", id=watcher)
+        self.send(type="registertrigger", id=watcher, trigger_type="engine::functions-available", function_id=watcher, config={})
+        listed = await self.call("engine::functions::list", {})
+        if function_id in [f["function_id"] for f in listed["result"]["functions"]]:
+            return
+        await self.recv_until(
+            lambda f: f.get("type") == "invokefunction" and f.get("function_id") == watcher
+            and function_id in [fn["function_id"] for fn in f["data"]["functions"]],
+            timeout,
+        )
+
     async def register(self, name: str, **extra: Any) -> None:
         self.send(
             type="invokefunction",
@@ -215,3 +229,46 @@ class RawClient:
         self.transport.send_close()
         self.transport.disconnect()
         await self.transport.wait_disconnected()
+
+
+PY_WORKER = ROOT / "tests/interop/workers/py_worker.py"
+NODE_WORKER = ROOT / "tests/interop/node/worker.mjs"
+
+
+class Workers:
+    """Starts scripted workers: ``await workers.start("python", "name", "--fn", "a::b=add")``.
+
+    Runtimes: ``python`` (official Python SDK), ``node`` (official Node SDK), ``ours`` (the same
+    Python script on this package's SDK).
+    """
+
+    def __init__(self, procs: Procs, engine: EngineProc, python: str, node: str) -> None:
+        self.procs = procs
+        self.engine = engine
+        self._python = python
+        self._node = node
+
+    async def start(self, runtime: str, name: str, *args: str, calls: Any = None, env: Any = None) -> Proc:
+        argv = [name, *args]
+        if calls is not None:
+            argv += ["--calls", json.dumps(calls)]
+        if runtime == "python":  # the official Python SDK, in its own venv
+            cmd = [self._python, str(PY_WORKER), *argv]
+        elif runtime == "ours":  # the same script on our SDK (this venv)
+            cmd = [sys.executable, str(PY_WORKER), *argv]
+        else:
+            cmd = [self._node, str(NODE_WORKER), *argv]
+        return await self.procs.start(
+            *cmd, env={"III_URL": self.engine.url, **(env or {})}, label=f"{runtime}:{name}"
+        )
+
+    async def python(self, name: str, *args: str, calls: Any = None) -> Proc:
+        return await self.start("python", name, *args, calls=calls)
+
+    async def node(self, name: str, *args: str, calls: Any = None) -> Proc:
+        return await self.start("node", name, *args, calls=calls)
+
+
+async def call_results(proc: Proc, count: int) -> list[dict]:
+    """The outcome lines of the first ``count`` scripted calls, in order."""
+    return [await proc.key("call", index, timeout=30) for index in range(count)]

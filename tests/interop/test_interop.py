@@ -1,22 +1,24 @@
-"""Official SDK workers (Python iii-sdk 0.25.0, Node iii-sdk 0.22.1) against our engine."""
+"""Official SDK workers (Python iii-sdk 0.25.0, Node iii-sdk 0.22.1) against our engine, and
+our SDK against the official Node one."""
 
 from __future__ import annotations
 
 import pytest
 
-from helpers import RawClient
-from interop.conftest import call_results
+from helpers import RawClient, call_results
 
 pytestmark = pytest.mark.interop
 
 OTHER = {"python": "node", "node": "python"}
 
 
-@pytest.mark.parametrize("server", ["python", "node"])
-async def test_math_add_across_runtimes(workers, server):
+@pytest.mark.parametrize(
+    "server, client", [("python", "node"), ("node", "python"), ("ours", "node"), ("node", "ours")]
+)
+async def test_math_add_across_runtimes(workers, server, client):
     await (await workers.start(server, f"math-{server}", "--fn", "math::add=add", "--stay")).key("ready")
     caller = await workers.start(
-        OTHER[server],
+        client,
         "caller",
         calls=[
             {"function_id": "math::add", "payload": {"a": 2, "b": 3}},
