@@ -1,4 +1,4 @@
-"""``iii``: runs the engine from ``config.yaml``.
+"""``iii``: runs the engine from ``config.yaml``; ``iii trigger`` and ``iii worker`` subcommands.
 
 Exit codes: 0 ok, 1 failure, 2 usage, 130 interrupted.
 """
@@ -6,16 +6,16 @@ Exit codes: 0 ok, 1 failure, 2 usage, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from iii import __version__
-from iii.engine.config import ConfigError, load_config, write_starter
+from iii.cli import trigger, worker
+from iii.cli.output import fail
+from iii.engine.config import ConfigError, write_starter
 
 __all__ = ["main", "build_parser"]
 
@@ -25,14 +25,13 @@ log = logging.getLogger("iii")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="iii",
-        description="Run the iii engine from config.yaml.",
+        description="Run the iii engine from config.yaml, or manage workers and call functions.",
     )
     parser.add_argument(
         "-c",
         "--config",
-        default="config.yaml",
         metavar="PATH",
-        help="engine configuration file (default: ./config.yaml; created when missing)",
+        help="engine configuration file (default: $III_CONFIG_PATH, else ./config.yaml; created when missing)",
     )
     parser.add_argument(
         "--log-level",
@@ -41,14 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="log verbosity (default: info, or $III_LOG_LEVEL)",
     )
     parser.add_argument("-v", "--version", action="version", version=f"iii {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    trigger.add_parser(commands)
+    worker.add_parser(commands)
     return parser
-
-
-def _error(message: str, fix: Optional[str] = None) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    if fix:
-        print(f"fix: {fix}", file=sys.stderr)
-    return 1
 
 
 def _ensure_config(path: Path) -> bool:
@@ -71,30 +66,30 @@ def _ensure_config(path: Path) -> bool:
     return True
 
 
-async def _run_engine(config_path: Path) -> int:
-    from iii.engine.server import Engine
+def _run_engine(config_path: Path) -> int:
+    if not _ensure_config(config_path):
+        return 1
+    import uvloop
 
-    config = load_config(config_path)
-    for entry in config.workers:
-        log.warning(
-            "%s: worker %r is not started: this engine does not run config workers yet",
-            config_path,
-            entry.name,
-        )
-    engine = Engine(config)
-    await engine.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await engine.stop()
-    return 0
+    from iii.engine.app import serve
+
+    try:
+        return uvloop.run(serve(config_path))
+    except ConfigError as exc:
+        return fail(str(exc), fix="correct the file and start the engine again")
+    except OSError as exc:
+        return fail(f"cannot start the engine: {exc}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `iii trigger f --json '{…}' k=v`: pairs may follow options, which argparse leaves over.
+    pairs = [token for token in extra if "=" in token and not token.startswith("-")]
+    if extra != pairs or (pairs and args.command not in ("trigger", "t")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if pairs:
+        args.pairs += pairs
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -102,17 +97,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     if args.log_level != "debug":
         logging.getLogger("picows").setLevel(logging.WARNING)  # it logs every connection at INFO
-    config_path = Path(args.config)
-    if not _ensure_config(config_path):
-        return 1
     try:
-        import uvloop
-
-        return uvloop.run(_run_engine(config_path))
-    except ConfigError as exc:
-        return _error(str(exc), "correct the file and start the engine again")
-    except OSError as exc:
-        return _error(f"cannot start the engine: {exc}")
+        if args.command is None:
+            return _run_engine(Path(args.config or os.environ.get("III_CONFIG_PATH") or "config.yaml"))
+        return args.run(args)
     except KeyboardInterrupt:
         return 130
 

@@ -1,0 +1,224 @@
+"""What ``iii worker init`` writes, per language (``{{worker_name}}`` is filled in)."""
+
+from __future__ import annotations
+
+__all__ = ["LANGUAGES", "ALIASES", "TEMPLATES", "ENTRY_POINTS", "render"]
+
+#: Canonical language -> short name stored in ``.iii/worker.ini``.
+LANGUAGES = {"typescript": "ts", "javascript": "js", "python": "py", "rust": "rust"}
+ALIASES = {"typescript": "typescript", "ts": "typescript", "javascript": "javascript", "js": "javascript",
+           "python": "python", "py": "python", "rust": "rust", "rs": "rust"}
+ENTRY_POINTS = {"typescript": "src/index.ts", "javascript": "src/index.js", "python": "src/main.py", "rust": "src/main.rs"}
+NODE_SDK = "0.22.1"
+
+_PYTHON_MAIN = '''"""{{worker_name}}: an iii worker."""
+
+import os
+import signal
+import threading
+
+from iii import InitOptions, register_worker
+
+worker = register_worker(
+    os.environ.get("III_URL", "ws://127.0.0.1:49134"),
+    InitOptions(worker_name="{{worker_name}}"),
+)
+
+
+def hello(data):
+    """Example function: {"name": "you"} -> {"greeting": "hello, you"}."""
+    return {"greeting": f"hello, {(data or {}).get('name', 'world')}"}
+
+
+def on_worker_event(data):
+    """Example trigger target: runs whenever a worker connects or disconnects."""
+    print(f"worker event: {data['event']} {data['worker_id']}", flush=True)
+
+
+worker.register_function("{{worker_name}}::hello", hello, description="Greets {name}")
+worker.register_function("{{worker_name}}::on-worker-event", on_worker_event)
+worker.register_trigger(
+    {"type": "engine::workers-available", "function_id": "{{worker_name}}::on-worker-event", "config": {}}
+)
+print("{{worker_name}} is ready", flush=True)
+
+stopped = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+signal.signal(signal.SIGINT, lambda *_: stopped.set())
+stopped.wait()
+worker.shutdown()
+'''
+
+_NODE_MAIN = '''import { registerWorker } from "iii-sdk";
+
+const worker = registerWorker(process.env.III_URL ?? "ws://127.0.0.1:49134", {
+  workerName: "{{worker_name}}",
+});
+
+// Example function: {"name": "you"} -> {"greeting": "hello, you"}
+worker.registerFunction("{{worker_name}}::hello", async (data{{ts_any}}) => ({
+  greeting: `hello, ${data?.name ?? "world"}`,
+}), { description: "Greets {name}" });
+
+// Example trigger: runs whenever a worker connects or disconnects.
+worker.registerFunction("{{worker_name}}::on-worker-event", async (data{{ts_any}}) => {
+  console.log(`worker event: ${data.event} ${data.worker_id}`);
+});
+worker.registerTrigger({
+  type: "engine::workers-available",
+  function_id: "{{worker_name}}::on-worker-event",
+  config: {},
+});
+console.log("{{worker_name}} is ready");
+
+const stop = async () => {
+  await worker.shutdown();
+  process.exit(0);
+};
+process.on("SIGTERM", stop);
+process.on("SIGINT", stop);
+'''
+
+TEMPLATES: dict[str, dict[str, str]] = {
+    "python": {
+        "iii.worker.yaml": """name: {{worker_name}}
+description: An iii worker written in Python
+scripts:
+  # The SDK is the `iii` package of the engine's own environment: nothing to download.
+  install: python -c "import iii; print('iii SDK', iii.__version__)"
+  start: python src/main.py
+""",
+        "pyproject.toml": """[project]
+name = "{{worker_name}}"
+version = "0.1.0"
+description = "An iii worker"
+requires-python = ">=3.11"
+# `iii` is provided by the iii-engine distribution (a drop-in for the official iii-sdk).
+dependencies = ["iii-engine"]
+""",
+        "src/main.py": _PYTHON_MAIN,
+    },
+    "typescript": {
+        "iii.worker.yaml": """name: {{worker_name}}
+description: An iii worker written in TypeScript
+scripts:
+  install: npm install
+  start: npm run start
+""",
+        "package.json": """{
+  "name": "{{worker_name}}",
+  "version": "0.1.0",
+  "private": true,
+  "type": "module",
+  "scripts": {
+    "start": "tsx src/index.ts"
+  },
+  "dependencies": {
+    "iii-sdk": "%s"
+  },
+  "devDependencies": {
+    "tsx": "^4.19.0",
+    "typescript": "^5.6.0"
+  }
+}
+""" % NODE_SDK,
+        "tsconfig.json": """{
+  "compilerOptions": {
+    "target": "ES2022",
+    "module": "NodeNext",
+    "moduleResolution": "NodeNext",
+    "strict": true,
+    "skipLibCheck": true
+  },
+  "include": ["src"]
+}
+""",
+        "src/index.ts": _NODE_MAIN.replace("{{ts_any}}", ": any"),
+    },
+    "javascript": {
+        "iii.worker.yaml": """name: {{worker_name}}
+description: An iii worker written in JavaScript
+scripts:
+  install: npm install
+  start: npm run start
+""",
+        "package.json": """{
+  "name": "{{worker_name}}",
+  "version": "0.1.0",
+  "private": true,
+  "type": "module",
+  "scripts": {
+    "start": "node src/index.js"
+  },
+  "dependencies": {
+    "iii-sdk": "%s"
+  }
+}
+""" % NODE_SDK,
+        "src/index.js": _NODE_MAIN.replace("{{ts_any}}", ""),
+    },
+    "rust": {
+        "iii.worker.yaml": """name: {{worker_name}}
+description: An iii worker written in Rust
+scripts:
+  install: cargo build --release
+  start: cargo run --release
+""",
+        "Cargo.toml": """[package]
+name = "{{worker_name}}"
+version = "0.1.0"
+edition = "2021"
+
+[dependencies]
+iii-sdk = "0.22"
+serde_json = "1"
+tokio = { version = "1", features = ["full"] }
+""",
+        "src/main.rs": """use serde_json::{json, Value};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::var("III_URL").unwrap_or_else(|_| "ws://127.0.0.1:49134".to_string());
+    let worker = iii_sdk::register_worker(&url, iii_sdk::InitOptions {
+        worker_name: Some("{{worker_name}}".into()),
+        ..Default::default()
+    })
+    .await?;
+
+    // Example function: {"name": "you"} -> {"greeting": "hello, you"}
+    worker
+        .register_function("{{worker_name}}::hello", |data: Value| async move {
+            let name = data.get("name").and_then(Value::as_str).unwrap_or("world").to_string();
+            Ok(json!({ "greeting": format!("hello, {name}") }))
+        })
+        .await?;
+
+    // Example trigger: runs whenever a worker connects or disconnects.
+    worker
+        .register_function("{{worker_name}}::on-worker-event", |data: Value| async move {
+            println!("worker event: {data}");
+            Ok(Value::Null)
+        })
+        .await?;
+    worker
+        .register_trigger(iii_sdk::RegisterTriggerInput {
+            trigger_type: "engine::workers-available".into(),
+            function_id: "{{worker_name}}::on-worker-event".into(),
+            config: json!({}),
+            ..Default::default()
+        })
+        .await?;
+
+    println!("{{worker_name}} is ready");
+    tokio::signal::ctrl_c().await?;
+    worker.shutdown_async().await;
+    Ok(())
+}
+""",
+    },
+}
+
+
+def render(language: str, worker_name: str) -> dict[str, str]:
+    """The files of ``language``'s template for ``worker_name``: relative path -> text."""
+    return {path: text.replace("{{worker_name}}", worker_name) for path, text in TEMPLATES[language].items()}

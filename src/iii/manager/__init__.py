@@ -1,0 +1,1 @@
+"""Running workers as supervised local processes: manifests, the supervisor, config edits."""
