@@ -50,7 +50,7 @@ async def engine(procs, tmp_path):
     return await procs.engine(tmp=tmp_path)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def official_python() -> str:
     """The interpreter of the venv holding the official ``iii-sdk==0.25.0``."""
     path = os.environ.get("III_OFFICIAL_PYTHON") or str(ROOT / ".venv-official" / "bin" / "python")
@@ -59,7 +59,7 @@ def official_python() -> str:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def node() -> str:
     """``node``, with the official ``iii-sdk`` installed under tests/interop/node."""
     node_path = shutil.which("node")
