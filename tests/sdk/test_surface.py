@@ -99,7 +99,7 @@ def test_codec_stub_matches_the_module():
     from mypy import api
 
     snippet = (
-        "from iii import codec\n"
+        "from iii import _codec as codec\n"
         "spliced: bytes = codec.with_caller(b'{}', codec.caller_field('w'))\n"
         "wrong: int = codec.encode_json(1)\n"
     )
