@@ -9,7 +9,7 @@ python=${PYTHON:-python3}
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 III_BUILD_EXTENSION=${III_BUILD_EXTENSION:-required} \
-  .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
+  .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,bench]"
 
 [ -x .venv-official/bin/python ] || "$python" -m venv .venv-official
 .venv-official/bin/pip install --quiet --disable-pip-version-check "iii-sdk==0.25.0"

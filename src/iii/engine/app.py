@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -93,6 +94,9 @@ async def serve(config_path: Path) -> int:
         OSError: a listener could not bind.
     """
     config = load_config(config_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # one descriptor per worker connection: take every one we are allowed
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     engine = Engine(config)
     urls = await engine.start()
     supervisor = Supervisor(_local_url(urls[0]), config_path)
