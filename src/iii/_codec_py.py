@@ -16,7 +16,6 @@ from iii.protocol import (
     OUTBOUND_TYPES,
     ErrorBody,
     InvocationResult,
-    InvokeFunction,
     Message,
     TypeProbe,
 )
@@ -43,7 +42,8 @@ _probe_decoder = msgspec.json.Decoder(TypeProbe)
 _encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
 _CALLER_KEY = b'"_caller_worker_id"'
-_NULL = msgspec.Raw(b"null")
+_JSON_SPACE = b" \t\r\n"
+_INVOKE_HEAD = b'{"type":"invokefunction","invocation_id":'
 
 
 def decode_frame(frame: bytes) -> Message:
@@ -99,9 +99,10 @@ def with_caller(data: bytes, field: bytes) -> bytes:
         obj = _json_decoder.decode(data)
         obj["_caller_worker_id"] = _json_decoder.decode(field[len(_CALLER_KEY) + 1 :])
         return _encoder.encode(obj)
-    if not data[1:-1].strip():
+    # Empty object? Only "{}" or "{" + whitespace + "}" (checked without copying the payload).
+    if len(data) == 2 or (data[1] in _JSON_SPACE and not data[1:-1].strip()):
         return b"{" + field + b"}"
-    return data[:-1] + b"," + field + b"}"
+    return b"".join((data[:-1], b",", field, b"}"))
 
 
 def encode_invoke(
@@ -112,17 +113,20 @@ def encode_invoke(
     traceparent: Union[str, None],
     baggage: Union[str, None],
 ) -> bytes:
-    """An ``invokefunction`` for the function's owner; ``data`` and ``metadata`` are raw JSON."""
-    return _encoder.encode(
-        InvokeFunction(
-            function_id=function_id,
-            invocation_id=invocation_id,
-            data=msgspec.Raw(data) if data else _NULL,
-            metadata=msgspec.Raw(metadata) if metadata else ABSENT,
-            traceparent=traceparent,
-            baggage=baggage,
-        )
-    )
+    """An ``invokefunction`` for the function's owner; ``data`` and ``metadata`` are raw JSON.
+
+    Built by concatenation: the payload is copied once, never re-encoded.
+    """
+    encode = _encoder.encode
+    parts = [_INVOKE_HEAD, encode(invocation_id), b',"function_id":', encode(function_id), b',"data":', data or b"null"]
+    if metadata:
+        parts += (b',"metadata":', metadata)
+    if traceparent is not None:
+        parts += (b',"traceparent":', encode(traceparent))
+    if baggage is not None:
+        parts += (b',"baggage":', encode(baggage))
+    parts.append(b"}")
+    return b"".join(parts)
 
 
 def encode_result(invocation_id: str, function_id: str, result: bytes) -> bytes:

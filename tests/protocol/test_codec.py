@@ -115,3 +115,15 @@ def test_caller_splice_equals_decode_and_set(value, spacing):
     (spliced,) = outputs
     expected = dict(value, _caller_worker_id="w-1") if isinstance(value, dict) else value
     assert json.loads(spliced) == expected
+
+
+@pytest.mark.parametrize(
+    "raw", [b"{}", b"{ }", b"{\n\t }", b'{"a":1}', b'{ "a" : 1 }', b"[]", b"null", b"", b'"s"', b'{"_caller_worker_id":1}']
+)
+def test_caller_splice_edge_cases_agree_across_twins(codec, raw):
+    from iii import _codec_py
+
+    field = codec.caller_field("w")
+    assert codec.with_caller(raw, field) == _codec_py.with_caller(raw, field)
+    if raw.startswith(b"{"):
+        assert json.loads(codec.with_caller(raw, field))["_caller_worker_id"] == "w"

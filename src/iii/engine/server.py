@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from typing import Any, Optional
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
@@ -44,10 +45,11 @@ def _answer_close(transport: WSTransport, frame: WSFrame) -> None:
 class WorkerListener(WSListener):
     """One worker connection on ``/``."""
 
-    __slots__ = ("_engine", "_transport", "_conn", "_grace", "_parts", "_parts_size", "_skipping")
+    __slots__ = ("_engine", "_receive", "_transport", "_conn", "_grace", "_parts", "_parts_size", "_skipping")
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._receive = engine.router.receive  # bound once: called for every frame
         self._transport: Optional[WSTransport] = None
         self._conn: Optional[Connection] = None
         self._grace: Optional[asyncio.TimerHandle] = None
@@ -60,15 +62,12 @@ class WorkerListener(WSListener):
         self._engine.listeners.add(self)
         peer = transport.underlying_transport.get_extra_info("peername")
         router = self._engine.router
-        self._conn = conn = router.connect(
-            self._send, self._close, peer[0] if peer else None, _now_ms()
-        )
+        # A C-level partial, not a Python method: the router calls it for every frame it sends.
+        send = partial(transport.send, _TEXT)
+        self._conn = conn = router.connect(send, self._close, peer[0] if peer else None, _now_ms())
         self._grace = asyncio.get_running_loop().call_later(
             router.grace_ms / 1000, router.expire_grace, conn
         )
-
-    def _send(self, data: bytes) -> None:
-        self._transport.send(_TEXT, data)  # type: ignore[union-attr]
 
     def _close(self) -> None:
         transport = self._transport
@@ -78,6 +77,12 @@ class WorkerListener(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
+        if msg_type is _TEXT and frame.fin:  # the hot path: one whole protocol message
+            try:
+                self._receive(self._conn, frame.get_payload_as_bytes())
+            except Exception:  # a router bug must cost one frame, never the connection
+                log.exception("worker %s: frame handling failed", self._conn.id)  # type: ignore[union-attr]
+            return
         if msg_type is _TEXT or msg_type is _BINARY:
             if frame.fin:
                 self._deliver(frame.get_payload_as_bytes(), msg_type is _BINARY)
@@ -111,7 +116,7 @@ class WorkerListener(WSListener):
         if binary and payload[:4] in _TELEMETRY_PREFIXES:
             return
         try:
-            self._engine.router.receive(self._conn, payload)  # type: ignore[arg-type]
+            self._receive(self._conn, payload)
         except Exception:  # a router bug must cost one frame, never the connection
             log.exception("worker %s: frame handling failed", self._conn.id)  # type: ignore[union-attr]
 
