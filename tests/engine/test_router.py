@@ -187,7 +187,7 @@ def test_caller_disconnect_forgets_its_calls_and_late_results_are_ignored(router
 
 
 def test_only_the_target_can_answer_an_invocation(router):
-    owner = connected(router, "owner", "f::x")
+    connected(router, "owner", "f::x")
     caller = connected(router, "caller")
     intruder = connected(router, "intruder")
     caller.call("f::x", {}, invocation_id="a")

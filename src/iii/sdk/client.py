@@ -695,6 +695,8 @@ class III:
         """Encode a call: (frame, invocation id or None for void, function id, timeout, enqueue)."""
         if self._fatal is not None:
             raise self._fatal
+        if self._closing:
+            raise InvocationError("SHUTDOWN", "iii is shutting down", request.get("function_id") if isinstance(request, dict) else None)
         if not isinstance(request, dict):
             request = request.model_dump()
         function_id = request["function_id"]
@@ -868,8 +870,8 @@ class III:
         if self._thread is not None and not self._on_loop_thread():
             asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
             self._stop_thread()
-        else:
-            self._loop.create_task(self._close())
+        else:  # on the caller's loop (or from it): close in the background, without blocking it
+            self._in_loop(lambda: self._loop.create_task(self._close()))
 
     def _stop_thread(self) -> None:
         thread = self._thread
