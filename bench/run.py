@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
@@ -72,10 +74,7 @@ def time_ns(function: Any, argument: Any, seconds: float) -> float:
     return median(samples)
 
 
-def codec_section(seconds: float) -> list[dict[str, Any]]:
-    import msgspec
-    import orjson
-
+def codec_twins() -> dict[str, Any]:
     from iii import _codec_py
 
     twins = {"py": _codec_py}
@@ -85,33 +84,46 @@ def codec_section(seconds: float) -> list[dict[str, Any]]:
         twins["c"] = _codec
     except ImportError:
         pass
-    field = _codec_py.caller_field("00000000-0000-4000-8000-000000000001")
+    return twins
 
-    def route(codec: Any) -> Any:
-        def classify_and_forward(frame: bytes) -> bytes:
-            msg = codec.decode_frame(frame)
-            return codec.encode_invoke(msg.invocation_id, msg.function_id,
-                                       codec.with_caller(bytes(msg.data), field), b"", None, None)
-        return classify_and_forward
 
-    encoder, decoder = msgspec.json.Encoder(), msgspec.json.Decoder()
+def router_of(codec: Any) -> Any:
+    """What the engine does to a forwarded call: classify, splice the caller, re-frame."""
+    field = codec.caller_field("00000000-0000-4000-8000-000000000001")
 
-    def orjson_full(frame: bytes) -> bytes:
-        value = orjson.loads(frame)
-        value["data"]["_caller_worker_id"] = "w"
-        return orjson.dumps(value)
+    def classify_and_forward(frame: bytes) -> bytes:
+        msg = codec.decode_frame(frame)
+        return codec.encode_invoke(msg.invocation_id, msg.function_id,
+                                   codec.with_caller(bytes(msg.data), field), b"", None, None)
+    return classify_and_forward
 
-    def msgspec_full(frame: bytes) -> bytes:
-        value = decoder.decode(frame)
-        value["data"]["_caller_worker_id"] = "w"
-        return encoder.encode(value)
 
+def orjson_full(frame: bytes) -> bytes:
+    """The naive alternative: decode everything, add the caller, encode everything."""
+    import orjson
+
+    value = orjson.loads(frame)
+    value["data"]["_caller_worker_id"] = "w"
+    return orjson.dumps(value)
+
+
+_msgspec_encoder, _msgspec_decoder = msgspec.json.Encoder(), msgspec.json.Decoder()
+
+
+def msgspec_full(frame: bytes) -> bytes:
+    value = _msgspec_decoder.decode(frame)
+    value["data"]["_caller_worker_id"] = "w"
+    return _msgspec_encoder.encode(value)
+
+
+def codec_section(seconds: float) -> list[dict[str, Any]]:
+    twins = codec_twins()
     rows = []
     for size in SIZES:
         frame = invoke_frame(size)
         row: dict[str, Any] = {"size": size}
         for name, codec in twins.items():
-            row[f"route_{name}_ns"] = time_ns(route(codec), frame, seconds)
+            row[f"route_{name}_ns"] = time_ns(router_of(codec), frame, seconds)
         row["orjson_full_ns"] = time_ns(orjson_full, frame, seconds)
         row["msgspec_full_ns"] = time_ns(msgspec_full, frame, seconds)
         rows.append(row)

@@ -312,12 +312,7 @@ class Router:
             )
             conn.send(
                 codec.encode_message(
-                    RegistrationRejected(
-                        code=ErrorCode.FUNCTION_NAMESPACE_CONFLICT,
-                        namespace=ns,
-                        function_id=function_id,
-                        owner_worker_id=owner_id,
-                    )
+                    RegistrationRejected(ErrorCode.FUNCTION_NAMESPACE_CONFLICT, ns, owner_id, function_id=function_id)
                 )
             )
             return
@@ -845,12 +840,7 @@ class Router:
         if holder is not None and holder is not conn and holder.state != ABORTED:
             conn.send(
                 codec.encode_message(
-                    RegistrationRejected(
-                        code=ErrorCode.WORKER_NAMESPACE_CONFLICT,
-                        namespace=namespace,
-                        worker_name=name,
-                        owner_worker_id=holder.id,
-                    )
+                    RegistrationRejected(ErrorCode.WORKER_NAMESPACE_CONFLICT, namespace, holder.id, worker_name=name)
                 )
             )
             log.warning(
