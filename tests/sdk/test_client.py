@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 
 import pytest
@@ -47,3 +49,58 @@ async def test_sync_handlers_may_call_other_functions(engine):
     finally:
         await thread_worker.shutdown_async()
         await worker.shutdown_async()
+
+
+class Recorder(iii.TriggerHandler):
+    """A trigger-type provider that records what the engine hands it."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, object]] = []
+        self.changed: "asyncio.Queue[None]" = asyncio.Queue()
+
+    async def register_trigger(self, config):
+        if config.config == {"refuse": True}:
+            raise ValueError("refused by the provider")
+        self.events.append(("register", config.function_id, config.config))
+        self.changed.put_nowait(None)
+
+    async def unregister_trigger(self, config):
+        self.events.append(("unregister", config.id, None))
+        self.changed.put_nowait(None)
+
+
+async def test_trigger_type_provider_gets_bindings_and_refusals_reach_the_binder(engine):
+    provider = await register_worker_async(engine.url, InitOptions(worker_name="provider"))
+    binder = await register_worker_async(engine.url, InitOptions(worker_name="binder"))
+    recorder = Recorder()
+    provider.register_trigger_type({"id": "hook", "description": "test hooks"}, recorder)
+    binder.register_function("binder::on-hook", lambda data: data)
+    trigger = binder.register_trigger({"type": "hook", "function_id": "binder::on-hook", "config": {"path": "/x"}})
+    await asyncio.wait_for(recorder.changed.get(), 10)
+    assert recorder.events == [("register", "binder::on-hook", {"path": "/x"})]
+
+    probe = await RawClient.connect(engine.url)
+    listed = await probe.call("engine::triggers::list", {})
+    (row,) = listed["result"]["triggers"]
+    assert (row["trigger_type"], row["config"]) == ("hook", {"path": "/x"})
+
+    trigger.unregister()
+    await asyncio.wait_for(recorder.changed.get(), 10)
+    assert recorder.events[-1] == ("unregister", row["id"], None)
+
+    refusals: "asyncio.Queue[str]" = asyncio.Queue()
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            refusals.put_nowait(record.getMessage())
+
+    catcher = Catch(logging.ERROR)
+    logging.getLogger("iii").addHandler(catcher)
+    try:  # the refusal travels provider → engine → binder, which logs it
+        binder.register_trigger({"type": "hook", "function_id": "binder::on-hook", "config": {"refuse": True}})
+        message = await asyncio.wait_for(refusals.get(), 10)
+    finally:
+        logging.getLogger("iii").removeHandler(catcher)
+    assert "Trigger registration failed" in message and "refused by the provider" in message
+    await binder.shutdown_async()
+    await provider.shutdown_async()
