@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from iii.engine.router import Router
 
@@ -552,3 +554,49 @@ def test_disconnect_is_idempotent(router):
     router.disconnect(peer.conn)
     router.disconnect(peer.conn)
     assert len([f for f in watcher.take() if f["data"]["event"] == "worker_disconnected"]) == 1
+
+
+# --------------------------------------------------------------------------- property
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=_json,
+    metadata=st.none() | st.dictionaries(st.text(max_size=5), _json, max_size=2),
+    traceparent=st.none() | st.text(max_size=20),
+    function_id=st.text(min_size=1, max_size=12).map(lambda s: "prop::" + s),  # never engine::
+    invocation_id=st.text(min_size=1, max_size=15),
+    type_last=st.booleans(),
+)
+def test_forwarding_equals_decode_then_reencode(router, data, metadata, traceparent, function_id, invocation_id, type_last):
+    """Property: whatever the payload, the raw-splicing route gives the owner exactly what a full
+    decode → add the caller → re-encode would, and the owner's answer reaches the caller intact."""
+    owner = Peer(router)
+    owner.register(f"owner-{len(router.connections)}")
+    owner.function(function_id)
+    caller = Peer(router)
+    frame = {"invocation_id": invocation_id, "function_id": function_id, "data": data}
+    if metadata is not None:
+        frame["metadata"] = metadata
+    if traceparent is not None:
+        frame["traceparent"] = traceparent
+    frame = {**frame, "type": "invokefunction"} if type_last else {"type": "invokefunction", **frame}
+    owner.take()
+    caller.send_raw(json.dumps(frame, ensure_ascii=False).encode())
+    (forwarded,) = owner.take()
+    expected = {**data, "_caller_worker_id": caller.id} if isinstance(data, dict) else data
+    assert forwarded["data"] == expected
+    assert (forwarded["invocation_id"], forwarded["function_id"]) == (invocation_id, function_id)
+    assert forwarded.get("metadata") == metadata and forwarded.get("traceparent") == traceparent
+    answer = json.dumps({"type": "invocationresult", "invocation_id": invocation_id, "function_id": function_id, "result": data}).encode()
+    owner.send_raw(answer)
+    assert caller.outbox == [answer]
+    router.disconnect(owner.conn)
+    router.disconnect(caller.conn)
