@@ -128,3 +128,36 @@ async def test_disconnect_of_a_raw_owner_stops_its_calls(engine):
     owner.transport.disconnect(graceful=False)
     stopped = await caller.recv_until(lambda f: f.get("invocation_id") == "h1")
     assert stopped["error"] == {"code": "invocation_stopped", "message": "Invocation stopped"}
+
+
+async def test_a_worker_that_stops_reading_is_dropped_before_memory_runs_out(monkeypatch, tmp_path):
+    """In-process engine with a small limit: the stuck worker goes, the caller stays."""
+    from iii.engine import server
+    from iii.engine.config import ListenerConfig, parse_config
+
+    monkeypatch.setattr(server, "STALLED_BUFFER_LIMIT", 2 * MiB)
+    config = parse_config("workers: []\n", tmp_path / "config.yaml")
+    config.listeners = [ListenerConfig(host="127.0.0.1", port=0)]
+    engine = server.Engine(config)
+    (url,) = await engine.start()
+    try:
+        stuck = await worker(url, "stuck", "stuck::fn")
+        stuck.transport.underlying_transport.pause_reading()
+        caller = await worker(url, "flooder", "flooder::on-worker")
+        caller.send(type="registertrigger", id="w", trigger_type="engine::workers-available", function_id="flooder::on-worker", config={})
+        blob = "x" * (256 * 1024)
+        for _ in range(200):  # 50 MiB, far past the limit
+            caller.send(type="invokefunction", function_id="stuck::fn", data={"blob": blob}, action={"type": "void"})
+            await asyncio.sleep(0)
+        await caller.recv_until(
+            lambda f: f.get("function_id") == "flooder::on-worker"
+            and f["data"] == {"event": "worker_disconnected", "worker_id": stuck.worker_id},
+            timeout=30,
+        )
+        stuck.transport.underlying_transport.resume_reading()  # so it sees it was dropped
+        await asyncio.wait_for(stuck.listener.closed.wait(), 30)
+        answer = await caller.call("stuck::fn", {})
+        assert answer["error"]["code"] == "function_not_found"
+        assert all(p.target.id != stuck.worker_id for p in engine.router.pending.values())
+    finally:
+        await engine.stop()

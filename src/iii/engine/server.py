@@ -29,6 +29,12 @@ _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
+#: Outbound bytes buffered for a worker before the engine watches whether it still reads.
+_HIGH_WATER = 4 * 1024 * 1024
+#: A worker that does not read is dropped once this much waits for it, or after this long.
+STALLED_BUFFER_LIMIT = 256 * 1024 * 1024
+STALLED_GRACE_S = 30.0
+_STALL_CHECK_S = 0.5
 #: Binary frames with these prefixes are OpenTelemetry payloads, not protocol messages.
 _TELEMETRY_PREFIXES = (b"OTLP", b"MTRC", b"LOGS")
 
@@ -45,7 +51,10 @@ def _answer_close(transport: WSTransport, frame: WSFrame) -> None:
 class WorkerListener(WSListener):
     """One worker connection on ``/``."""
 
-    __slots__ = ("_engine", "_receive", "_transport", "_conn", "_grace", "_parts", "_parts_size", "_skipping")
+    __slots__ = (
+        "_engine", "_receive", "_transport", "_conn", "_grace", "_parts", "_parts_size", "_skipping",
+        "_paused_at", "_stall_check",
+    )
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -56,9 +65,12 @@ class WorkerListener(WSListener):
         self._parts: list[bytes] = []
         self._parts_size = 0
         self._skipping = False  # discarding the rest of an oversized fragmented message
+        self._paused_at = 0.0
+        self._stall_check: Optional[asyncio.TimerHandle] = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
+        transport.underlying_transport.set_write_buffer_limits(high=_HIGH_WATER)
         self._engine.listeners.add(self)
         peer = transport.underlying_transport.get_extra_info("peername")
         router = self._engine.router
@@ -120,7 +132,37 @@ class WorkerListener(WSListener):
         except Exception:  # a router bug must cost one frame, never the connection
             log.exception("worker %s: frame handling failed", self._conn.id)  # type: ignore[union-attr]
 
+    def pause_writing(self) -> None:
+        """The worker is not keeping up with what it is sent: watch it (it may be stuck)."""
+        if self._stall_check is None:
+            loop = asyncio.get_running_loop()
+            self._paused_at = loop.time()
+            self._stall_check = loop.call_later(_STALL_CHECK_S, self._check_stalled)
+
+    def resume_writing(self) -> None:
+        if self._stall_check is not None:
+            self._stall_check.cancel()
+            self._stall_check = None
+
+    def _check_stalled(self) -> None:
+        """Drop a worker that stopped reading before what waits for it exhausts memory."""
+        transport = self._transport
+        loop = asyncio.get_running_loop()
+        waiting = transport.underlying_transport.get_write_buffer_size()  # type: ignore[union-attr]
+        if waiting > STALLED_BUFFER_LIMIT or loop.time() - self._paused_at > STALLED_GRACE_S:
+            log.warning(
+                "worker %s is not reading (%d bytes waiting for it): disconnecting it",
+                self._conn.id,  # type: ignore[union-attr]
+                waiting,
+            )
+            self._stall_check = None
+            transport.disconnect(graceful=False)  # type: ignore[union-attr]
+        else:
+            self._stall_check = loop.call_later(_STALL_CHECK_S, self._check_stalled)
+
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._stall_check is not None:
+            self._stall_check.cancel()
         if self._grace is not None:
             self._grace.cancel()
         if self._conn is not None:
