@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from functools import partial
 from typing import Any, Optional
 
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
@@ -39,6 +38,18 @@ _STALL_CHECK_S = 0.5
 _TELEMETRY_PREFIXES = (b"OTLP", b"MTRC", b"LOGS")
 
 
+_SMALL_TEXT_HEADERS = tuple(bytes((0x81, size)) for size in range(126))
+
+
+def _text_header(size: int) -> bytes:
+    """Header of a final, unmasked text frame (what a server sends) of ``size`` bytes."""
+    if size < 126:
+        return _SMALL_TEXT_HEADERS[size]
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big")
+    return b"\x81\x7f" + size.to_bytes(8, "big")
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -53,7 +64,7 @@ class WorkerListener(WSListener):
 
     __slots__ = (
         "_engine", "_receive", "_transport", "_conn", "_grace", "_parts", "_parts_size", "_skipping",
-        "_paused_at", "_stall_check",
+        "_paused_at", "_stall_check", "_out", "_write",
     )
 
     def __init__(self, engine: Engine) -> None:
@@ -67,6 +78,9 @@ class WorkerListener(WSListener):
         self._skipping = False  # discarding the rest of an oversized fragmented message
         self._paused_at = 0.0
         self._stall_check: Optional[asyncio.TimerHandle] = None
+        #: Messages for this worker waiting for the end of the batch.
+        self._out: list[bytes] = []
+        self._write: Any = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
@@ -74,27 +88,59 @@ class WorkerListener(WSListener):
         self._engine.listeners.add(self)
         peer = transport.underlying_transport.get_extra_info("peername")
         router = self._engine.router
-        # A C-level partial, not a Python method: the router calls it for every frame it sends.
-        send = partial(transport.send, _TEXT)
-        self._conn = conn = router.connect(send, self._close, peer[0] if peer else None, _now_ms())
+        self._write = transport.underlying_transport.writelines
+        self._conn = conn = router.connect(self._queue, self._close, peer[0] if peer else None, _now_ms())
         self._grace = asyncio.get_running_loop().call_later(
             router.grace_ms / 1000, router.expire_grace, conn
         )
 
+    def _queue(self, data: bytes) -> None:
+        """Send ``data`` as a text frame at the end of the current batch (one write for all)."""
+        out = self._out
+        if not out:
+            self._engine.mark_dirty(self)
+        out.append(data)
+
+    def flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        transport = self._transport
+        if transport is None or transport.is_disconnected:
+            return
+        if len(out) == 1:  # the common case at low load: picows frames it in C
+            transport.send(_TEXT, out[0])
+            return
+        frames = []
+        for data in out:
+            frames.append(_text_header(len(data)))
+            frames.append(data)
+        self._write(frames)
+
     def _close(self) -> None:
+        self.flush()  # what was sent before the close (a rejection, say) goes first
         transport = self._transport
         if transport is not None and not transport.is_disconnected:
             transport.send_close(WSCloseCode.OK)
             transport.disconnect()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        msg_type = frame.msg_type
-        if msg_type is _TEXT and frame.fin:  # the hot path: one whole protocol message
-            try:
+        engine = self._engine
+        engine.in_batch = True
+        try:
+            if frame.msg_type is _TEXT and frame.fin:  # the hot path: one whole protocol message
                 self._receive(self._conn, frame.get_payload_as_bytes())
-            except Exception:  # a router bug must cost one frame, never the connection
-                log.exception("worker %s: frame handling failed", self._conn.id)  # type: ignore[union-attr]
-            return
+            else:
+                self._other_frame(transport, frame)
+        except Exception:  # a router bug must cost one frame, never the connection
+            log.exception("worker %s: frame handling failed", self._conn.id)  # type: ignore[union-attr]
+        if frame.last_in_buffer:  # everything this read produced leaves in one write per worker
+            engine.in_batch = False
+            engine.flush()
+
+    def _other_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
         if msg_type is _TEXT or msg_type is _BINARY:
             if frame.fin:
                 self._deliver(frame.get_payload_as_bytes(), msg_type is _BINARY)
@@ -125,12 +171,8 @@ class WorkerListener(WSListener):
             _answer_close(transport, frame)
 
     def _deliver(self, payload: bytes, binary: bool) -> None:
-        if binary and payload[:4] in _TELEMETRY_PREFIXES:
-            return
-        try:
+        if not (binary and payload[:4] in _TELEMETRY_PREFIXES):
             self._receive(self._conn, payload)
-        except Exception:  # a router bug must cost one frame, never the connection
-            log.exception("worker %s: frame handling failed", self._conn.id)  # type: ignore[union-attr]
 
     def pause_writing(self) -> None:
         """The worker is not keeping up with what it is sent: watch it (it may be stuck)."""
@@ -161,6 +203,7 @@ class WorkerListener(WSListener):
             self._stall_check = loop.call_later(_STALL_CHECK_S, self._check_stalled)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._out = []
         if self._stall_check is not None:
             self._stall_check.cancel()
         if self._grace is not None:
@@ -173,6 +216,7 @@ class WorkerListener(WSListener):
         self._engine.listeners.discard(self)
 
     def shutdown(self) -> None:
+        self.flush()
         transport = self._transport
         if transport is not None and not transport.is_disconnected:
             transport.send_close(WSCloseCode.GOING_AWAY)
@@ -194,8 +238,27 @@ class Engine:
         self.config = config
         self.router: Router = None  # type: ignore[assignment]  # made in start(), on the loop
         self.listeners: set[WorkerListener] = set()
+        #: Inside a read batch: queued frames are flushed when it ends, not scheduled.
+        self.in_batch = False
+        self._dirty: list[WorkerListener] = []
+        self._flush_scheduled = False
         self._servers: list[asyncio.AbstractServer] = []
         self.urls: list[str] = []
+
+    def mark_dirty(self, listener: WorkerListener) -> None:
+        """``listener`` has frames queued: flush at the end of this batch, or soon."""
+        self._dirty.append(listener)
+        if not self.in_batch and not self._flush_scheduled:
+            self._flush_scheduled = True  # sent from a timer or a cleanup: flush on the next tick
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every worker's queued frames, one write per worker."""
+        self._flush_scheduled = False
+        if self._dirty:
+            dirty, self._dirty = self._dirty, []
+            for listener in dirty:
+                listener.flush()
 
     def _route(self, request: WSUpgradeRequest) -> Any:
         path = request.path.split(b"?", 1)[0].rstrip(b"/")
