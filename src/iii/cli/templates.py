@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any, Optional
+
 __all__ = ["LANGUAGES", "ALIASES", "TEMPLATES", "ENTRY_POINTS", "render"]
 
 #: Canonical language -> short name stored in ``.iii/worker.ini``.
@@ -79,6 +82,29 @@ process.on("SIGTERM", stop);
 process.on("SIGINT", stop);
 '''
 
+def _node_manifest(language: str) -> str:
+    return f"""name: {{{{worker_name}}}}
+description: An iii worker written in {language}
+scripts:
+  install: npm install
+  start: npm run start
+"""
+
+
+def _package_json(start: str, dev_dependencies: Optional[dict[str, str]] = None) -> str:
+    package: dict[str, Any] = {
+        "name": "{{worker_name}}",
+        "version": "0.1.0",
+        "private": True,
+        "type": "module",
+        "scripts": {"start": start},
+        "dependencies": {"iii-sdk": NODE_SDK},
+    }
+    if dev_dependencies:
+        package["devDependencies"] = dev_dependencies
+    return json.dumps(package, indent=2) + "\n"
+
+
 TEMPLATES: dict[str, dict[str, str]] = {
     "python": {
         "iii.worker.yaml": """name: {{worker_name}}
@@ -99,29 +125,8 @@ dependencies = ["iii-engine"]
         "src/main.py": _PYTHON_MAIN,
     },
     "typescript": {
-        "iii.worker.yaml": """name: {{worker_name}}
-description: An iii worker written in TypeScript
-scripts:
-  install: npm install
-  start: npm run start
-""",
-        "package.json": """{
-  "name": "{{worker_name}}",
-  "version": "0.1.0",
-  "private": true,
-  "type": "module",
-  "scripts": {
-    "start": "tsx src/index.ts"
-  },
-  "dependencies": {
-    "iii-sdk": "%s"
-  },
-  "devDependencies": {
-    "tsx": "^4.19.0",
-    "typescript": "^5.6.0"
-  }
-}
-""" % NODE_SDK,
+        "iii.worker.yaml": _node_manifest("TypeScript"),
+        "package.json": _package_json("tsx src/index.ts", {"tsx": "^4.19.0", "typescript": "^5.6.0"}),
         "tsconfig.json": """{
   "compilerOptions": {
     "target": "ES2022",
@@ -136,25 +141,8 @@ scripts:
         "src/index.ts": _NODE_MAIN.replace("{{ts_any}}", ": any"),
     },
     "javascript": {
-        "iii.worker.yaml": """name: {{worker_name}}
-description: An iii worker written in JavaScript
-scripts:
-  install: npm install
-  start: npm run start
-""",
-        "package.json": """{
-  "name": "{{worker_name}}",
-  "version": "0.1.0",
-  "private": true,
-  "type": "module",
-  "scripts": {
-    "start": "node src/index.js"
-  },
-  "dependencies": {
-    "iii-sdk": "%s"
-  }
-}
-""" % NODE_SDK,
+        "iii.worker.yaml": _node_manifest("JavaScript"),
+        "package.json": _package_json("node src/index.js"),
         "src/index.js": _NODE_MAIN.replace("{{ts_any}}", ""),
     },
     "rust": {

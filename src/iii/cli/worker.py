@@ -13,6 +13,7 @@ import configparser
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -278,8 +279,6 @@ def _registry_fetch(spec: str) -> Path:
 
 def _install(directory: Path, setup: Optional[str], install: Optional[str]) -> int:
     """Run the manifest's setup and install once, showing their output."""
-    import subprocess
-
     command = " && ".join(c for c in (setup, install) if c)
     if not command:
         return 0

@@ -2,7 +2,8 @@
 
 Path ``/`` carries the worker protocol, ``/otel`` is the SDKs' telemetry socket (accepted and
 drained, never a worker); anything else is answered 404. Each frame is handled inside the picows
-callback; messages fragmented over several frames are reassembled up to 64 MiB.
+callback; messages fragmented over several frames are reassembled up to 64 MiB. What the router
+sends while one read is processed is written once per worker when the read ends.
 """
 
 from __future__ import annotations
