@@ -39,7 +39,7 @@ def extensions():
 
         return cythonize(
             [Extension("iii._codec", ["src/iii/_codec.pyx"])],
-            compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
+            compiler_directives={"language_level": "3"},
             annotate=os.environ.get("III_CYTHON_ANNOTATE") == "1",
         )
     except Exception as exc:  # Cython missing or the .pyx does not compile

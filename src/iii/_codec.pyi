@@ -5,6 +5,10 @@ import msgspec
 from iii.protocol import ErrorBody, Message, TypeProbe
 
 DecodeError = msgspec.DecodeError
+ROUTE_INVOKE: int
+ROUTE_RESULT: int
+
+def route_frame(frame: bytes, caller: bytes) -> Union[tuple, None]: ...
 
 def decode_frame(frame: bytes) -> Message: ...
 def decode_engine_frame(frame: bytes) -> Message: ...

@@ -45,3 +45,396 @@ def with_caller(data, field):
     memcpy(dst + head, extra, extra_size)
     dst[head + extra_size] = b'}'
     return out
+
+
+# ---------------------------------------------------------------------------- route_frame
+# A single pass over the frame: the top-level members are located, routing strings read in place,
+# every other value skipped but validated (at least as strictly as msgspec's decoder: on anything
+# doubtful the scan gives up and the full decoder decides). Strings, where payload bytes mostly
+# are, are scanned sixteen bytes at a time.
+
+from libc.string cimport memchr, memcmp, memset
+from cpython.unicode cimport PyUnicode_DecodeASCII
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #include <string.h>
+    #ifdef __SSE2__
+    #include <emmintrin.h>
+    #endif
+    /* First byte in [p, end) that ends a run of plain string bytes: '"', '\\' or a control
+       character (< 0x20); end if there is none. Sixteen bytes at a time where SSE2 is there. */
+    static inline const unsigned char *iii_string_run(const unsigned char *p, const unsigned char *end) {
+    #ifdef __SSE2__
+        const __m128i quote = _mm_set1_epi8(0x22), backslash = _mm_set1_epi8(0x5C);
+        const __m128i control_max = _mm_set1_epi8(0x1F);
+        while (end - p >= 16) {
+            __m128i chunk = _mm_loadu_si128((const __m128i *)p);
+            __m128i stops = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(chunk, quote), _mm_cmpeq_epi8(chunk, backslash)),
+                _mm_cmpeq_epi8(_mm_subs_epu8(chunk, control_max), _mm_setzero_si128()));
+            int mask = _mm_movemask_epi8(stops);
+            if (mask)
+                return p + __builtin_ctz(mask);
+            p += 16;
+        }
+    #endif
+        while (p < end && *p != 0x22 && *p != 0x5C && *p >= 0x20)
+            p++;
+        return p;
+    }
+    """
+    const unsigned char *iii_string_run(const unsigned char *p, const unsigned char *end) nogil
+
+DEF MAX_DEPTH = 64  # deeper payloads are left to the full decoder
+
+# Members route_frame reads; any other member is skipped (and validated).
+cdef enum Member:
+    M_OTHER, M_TYPE, M_INVOCATION_ID, M_FUNCTION_ID, M_DATA, M_METADATA, M_ACTION, M_NAMESPACE,
+    M_TRACEPARENT, M_BAGGAGE, M_ERROR, M_COUNT
+
+
+cdef inline const unsigned char *_skip_space(const unsigned char *p, const unsigned char *end) noexcept nogil:
+    while p < end and (p[0] == 0x20 or p[0] == 0x0A or p[0] == 0x0D or p[0] == 0x09):
+        p += 1
+    return p
+
+
+cdef inline int _hex(unsigned char c) noexcept nogil:
+    if 0x30 <= c <= 0x39:
+        return c - 0x30
+    c |= 0x20
+    if 0x61 <= c <= 0x66:
+        return c - 0x61 + 10
+    return -1
+
+
+cdef int _unicode_escape(const unsigned char *p, const unsigned char *end) noexcept nogil:
+    """The code unit of the ``\\uXXXX`` escape at ``p``, or -1."""
+    cdef int i, digit, code = 0
+    if end - p < 6:
+        return -1
+    for i in range(2, 6):
+        digit = _hex(p[i])
+        if digit < 0:
+            return -1
+        code = code * 16 + digit
+    return code
+
+
+cdef const unsigned char *_skip_string(const unsigned char *p, const unsigned char *end) noexcept nogil:
+    """``p`` is just past the opening quote; returns just past the closing one, or NULL."""
+    cdef int code
+    cdef unsigned char c
+    while True:
+        p = iii_string_run(p, end)
+        if p >= end:
+            return NULL
+        c = p[0]
+        if c == 0x22:  # '"'
+            return p + 1
+        if c == 0x5C:  # '\\'
+            if p + 1 >= end:
+                return NULL
+            c = p[1]
+            if c == 0x75:  # 'u': four hex digits; a surrogate only as a high+low pair
+                code = _unicode_escape(p, end)
+                if 0xDC00 <= code <= 0xDFFF or code < 0:
+                    return NULL
+                p += 6
+                if code >= 0xD800 and code <= 0xDBFF:  # a high surrogate: its low half follows
+                    if not (p + 1 < end and p[0] == 0x5C and p[1] == 0x75):
+                        return NULL
+                    code = _unicode_escape(p, end)
+                    if not 0xDC00 <= code <= 0xDFFF:
+                        return NULL
+                    p += 6
+            elif c == 0x22 or c == 0x5C or c == 0x2F or c == 0x62 or c == 0x66 or c == 0x6E or c == 0x72 or c == 0x74:
+                p += 2
+            else:
+                return NULL
+        else:  # a control character
+            return NULL
+
+
+cdef inline const unsigned char *_skip_digits(const unsigned char *p, const unsigned char *end) noexcept nogil:
+    """At least one digit, or NULL."""
+    if p >= end or not (0x30 <= p[0] <= 0x39):
+        return NULL
+    while p < end and 0x30 <= p[0] <= 0x39:
+        p += 1
+    return p
+
+
+cdef const unsigned char *_skip_number(const unsigned char *p, const unsigned char *end) noexcept nogil:
+    if p[0] == 0x2D:  # '-'
+        p += 1
+    if p < end and p[0] == 0x30:  # a leading zero stands alone
+        p += 1
+    else:
+        p = _skip_digits(p, end)
+        if p == NULL:
+            return NULL
+    if p < end and p[0] == 0x2E:  # '.'
+        p = _skip_digits(p + 1, end)
+        if p == NULL:
+            return NULL
+    if p < end and (p[0] == 0x65 or p[0] == 0x45):  # 'e' / 'E'
+        p += 1
+        if p < end and (p[0] == 0x2B or p[0] == 0x2D):
+            p += 1
+        p = _skip_digits(p, end)
+    return p
+
+
+cdef const unsigned char *_skip_value(const unsigned char *p, const unsigned char *end, int depth) noexcept nogil:
+    """``p`` is at the value; returns just past it, or NULL if it is not (plainly) valid."""
+    cdef unsigned char c
+    if p >= end:
+        return NULL
+    c = p[0]
+    if c == 0x22:
+        return _skip_string(p + 1, end)
+    if c == 0x7B or c == 0x5B:  # '{' or '['
+        if depth >= MAX_DEPTH:
+            return NULL
+        p = _skip_space(p + 1, end)
+        if p < end and p[0] == c + 2:  # '}' / ']': empty
+            return p + 1
+        while True:
+            if c == 0x7B:
+                if p >= end or p[0] != 0x22:
+                    return NULL
+                p = _skip_string(p + 1, end)
+                if p == NULL:
+                    return NULL
+                p = _skip_space(p, end)
+                if p >= end or p[0] != 0x3A:  # ':'
+                    return NULL
+                p = _skip_space(p + 1, end)
+            p = _skip_value(p, end, depth + 1)
+            if p == NULL:
+                return NULL
+            p = _skip_space(p, end)
+            if p >= end:
+                return NULL
+            if p[0] == c + 2:
+                return p + 1
+            if p[0] != 0x2C:  # ','
+                return NULL
+            p = _skip_space(p + 1, end)
+    if c == 0x74:
+        return p + 4 if end - p >= 4 and memcmp(p, b"true", 4) == 0 else NULL
+    if c == 0x66:
+        return p + 5 if end - p >= 5 and memcmp(p, b"false", 5) == 0 else NULL
+    if c == 0x6E:
+        return p + 4 if end - p >= 4 and memcmp(p, b"null", 4) == 0 else NULL
+    if c == 0x2D or 0x30 <= c <= 0x39:
+        return _skip_number(p, end)
+    return NULL
+
+
+cdef const unsigned char *_skip_plain_string(const unsigned char *p, const unsigned char *end) noexcept nogil:
+    """A string of printable ASCII without escapes (ids are): ``p`` past the opening quote."""
+    while p < end:
+        if p[0] == 0x22:
+            return p + 1
+        if p[0] < 0x20 or p[0] >= 0x7F or p[0] == 0x5C:
+            return NULL
+        p += 1
+    return NULL
+
+
+cdef Member _member(const unsigned char *key, Py_ssize_t size) noexcept nogil:
+    if size == 4:
+        if memcmp(key, b"type", 4) == 0:
+            return M_TYPE
+        if memcmp(key, b"data", 4) == 0:
+            return M_DATA
+    elif size == 13 and memcmp(key, b"invocation_id", 13) == 0:
+        return M_INVOCATION_ID
+    elif size == 11:
+        if memcmp(key, b"function_id", 11) == 0:
+            return M_FUNCTION_ID
+        if memcmp(key, b"traceparent", 11) == 0:
+            return M_TRACEPARENT
+    elif size == 8 and memcmp(key, b"metadata", 8) == 0:
+        return M_METADATA
+    elif size == 6 and memcmp(key, b"action", 6) == 0:
+        return M_ACTION
+    elif size == 9 and memcmp(key, b"namespace", 9) == 0:
+        return M_NAMESPACE
+    elif size == 7 and memcmp(key, b"baggage", 7) == 0:
+        return M_BAGGAGE
+    elif size == 5 and memcmp(key, b"error", 5) == 0:
+        return M_ERROR
+    return M_OTHER
+
+
+cdef inline bint _is_string_member(Member member) noexcept nogil:
+    return (
+        member == M_TYPE or member == M_INVOCATION_ID or member == M_FUNCTION_ID
+        or member == M_TRACEPARENT or member == M_BAGGAGE
+    )
+
+
+cdef inline char *_put(char *dst, const void *src, Py_ssize_t size) noexcept nogil:
+    memcpy(dst, src, size)
+    return dst + size
+
+
+_pure_route_frame = route_frame
+
+
+def route_frame(frame, caller):
+    """Compiled twin of the pure ``route_frame`` (same contract): one validating pass, no decode."""
+    if type(frame) is not bytes or type(caller) is not bytes:
+        return _pure_route_frame(frame, caller)
+    cdef const unsigned char *start = <const unsigned char *>PyBytes_AS_STRING(frame)
+    cdef const unsigned char *end = start + PyBytes_GET_SIZE(frame)
+    # Value spans by member: [begin, stop); begin NULL = absent.
+    cdef const unsigned char *begin[<int>M_COUNT]
+    cdef const unsigned char *stop[<int>M_COUNT]
+    cdef const unsigned char *p
+    cdef const unsigned char *key
+    cdef Member member
+    memset(begin, 0, sizeof(begin))
+    p = _skip_space(start, end)
+    if p >= end or p[0] != 0x7B:
+        return None
+    p = _skip_space(p + 1, end)
+    while True:
+        if p >= end or p[0] != 0x22:
+            return None
+        key = p + 1
+        p = _skip_string(key, end)
+        if p == NULL or memchr(key, 0x5C, p - 1 - key) != NULL:  # escaped keys: full decoder
+            return None
+        member = _member(key, p - 1 - key)
+        p = _skip_space(p, end)
+        if p >= end or p[0] != 0x3A:
+            return None
+        p = _skip_space(p + 1, end)
+        if member != M_OTHER:
+            if begin[<int>member] != NULL:  # a repeated member: full decoder
+                return None
+            begin[<int>member] = p
+        if _is_string_member(member) and p < end and p[0] == 0x22:
+            p = _skip_plain_string(p + 1, end)
+        else:
+            p = _skip_value(p, end, 1)
+        if p == NULL:
+            return None
+        if member != M_OTHER:
+            stop[<int>member] = p
+        p = _skip_space(p, end)
+        if p >= end:
+            return None
+        if p[0] == 0x7D:  # '}'
+            break
+        if p[0] != 0x2C:
+            return None
+        p = _skip_space(p + 1, end)
+    if _skip_space(p + 1, end) != end:
+        return None
+    # The ids and the type are plain strings; traceparent and baggage may also be null.
+    if not (
+        _present_string(begin, M_TYPE) and _present_string(begin, M_INVOCATION_ID)
+        and _absent_or_string(begin, M_FUNCTION_ID, False)
+        and _absent_or_string(begin, M_TRACEPARENT, True) and _absent_or_string(begin, M_BAGGAGE, True)
+    ):
+        return None
+    p = begin[<int>M_TYPE]
+    cdef Py_ssize_t type_size = stop[<int>M_TYPE] - p
+    if type_size == 18 and memcmp(p, b'"invocationresult"', 18) == 0:
+        if begin[<int>M_ERROR] != NULL:
+            return None
+        return (ROUTE_RESULT, _ascii(begin[<int>M_INVOCATION_ID], stop[<int>M_INVOCATION_ID]), None, None)
+    if not (type_size == 16 and memcmp(p, b'"invokefunction"', 16) == 0):
+        return None
+    if begin[<int>M_ACTION] != NULL or begin[<int>M_NAMESPACE] != NULL or begin[<int>M_FUNCTION_ID] == NULL:
+        return None
+    return _forward_invoke(begin, stop, caller)
+
+
+cdef str _ascii(const unsigned char *quoted, const unsigned char *after):
+    """The str of a plain string value, given its span including the quotes."""
+    return PyUnicode_DecodeASCII(<const char *>quoted + 1, after - quoted - 2, NULL)
+
+
+cdef inline bint _present_string(const unsigned char **begin, Member member) noexcept:
+    return begin[<int>member] != NULL and begin[<int>member][0] == 0x22
+
+
+cdef inline bint _absent_or_string(const unsigned char **begin, Member member, bint nullable) noexcept:
+    cdef const unsigned char *value = begin[<int>member]
+    return value == NULL or value[0] == 0x22 or (nullable and value[0] == 0x6E)  # 'n': null
+
+
+cdef tuple _forward_invoke(const unsigned char **begin, const unsigned char **stop, bytes caller):
+    """The ``invokefunction`` for the owner, laid out exactly as ``encode_invoke`` lays it out."""
+    cdef const unsigned char *data = begin[<int>M_DATA]
+    cdef Py_ssize_t data_size = 4  # "null" when absent
+    cdef const unsigned char *inner
+    cdef bint splice = False, empty = False
+    if data != NULL:
+        data_size = stop[<int>M_DATA] - data
+        if data[0] == 0x7B:
+            if memmem(data, data_size, b'"_caller_worker_id"', 19) != NULL:
+                return None
+            splice = True
+            inner = _skip_space(data + 1, data + data_size)
+            empty = inner[0] == 0x7D
+    cdef Py_ssize_t caller_size = PyBytes_GET_SIZE(caller)
+    cdef Py_ssize_t id_size = stop[<int>M_INVOCATION_ID] - begin[<int>M_INVOCATION_ID]
+    cdef Py_ssize_t function_size = stop[<int>M_FUNCTION_ID] - begin[<int>M_FUNCTION_ID]
+    cdef Py_ssize_t size = 41 + id_size + 15 + function_size + 8 + 1
+    if splice:
+        size += (2 + caller_size) if empty else (data_size + 1 + caller_size)
+    else:
+        size += data_size
+    cdef bint metadata = begin[<int>M_METADATA] != NULL
+    cdef bint traceparent = _present_string(begin, M_TRACEPARENT)
+    cdef bint baggage = _present_string(begin, M_BAGGAGE)
+    if metadata:
+        size += 12 + (stop[<int>M_METADATA] - begin[<int>M_METADATA])
+    if traceparent:
+        size += 15 + (stop[<int>M_TRACEPARENT] - begin[<int>M_TRACEPARENT])
+    if baggage:
+        size += 11 + (stop[<int>M_BAGGAGE] - begin[<int>M_BAGGAGE])
+    out = PyBytes_FromStringAndSize(NULL, size)
+    cdef char *dst = PyBytes_AS_STRING(out)
+    dst = _put(dst, b'{"type":"invokefunction","invocation_id":', 41)
+    dst = _put(dst, begin[<int>M_INVOCATION_ID], id_size)
+    dst = _put(dst, b',"function_id":', 15)
+    dst = _put(dst, begin[<int>M_FUNCTION_ID], function_size)
+    dst = _put(dst, b',"data":', 8)
+    if data == NULL:
+        dst = _put(dst, b"null", 4)
+    elif not splice:
+        dst = _put(dst, data, data_size)
+    else:
+        if empty:
+            dst = _put(dst, b"{", 1)
+        else:
+            dst = _put(dst, data, data_size - 1)
+            dst = _put(dst, b",", 1)
+        dst = _put(dst, PyBytes_AS_STRING(caller), caller_size)
+        dst = _put(dst, b"}", 1)
+    if metadata:
+        dst = _put(dst, b',"metadata":', 12)
+        dst = _put(dst, begin[<int>M_METADATA], stop[<int>M_METADATA] - begin[<int>M_METADATA])
+    if traceparent:
+        dst = _put(dst, b',"traceparent":', 15)
+        dst = _put(dst, begin[<int>M_TRACEPARENT], stop[<int>M_TRACEPARENT] - begin[<int>M_TRACEPARENT])
+    if baggage:
+        dst = _put(dst, b',"baggage":', 11)
+        dst = _put(dst, begin[<int>M_BAGGAGE], stop[<int>M_BAGGAGE] - begin[<int>M_BAGGAGE])
+    dst[0] = b'}'
+    return (
+        ROUTE_INVOKE,
+        _ascii(begin[<int>M_INVOCATION_ID], stop[<int>M_INVOCATION_ID]),
+        _ascii(begin[<int>M_FUNCTION_ID], stop[<int>M_FUNCTION_ID]),
+        out,
+    )

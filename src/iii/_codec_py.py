@@ -16,12 +16,16 @@ from iii.protocol import (
     OUTBOUND_TYPES,
     ErrorBody,
     InvocationResult,
+    InvokeFunction,
     Message,
     TypeProbe,
 )
 
 __all__ = [
     "DecodeError",
+    "ROUTE_INVOKE",
+    "ROUTE_RESULT",
+    "route_frame",
     "decode_frame",
     "decode_engine_frame",
     "probe_frame",
@@ -43,29 +47,77 @@ _encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
 _CALLER_KEY = b'"_caller_worker_id"'
 _JSON_SPACE = b" \t\r\n"
+_TOO_DEEP = "JSON is malformed: nested too deeply"
 _INVOKE_HEAD = b'{"type":"invokefunction","invocation_id":'
+#: What :func:`route_frame` found: a plain call to forward, or an answer to pass back.
+ROUTE_INVOKE = 1
+ROUTE_RESULT = 2
+
+
+def route_frame(frame: bytes, caller: bytes) -> Union[tuple, None]:
+    """The routing fast path: read a frame only as far as forwarding it needs.
+
+    Returns ``(ROUTE_INVOKE, invocation_id, function_id, frame_for_owner)`` for a plain call
+    (an ``invokefunction`` with an id, no action, the default namespace) whose data does not name
+    ``_caller_worker_id`` itself; ``frame_for_owner`` is what :func:`encode_invoke` makes of it,
+    with ``caller`` (from :func:`caller_field`) spliced into the data. Returns
+    ``(ROUTE_RESULT, invocation_id, None, None)`` for an ``invocationresult`` without ``error``,
+    which is forwarded as received. Anything else, malformed frames included, returns ``None``:
+    the caller decodes it fully (:func:`decode_frame`). The compiled twin may also answer
+    ``None`` for frames this one routes (escaped or non-ASCII ids, duplicate keys); it never
+    routes a frame the full decoder would reject.
+    """
+    try:
+        msg = decode_frame(frame)
+    except DecodeError:
+        return None
+    msg_type = type(msg)
+    if msg_type is InvocationResult:
+        return None if msg.error else (ROUTE_RESULT, msg.invocation_id, None, None)
+    if msg_type is not InvokeFunction:
+        return None
+    if msg.invocation_id is None or msg.action is not None or msg.namespace is not msgspec.UNSET:
+        return None
+    data = bytes(msg.data) if msg.data else b"null"
+    if data[0] == 0x7B and _CALLER_KEY in data:
+        return None
+    out = encode_invoke(
+        msg.invocation_id,
+        msg.function_id,
+        with_caller(data, caller),
+        bytes(msg.metadata) if msg.metadata else b"",
+        msg.traceparent,
+        msg.baggage,
+    )
+    return ROUTE_INVOKE, msg.invocation_id, msg.function_id, out
 
 
 def decode_frame(frame: bytes) -> Message:
     """Decode one inbound frame; payload fields stay raw.
 
     Raises:
-        msgspec.DecodeError: malformed JSON, unknown ``type`` or a field of the wrong type (its
-            message names the JSON path).
+        msgspec.DecodeError: malformed JSON, nested too deeply, unknown ``type`` or a field of the
+            wrong type (its message names the JSON path).
     """
-    return _frame_decoder.decode(frame)
+    try:
+        return _frame_decoder.decode(frame)
+    except RecursionError:
+        raise DecodeError(_TOO_DEEP) from None
 
 
 def decode_engine_frame(frame: bytes) -> Message:
     """Decode one frame the engine sent to a worker (the SDK side); payloads stay raw."""
-    return _engine_frame_decoder.decode(frame)
+    try:
+        return _engine_frame_decoder.decode(frame)
+    except RecursionError:
+        raise DecodeError(_TOO_DEEP) from None
 
 
 def probe_frame(frame: bytes) -> TypeProbe:
     """Best-effort read of ``type`` / ``invocation_id`` from a frame that failed to decode."""
     try:
         return _probe_decoder.decode(frame)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return TypeProbe()
 
 

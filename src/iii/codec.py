@@ -19,6 +19,9 @@ else:
 IMPLEMENTATION = "py" if _impl.__name__.endswith("_codec_py") else "c"
 
 DecodeError = _impl.DecodeError
+ROUTE_INVOKE = _impl.ROUTE_INVOKE
+ROUTE_RESULT = _impl.ROUTE_RESULT
+route_frame = _impl.route_frame
 decode_frame = _impl.decode_frame
 decode_engine_frame = _impl.decode_engine_frame
 probe_frame = _impl.probe_frame
@@ -34,6 +37,9 @@ encode_error_result = _impl.encode_error_result
 __all__ = [
     "IMPLEMENTATION",
     "DecodeError",
+    "ROUTE_INVOKE",
+    "ROUTE_RESULT",
+    "route_frame",
     "decode_frame",
     "decode_engine_frame",
     "probe_frame",

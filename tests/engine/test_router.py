@@ -248,6 +248,7 @@ def test_enqueue_without_a_queue_provider_is_a_clear_error(router):
         b'{"type":"invocationresult","invocation_id":7}',
         b'{"no_type":true}',
         b'{"type":"invokefunction","function_id":"x","action":{"type":"teleport"}}',
+        b'{"type":"invokefunction","function_id":"x","invocation_id":"i","data":' + b"[" * 5000 + b"]" * 5000 + b"}",
     ],
 )
 def test_bad_frames_are_dropped_and_the_connection_lives_on(router, raw):

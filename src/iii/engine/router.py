@@ -20,6 +20,7 @@ import msgspec
 from msgspec import UNSET
 
 from iii import codec
+from iii.codec import ROUTE_RESULT
 from iii.engine.functions import install_engine_functions
 from iii.engine.registry import (
     ABORTED,
@@ -119,6 +120,7 @@ class Router:
         self.names: dict[tuple[str, str], Connection] = {}
         self.modules: list[Module] = []
         self._functions_dirty = False
+        self._route_frame = codec.route_frame
         self._handlers: dict[type, Callable[[Connection, Any, bytes], None]] = {
             InvokeFunction: self._on_invoke,
             InvocationResult: self._on_result,
@@ -161,6 +163,14 @@ class Router:
         """Process one complete message from ``conn``; bad frames are logged and dropped."""
         if conn.state == ABORTED:
             return
+        # The hot path: plain calls and their answers are routed from a single scan of the frame.
+        routed = self._route_frame(frame, conn.caller_field)
+        if routed is not None:
+            if routed[0] == ROUTE_RESULT:
+                if self._pass_result(conn, routed[1], frame):
+                    return
+            elif self._forward_call(conn, routed[1], routed[2], routed[3]):
+                return
         try:
             msg = codec.decode_frame(frame)
         except codec.DecodeError as exc:
@@ -419,10 +429,11 @@ class Router:
             conn.invocations.add(key)
         else:
             key = self._new_id()
-        self.pending[key] = Pending(answer_to, target, function_id)
-        target.invocations.add(key)
-        target.inbound_active += 1
-        target.send(
+        self._dispatch(
+            answer_to,
+            target,
+            key,
+            function_id,
             codec.encode_invoke(
                 key,
                 function_id,
@@ -430,19 +441,43 @@ class Router:
                 bytes(msg.metadata) if msg.metadata else b"",
                 msg.traceparent,
                 msg.baggage,
-            )
+            ),
         )
+
+    def _dispatch(
+        self,
+        caller: Optional[Connection],
+        target: Connection,
+        key: str,
+        function_id: str,
+        frame: bytes,
+    ) -> None:
+        """Send a call to the function's owner and remember who waits for the answer."""
+        self.pending[key] = Pending(caller, target, function_id)
+        target.invocations.add(key)
+        target.inbound_active += 1
+        target.send(frame)
+
+    def _forward_call(self, conn: Connection, invocation_id: str, function_id: str, frame: bytes) -> bool:
+        """Fast path of :meth:`_on_invoke` for a plain call (``route_frame`` built ``frame``).
+
+        Returns ``False``, having changed nothing, when the call needs the full path: a built-in,
+        an unknown function, an invocation id already in flight.
+        """
+        by_id = self.functions.get(DEFAULT_NAMESPACE)
+        fn = by_id.get(function_id) if by_id is not None else None
+        if fn is None or fn.handler is not None or invocation_id in self.pending:
+            return False
+        conn.invocations_made += 1
+        conn.invocations.add(invocation_id)
+        self._dispatch(conn, fn.owner, invocation_id, function_id, frame)
+        return True
 
     def _on_result(self, conn: Connection, msg: InvocationResult, frame: bytes) -> None:
         invocation_id = msg.invocation_id
-        pending = self.pending.get(invocation_id)
-        if pending is None or pending.target is not conn:
-            # Late answer (caller gone, void call, a result replayed after a reconnect).
+        pending = self._settle(conn, invocation_id)
+        if pending is None:
             return
-        del self.pending[invocation_id]
-        conn.invocations.discard(invocation_id)
-        conn.inbound_active -= 1
-        conn.invocations_handled += 1
         error = self._error_of(msg) if msg.error else None
         if error is not None:
             conn.invocations_failed += 1
@@ -457,6 +492,34 @@ class Router:
                 caller.send(codec.encode_error_result(invocation_id, msg.function_id, error))
         elif pending.on_result is not None:
             pending.on_result(bytes(msg.result) if msg.result else b"null", error)
+
+    def _settle(self, conn: Connection, invocation_id: str) -> Optional[Pending]:
+        """Close the books on a call ``conn`` answered; ``None`` for an answer nobody awaits."""
+        pending = self.pending.get(invocation_id)
+        if pending is None or pending.target is not conn:
+            # Late answer (caller gone, void call, a result replayed after a reconnect).
+            return None
+        del self.pending[invocation_id]
+        conn.invocations.discard(invocation_id)
+        conn.inbound_active -= 1
+        conn.invocations_handled += 1
+        return pending
+
+    def _pass_result(self, conn: Connection, invocation_id: str, frame: bytes) -> bool:
+        """Fast path of :meth:`_on_result` for a successful answer to a worker's call.
+
+        Returns ``False``, having changed nothing, when the engine itself awaits the answer (it
+        needs the result decoded): the full path takes it.
+        """
+        pending = self.pending.get(invocation_id)
+        if pending is not None and pending.target is conn and pending.caller is None:
+            return False
+        if self._settle(conn, invocation_id) is not None:
+            caller = pending.caller  # type: ignore[union-attr]
+            caller.invocations.discard(invocation_id)
+            if caller.state != ABORTED:
+                caller.send(frame)
+        return True
 
     @staticmethod
     def _error_of(msg: InvocationResult) -> ErrorBody:
