@@ -88,13 +88,11 @@ def codec_twins() -> dict[str, Any]:
 
 
 def router_of(codec: Any) -> Any:
-    """What the engine does to a forwarded call: classify, splice the caller, re-frame."""
+    """What the engine does to a forwarded call: one scan, the caller spliced in, re-framed."""
     field = codec.caller_field("00000000-0000-4000-8000-000000000001")
 
     def classify_and_forward(frame: bytes) -> bytes:
-        msg = codec.decode_frame(frame)
-        return codec.encode_invoke(msg.invocation_id, msg.function_id,
-                                   codec.with_caller(bytes(msg.data), field), b"", None, None)
+        return codec.route_frame(frame, field)[3]
     return classify_and_forward
 
 

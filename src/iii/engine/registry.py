@@ -1,12 +1,14 @@
 """The engine's records: connections, functions, trigger types, bindings, pending invocations.
 
-Plain slotted classes with no behaviour beyond describing themselves; the router owns the
-rules that change them.
+Plain slotted classes (and one Struct) with no behaviour beyond describing themselves; the router
+owns the rules that change them.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
+
+import msgspec
 
 from iii.protocol import DEFAULT_NAMESPACE
 
@@ -276,24 +278,15 @@ class Binding:
         self.provider_key: Optional[tuple[str, str]] = None
 
 
-class Pending:
-    """An invocation routed to a worker and not answered yet."""
+class Pending(msgspec.Struct):
+    """An invocation routed to a worker and not answered yet (a Struct: one is made per call)."""
 
-    __slots__ = ("caller", "target", "function_id", "on_result")
-
-    def __init__(
-        self,
-        caller: Optional[Connection],
-        target: Connection,
-        function_id: str,
-        on_result: Optional[Callable[[Any, Any], None]] = None,
-    ) -> None:
-        #: Who gets the ``invocationresult``; ``None`` for void and engine-originated calls.
-        self.caller = caller
-        self.target = target
-        self.function_id = function_id
-        #: Engine-side continuation ``(result_raw, error_body)`` for engine-originated calls.
-        self.on_result = on_result
+    #: Who gets the ``invocationresult``; ``None`` for void and engine-originated calls.
+    caller: Optional[Connection]
+    target: Connection
+    function_id: str
+    #: Engine-side continuation ``(result_raw, error_body)`` for engine-originated calls.
+    on_result: Optional[Callable[[Any, Any], None]] = None
 
 
 class EngineError(Exception):

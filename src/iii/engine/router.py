@@ -20,7 +20,7 @@ import msgspec
 from msgspec import UNSET
 
 from iii import codec
-from iii.codec import ROUTE_RESULT
+from iii.codec import ROUTE_INVOKE
 from iii.engine.functions import install_engine_functions
 from iii.engine.registry import (
     ABORTED,
@@ -163,13 +163,36 @@ class Router:
         """Process one complete message from ``conn``; bad frames are logged and dropped."""
         if conn.state == ABORTED:
             return
-        # The hot path: plain calls and their answers are routed from a single scan of the frame.
+        # The hot path: plain calls from worker to worker and their answers, routed from one scan
+        # of the frame. It does what _on_invoke / _on_result do for these, written out flat (this
+        # runs for every call); anything it does not take goes down the full path, unchanged.
         routed = self._route_frame(frame, conn.caller_field)
         if routed is not None:
-            if routed[0] == ROUTE_RESULT:
-                if self._pass_result(conn, routed[1], frame):
+            kind, invocation_id, function_id, forward = routed
+            pending = self.pending.get(invocation_id)
+            if kind == ROUTE_INVOKE:
+                by_id = self.functions.get(DEFAULT_NAMESPACE)
+                fn = by_id.get(function_id) if by_id is not None else None
+                if pending is None and fn is not None and fn.handler is None:
+                    target = fn.owner
+                    conn.invocations_made += 1
+                    conn.invocations.add(invocation_id)
+                    self.pending[invocation_id] = Pending(conn, target, function_id)
+                    target.invocations.add(invocation_id)
+                    target.inbound_active += 1
+                    target.send(forward)
                     return
-            elif self._forward_call(conn, routed[1], routed[2], routed[3]):
+            elif pending is None or pending.target is not conn:
+                return  # a late answer (caller gone, void call, replayed after a reconnect)
+            elif pending.caller is not None:  # not the engine's own call (that needs the result)
+                caller = pending.caller
+                del self.pending[invocation_id]
+                conn.invocations.discard(invocation_id)
+                conn.inbound_active -= 1
+                conn.invocations_handled += 1
+                caller.invocations.discard(invocation_id)
+                if caller.state != ABORTED:
+                    caller.send(frame)
                 return
         try:
             msg = codec.decode_frame(frame)
@@ -451,33 +474,24 @@ class Router:
         key: str,
         function_id: str,
         frame: bytes,
+        on_result: Optional[Callable[[bytes, Optional[ErrorBody]], None]] = None,
     ) -> None:
         """Send a call to the function's owner and remember who waits for the answer."""
-        self.pending[key] = Pending(caller, target, function_id)
+        self.pending[key] = Pending(caller, target, function_id, on_result)
         target.invocations.add(key)
         target.inbound_active += 1
         target.send(frame)
 
-    def _forward_call(self, conn: Connection, invocation_id: str, function_id: str, frame: bytes) -> bool:
-        """Fast path of :meth:`_on_invoke` for a plain call (``route_frame`` built ``frame``).
-
-        Returns ``False``, having changed nothing, when the call needs the full path: a built-in,
-        an unknown function, an invocation id already in flight.
-        """
-        by_id = self.functions.get(DEFAULT_NAMESPACE)
-        fn = by_id.get(function_id) if by_id is not None else None
-        if fn is None or fn.handler is not None or invocation_id in self.pending:
-            return False
-        conn.invocations_made += 1
-        conn.invocations.add(invocation_id)
-        self._dispatch(conn, fn.owner, invocation_id, function_id, frame)
-        return True
-
     def _on_result(self, conn: Connection, msg: InvocationResult, frame: bytes) -> None:
         invocation_id = msg.invocation_id
-        pending = self._settle(conn, invocation_id)
-        if pending is None:
+        pending = self.pending.get(invocation_id)
+        if pending is None or pending.target is not conn:
+            # Late answer (caller gone, void call, a result replayed after a reconnect).
             return
+        del self.pending[invocation_id]
+        conn.invocations.discard(invocation_id)
+        conn.inbound_active -= 1
+        conn.invocations_handled += 1
         error = self._error_of(msg) if msg.error else None
         if error is not None:
             conn.invocations_failed += 1
@@ -492,34 +506,6 @@ class Router:
                 caller.send(codec.encode_error_result(invocation_id, msg.function_id, error))
         elif pending.on_result is not None:
             pending.on_result(bytes(msg.result) if msg.result else b"null", error)
-
-    def _settle(self, conn: Connection, invocation_id: str) -> Optional[Pending]:
-        """Close the books on a call ``conn`` answered; ``None`` for an answer nobody awaits."""
-        pending = self.pending.get(invocation_id)
-        if pending is None or pending.target is not conn:
-            # Late answer (caller gone, void call, a result replayed after a reconnect).
-            return None
-        del self.pending[invocation_id]
-        conn.invocations.discard(invocation_id)
-        conn.inbound_active -= 1
-        conn.invocations_handled += 1
-        return pending
-
-    def _pass_result(self, conn: Connection, invocation_id: str, frame: bytes) -> bool:
-        """Fast path of :meth:`_on_result` for a successful answer to a worker's call.
-
-        Returns ``False``, having changed nothing, when the engine itself awaits the answer (it
-        needs the result decoded): the full path takes it.
-        """
-        pending = self.pending.get(invocation_id)
-        if pending is not None and pending.target is conn and pending.caller is None:
-            return False
-        if self._settle(conn, invocation_id) is not None:
-            caller = pending.caller  # type: ignore[union-attr]
-            caller.invocations.discard(invocation_id)
-            if caller.state != ABORTED:
-                caller.send(frame)
-        return True
 
     @staticmethod
     def _error_of(msg: InvocationResult) -> ErrorBody:
@@ -614,12 +600,10 @@ class Router:
             if on_result is not None:
                 on_result(codec.encode_json(result), None)
             return
-        target = fn.owner
         key = self._new_id()
-        self.pending[key] = Pending(None, target, function_id, on_result)
-        target.invocations.add(key)
-        target.inbound_active += 1
-        target.send(codec.encode_invoke(key, function_id, data, metadata, None, None))
+        self._dispatch(
+            None, fn.owner, key, function_id, codec.encode_invoke(key, function_id, data, metadata, None, None), on_result
+        )
 
     def _halt_invocations(self, conn: Connection) -> None:
         """Fail calls to ``conn`` with ``invocation_stopped``; forget calls it made."""

@@ -3,7 +3,8 @@
 Path ``/`` carries the worker protocol, ``/otel`` is the SDKs' telemetry socket (accepted and
 drained, never a worker); anything else is answered 404. Each frame is handled inside the picows
 callback; messages fragmented over several frames are reassembled up to 64 MiB. What the router
-sends while one read is processed is written once per worker when the read ends.
+sends goes out at once, except while a read that brought several frames is processed: then it is
+written once per worker when the read's last frame is done.
 """
 
 from __future__ import annotations
@@ -90,17 +91,20 @@ class WorkerListener(WSListener):
         peer = transport.underlying_transport.get_extra_info("peername")
         router = self._engine.router
         self._write = transport.underlying_transport.writelines
-        self._conn = conn = router.connect(self._queue, self._close, peer[0] if peer else None, _now_ms())
+        self._conn = conn = router.connect(self._send, self._close, peer[0] if peer else None, _now_ms())
         self._grace = asyncio.get_running_loop().call_later(
             router.grace_ms / 1000, router.expire_grace, conn
         )
 
-    def _queue(self, data: bytes) -> None:
-        """Send ``data`` as a text frame at the end of the current batch (one write for all)."""
-        out = self._out
-        if not out:
-            self._engine.mark_dirty(self)
-        out.append(data)
+    def _send(self, data: bytes) -> None:
+        """Send ``data`` as a text frame: now, or with the rest of the batch (one write for all)."""
+        if self._engine.batching:
+            out = self._out
+            if not out:
+                self._engine.dirty.append(self)
+            out.append(data)
+        elif not self._transport.is_disconnected:  # type: ignore[union-attr]
+            self._transport.send(_TEXT, data)  # type: ignore[union-attr]
 
     def flush(self) -> None:
         out = self._out
@@ -127,8 +131,9 @@ class WorkerListener(WSListener):
             transport.disconnect()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        engine = self._engine
-        engine.in_batch = True
+        last = frame.last_in_buffer
+        if not last:  # more frames in this read: what they produce leaves in one write per worker
+            self._engine.start_batch()
         try:
             if frame.msg_type is _TEXT and frame.fin:  # the hot path: one whole protocol message
                 self._receive(self._conn, frame.get_payload_as_bytes())
@@ -136,9 +141,8 @@ class WorkerListener(WSListener):
                 self._other_frame(transport, frame)
         except Exception:  # a router bug must cost one frame, never the connection
             log.exception("worker %s: frame handling failed", self._conn.id)  # type: ignore[union-attr]
-        if frame.last_in_buffer:  # everything this read produced leaves in one write per worker
-            engine.in_batch = False
-            engine.flush()
+        if last and self._engine.batching:
+            self._engine.end_batch()
 
     def _other_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
@@ -239,27 +243,26 @@ class Engine:
         self.config = config
         self.router: Router = None  # type: ignore[assignment]  # made in start(), on the loop
         self.listeners: set[WorkerListener] = set()
-        #: Inside a read batch: queued frames are flushed when it ends, not scheduled.
-        self.in_batch = False
-        self._dirty: list[WorkerListener] = []
-        self._flush_scheduled = False
+        #: A read brought several frames: what they produce is queued per worker until it ends.
+        self.batching = False
+        #: Listeners with frames queued in this batch.
+        self.dirty: list[WorkerListener] = []
         self._servers: list[asyncio.AbstractServer] = []
         self.urls: list[str] = []
 
-    def mark_dirty(self, listener: WorkerListener) -> None:
-        """``listener`` has frames queued: flush at the end of this batch, or soon."""
-        self._dirty.append(listener)
-        if not self.in_batch and not self._flush_scheduled:
-            self._flush_scheduled = True  # sent from a timer or a cleanup: flush on the next tick
-            asyncio.get_running_loop().call_soon(self.flush)
+    def start_batch(self) -> None:
+        if not self.batching:
+            self.batching = True
+            # picows may stop delivering a read's frames early (a protocol error in the next one):
+            # the batch then ends on the next loop iteration instead of waiting for another read.
+            asyncio.get_running_loop().call_soon(self.end_batch)
 
-    def flush(self) -> None:
+    def end_batch(self) -> None:
         """Write every worker's queued frames, one write per worker."""
-        self._flush_scheduled = False
-        if self._dirty:
-            dirty, self._dirty = self._dirty, []
-            for listener in dirty:
-                listener.flush()
+        self.batching = False
+        dirty, self.dirty = self.dirty, []
+        for listener in dirty:
+            listener.flush()
 
     def _route(self, request: WSUpgradeRequest) -> Any:
         path = request.path.split(b"?", 1)[0].rstrip(b"/")
