@@ -1,4 +1,4 @@
-"""Declares the only compiled part: the ``iii._codec`` extension.
+"""Declares the compiled parts: ``iii._codec`` and ``iii.engine._frames`` (picows' Cython API).
 
 ``III_BUILD_EXTENSION`` chooses how hard to try: ``auto`` (default) builds it when a compiler is
 there and falls back to the pure-Python twin otherwise; ``required`` fails the install if the
@@ -20,7 +20,7 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:  # compiler or Cython missing
             if MODE == "required":
                 raise
-            print(f"warning: iii._codec not built ({exc}); the pure-Python codec will be used")
+            print(f"warning: extensions not built ({exc}); their pure-Python twins will be used")
 
     def build_extension(self, ext):
         try:
@@ -28,7 +28,7 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:
             if MODE == "required":
                 raise
-            print(f"warning: iii._codec not built ({exc}); the pure-Python codec will be used")
+            print(f"warning: {ext.name} not built ({exc}); its pure-Python twin will be used")
 
 
 def extensions():
@@ -38,14 +38,17 @@ def extensions():
         from Cython.Build import cythonize
 
         return cythonize(
-            [Extension("iii._codec", ["src/iii/_codec.pyx"])],
+            [
+                Extension("iii._codec", ["src/iii/_codec.pyx"]),
+                Extension("iii.engine._frames", ["src/iii/engine/_frames.pyx"]),
+            ],
             compiler_directives={"language_level": "3"},
             annotate=os.environ.get("III_CYTHON_ANNOTATE") == "1",
         )
     except Exception as exc:  # Cython missing or the .pyx does not compile
         if MODE == "required":
             raise
-        print(f"warning: iii._codec not cythonized ({exc}); the pure-Python codec will be used")
+        print(f"warning: extensions not cythonized ({exc}); their pure-Python twins will be used")
         return []
 
 

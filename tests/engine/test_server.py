@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import pytest
 from picows import WSMsgType
@@ -11,6 +12,20 @@ from picows import WSMsgType
 from helpers import RawClient
 
 MiB = 1024 * 1024
+
+
+@pytest.fixture(params=["c", "py"])
+async def engine(request, procs, tmp_path):
+    """Every test here runs on both builds: compiled frame path and codec, and pure Python."""
+    if request.param == "c":
+        try:
+            from iii.engine import _frames  # noqa: F401
+        except ImportError:
+            if os.environ.get("CI"):
+                pytest.fail("the compiled iii.engine._frames extension is required in CI")
+            pytest.skip("the compiled iii.engine._frames extension is not installed")
+    env = {"III_NO_EXTENSIONS": "1"} if request.param == "py" else {}
+    return await procs.engine(tmp=tmp_path, extra_env=env)
 
 
 async def worker(url: str, name: str, *functions: str) -> RawClient:
@@ -120,6 +135,39 @@ async def test_other_paths_are_not_found(engine):
     assert "404" in str(info.value)
 
 
+def client_frames(*messages: dict) -> bytes:
+    """Masked client text frames (mask key zero: the payload as is), to write many at once."""
+    out = []
+    for message in messages:
+        payload = json.dumps(message).encode()
+        size = len(payload)
+        header = bytes((0x81, 0x80 | size)) if size < 126 else b"\x81\xfe" + size.to_bytes(2, "big")
+        out.append(header + b"\x00\x00\x00\x00" + payload)
+    return b"".join(out)
+
+
+async def test_frames_written_at_once_are_all_routed_in_order(engine):
+    """Many frames in one read: each is routed, and what they produce leaves in order."""
+    owner = await worker(engine.url, "owner", "echo::x")
+    caller = await worker(engine.url, "caller")
+    calls = [
+        {"type": "invokefunction", "invocation_id": f"b{i}", "function_id": "echo::x", "data": {"i": i}}
+        for i in range(60)
+    ]
+    caller.transport.underlying_transport.write(client_frames(*calls))
+    received = [await owner.recv() for _ in calls]
+    assert [f["invocation_id"] for f in received] == [c["invocation_id"] for c in calls]
+    assert {f["data"]["_caller_worker_id"] for f in received} == {caller.worker_id}
+    answers = [
+        {"type": "invocationresult", "invocation_id": f["invocation_id"], "function_id": "echo::x", "result": f["data"]["i"]}
+        for f in received
+    ]
+    owner.transport.underlying_transport.write(client_frames(*answers))
+    results = [await caller.recv() for _ in answers]
+    assert [(r["invocation_id"], r["result"]) for r in results] == [(f"b{i}", i) for i in range(60)]
+    assert (await caller.call("engine::functions::list", {}))["result"]["functions"]  # and on it goes
+
+
 async def test_disconnect_of_a_raw_owner_stops_its_calls(engine):
     owner = await worker(engine.url, "owner", "hang::x")
     caller = await worker(engine.url, "caller")
@@ -159,5 +207,31 @@ async def test_a_worker_that_stops_reading_is_dropped_before_memory_runs_out(mon
         answer = await caller.call("stuck::fn", {})
         assert answer["error"]["code"] == "function_not_found"
         assert all(p.target.id != stuck.worker_id for p in engine.router.pending.values())
+    finally:
+        await engine.stop()
+
+
+async def test_a_frame_the_router_fails_on_costs_that_frame_only(tmp_path, caplog):
+    """A bug in the router must not take the connection (in-process, so the bug can be planted)."""
+    from iii.engine import server
+    from iii.engine.config import ListenerConfig, parse_config
+
+    config = parse_config("workers: []\n", tmp_path / "config.yaml")
+    config.listeners = [ListenerConfig(host="127.0.0.1", port=0)]
+    engine = server.Engine(config)
+    (url,) = await engine.start()
+    receive = engine.router.receive
+
+    def buggy_receive(conn, frame):
+        if b"boom" in frame:
+            raise RuntimeError("planted bug")
+        receive(conn, frame)
+
+    engine.router.receive = buggy_receive  # listeners bind it when they are made
+    try:
+        client = await worker(url, "victim")
+        client.send(type="invokefunction", invocation_id="x", function_id="boom::x", data={})
+        assert (await client.call("engine::workers::list", {}))["result"]["workers"]
+        assert "frame handling failed" in caplog.text and "planted bug" in caplog.text
     finally:
         await engine.stop()

@@ -17,10 +17,19 @@ from typing import Any, Optional
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 from iii import __version__
+from iii.codec import IMPLEMENTATION
 from iii.engine.config import EngineConfig, ListenerConfig
 from iii.engine.registry import Connection
 from iii.engine.router import Router
 from iii.protocol import MAX_MESSAGE_SIZE
+
+if IMPLEMENTATION == "c":  # the compiled codec is in use: the compiled frame path goes with it
+    try:
+        from iii.engine._frames import FrameListener
+    except ImportError:
+        from iii.engine._frames_py import FrameListener
+else:
+    from iii.engine._frames_py import FrameListener
 
 __all__ = ["Engine"]
 
@@ -61,12 +70,12 @@ def _answer_close(transport: WSTransport, frame: WSFrame) -> None:
     transport.disconnect()
 
 
-class WorkerListener(WSListener):
-    """One worker connection on ``/``."""
+class WorkerListener(FrameListener):
+    """One worker connection on ``/`` (the per-frame path is in the ``FrameListener`` twins)."""
 
     __slots__ = (
-        "_engine", "_receive", "_transport", "_conn", "_grace", "_parts", "_parts_size", "_skipping",
-        "_paused_at", "_stall_check", "_out", "_write",
+        "_grace", "_parts", "_parts_size", "_skipping",
+        "_paused_at", "_stall_check", "_write",
     )
 
     def __init__(self, engine: Engine) -> None:
@@ -96,16 +105,6 @@ class WorkerListener(WSListener):
             router.grace_ms / 1000, router.expire_grace, conn
         )
 
-    def _send(self, data: bytes) -> None:
-        """Send ``data`` as a text frame: now, or with the rest of the batch (one write for all)."""
-        if self._engine.batching:
-            out = self._out
-            if not out:
-                self._engine.dirty.append(self)
-            out.append(data)
-        elif not self._transport.is_disconnected:  # type: ignore[union-attr]
-            self._transport.send(_TEXT, data)  # type: ignore[union-attr]
-
     def flush(self) -> None:
         out = self._out
         if not out:
@@ -130,19 +129,8 @@ class WorkerListener(WSListener):
             transport.send_close(WSCloseCode.OK)
             transport.disconnect()
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        last = frame.last_in_buffer
-        if not last:  # more frames in this read: what they produce leaves in one write per worker
-            self._engine.start_batch()
-        try:
-            if frame.msg_type is _TEXT and frame.fin:  # the hot path: one whole protocol message
-                self._receive(self._conn, frame.get_payload_as_bytes())
-            else:
-                self._other_frame(transport, frame)
-        except Exception:  # a router bug must cost one frame, never the connection
-            log.exception("worker %s: frame handling failed", self._conn.id)  # type: ignore[union-attr]
-        if last and self._engine.batching:
-            self._engine.end_batch()
+    def _frame_failed(self) -> None:
+        log.exception("worker %s: frame handling failed", self._conn.id)  # type: ignore[union-attr]
 
     def _other_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type

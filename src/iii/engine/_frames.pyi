@@ -1,0 +1,3 @@
+from iii.engine._frames_py import FrameListener as FrameListener
+
+__all__ = ["FrameListener"]

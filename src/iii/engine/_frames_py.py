@@ -1,0 +1,57 @@
+"""What the engine does with every frame of a worker connection, pure-Python twin.
+
+``_frames.pyx`` is the compiled twin: a ``cdef`` subclass of picows' ``WSListener`` (its Cython
+API), so picows calls the frame handler as C and the frame's fields are read as C. The rest of a
+worker's listener (connect, fragments, stalls, teardown) is ``server.WorkerListener``, which
+subclasses whichever twin is in use and provides ``_other_frame`` and ``_frame_failed``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from picows import WSFrame, WSListener, WSMsgType, WSTransport
+
+__all__ = ["FrameListener"]
+
+_TEXT = WSMsgType.TEXT
+
+
+class FrameListener(WSListener):
+    """The per-frame path: hand whole text messages to the router, send what it answers."""
+
+    __slots__ = ("_engine", "_receive", "_conn", "_out", "_transport")
+
+    _engine: Any
+    _receive: Any
+    _conn: Any
+    #: Messages for this worker waiting for the end of the batch.
+    _out: list[bytes]
+    _transport: Any
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        last = frame.last_in_buffer
+        engine = self._engine
+        if not last:  # more frames in this read: what they produce leaves in one write per worker
+            engine.start_batch()
+        try:
+            if frame.msg_type is _TEXT and frame.fin:  # the hot path: one whole protocol message
+                self._receive(self._conn, frame.get_payload_as_bytes())
+            else:
+                self._other_frame(transport, frame)  # type: ignore[attr-defined]
+        except Exception:  # a router bug must cost one frame, never the connection
+            self._frame_failed()  # type: ignore[attr-defined]
+        if last and engine.batching:
+            engine.end_batch()
+
+    def _send(self, data: bytes) -> None:
+        """Send ``data`` as a text frame: now, or with the rest of the batch (one write for all)."""
+        if self._engine.batching:
+            out = self._out
+            if not out:
+                self._engine.dirty.append(self)
+            out.append(data)
+        else:
+            transport = self._transport
+            if transport is not None and not transport.is_disconnected:
+                transport.send(_TEXT, data)
