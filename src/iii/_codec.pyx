@@ -333,8 +333,13 @@ def route_frame(frame, caller):
     """Compiled twin of the pure ``route_frame`` (same contract): one validating pass, no decode."""
     if type(frame) is not bytes or type(caller) is not bytes:
         return _pure_route_frame(frame, caller)
-    cdef const unsigned char *start = <const unsigned char *>PyBytes_AS_STRING(frame)
-    cdef const unsigned char *end = start + PyBytes_GET_SIZE(frame)
+    return route_buffer(<const unsigned char *>PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame), caller)
+
+
+cdef object route_buffer(const unsigned char *start, Py_ssize_t size, bytes caller):
+    """``route_frame`` over a frame still in a read buffer (``iii.engine._frames`` passes picows'
+    own): a plain call is laid out for its owner without first copying it into a bytes object."""
+    cdef const unsigned char *end = start + size
     # Value spans by member: [begin, stop); begin NULL = absent.
     cdef const unsigned char *begin[<int>M_COUNT]
     cdef const unsigned char *stop[<int>M_COUNT]

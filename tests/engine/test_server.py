@@ -220,14 +220,14 @@ async def test_a_frame_the_router_fails_on_costs_that_frame_only(tmp_path, caplo
     config.listeners = [ListenerConfig(host="127.0.0.1", port=0)]
     engine = server.Engine(config)
     (url,) = await engine.start()
-    receive = engine.router.receive
+    handle = engine.router.handle
 
-    def buggy_receive(conn, frame):
+    def buggy_handle(conn, frame):
         if b"boom" in frame:
             raise RuntimeError("planted bug")
-        receive(conn, frame)
+        handle(conn, frame)
 
-    engine.router.receive = buggy_receive  # listeners bind it when they are made
+    engine.router.handle = buggy_handle  # listeners bind it when they are made
     try:
         client = await worker(url, "victim")
         client.send(type="invokefunction", invocation_id="x", function_id="boom::x", data={})

@@ -1,16 +1,23 @@
 # cython: language_level=3
 # The compiled twin of iii.engine._frames_py (read that file first: same behaviour, same names).
-# A cdef subclass of picows' WSListener: picows calls on_ws_frame through its C vtable and the
-# frame's fields are C fields, so a routed frame costs no Python call before the router's.
+# A cdef subclass of picows' WSListener: picows calls on_ws_frame through its C vtable, the
+# frame's fields are C fields, and a call is routed straight from picows' read buffer (the
+# forwarded frame is the only copy made of it).
 from picows.picows cimport WSFrame, WSListener, WSMsgType, WSTransport
+
+from iii._codec cimport route_buffer
+
+from iii._codec import ROUTE_RESULT
 
 __all__ = ["FrameListener"]
 
 
 cdef class FrameListener(WSListener):
     cdef public object _engine
-    cdef public object _receive
     cdef public object _conn
+    cdef public bytes _caller
+    cdef public object _forward
+    cdef public object _handle
     cdef public list _out
     cdef public object _transport
 
@@ -21,7 +28,13 @@ cdef class FrameListener(WSListener):
             engine.start_batch()
         try:
             if frame.msg_type == WSMsgType.TEXT and frame.fin:
-                self._receive(self._conn, frame.get_payload_as_bytes())
+                routed = route_buffer(<const unsigned char *>frame.payload_ptr, frame.payload_size, self._caller)
+                # Only an answer is forwarded as received, and only the full path decodes.
+                payload = None
+                if routed is None or (<tuple>routed)[0] == ROUTE_RESULT:
+                    payload = frame.get_payload_as_bytes()
+                if routed is None or not self._forward(self._conn, routed, payload):
+                    self._handle(self._conn, payload if payload is not None else frame.get_payload_as_bytes())
             else:
                 self._other_frame(transport, frame)
         except Exception:

@@ -1,7 +1,9 @@
 """What the engine does with every frame of a worker connection, pure-Python twin.
 
 ``_frames.pyx`` is the compiled twin: a ``cdef`` subclass of picows' ``WSListener`` (its Cython
-API), so picows calls the frame handler as C and the frame's fields are read as C. The rest of a
+API), so picows calls the frame handler as C, the frame's fields are read as C and calls are
+routed straight from picows' read buffer. Both hand a frame to the router the same way:
+``Router.forward`` what ``route_frame`` routes, ``Router.handle`` the rest. The rest of a
 worker's listener (connect, fragments, stalls, teardown) is ``server.WorkerListener``, which
 subclasses whichever twin is in use and provides ``_other_frame`` and ``_frame_failed``.
 """
@@ -12,19 +14,25 @@ from typing import Any
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
+from iii.codec import route_frame
+
 __all__ = ["FrameListener"]
 
 _TEXT = WSMsgType.TEXT
 
 
 class FrameListener(WSListener):
-    """The per-frame path: hand whole text messages to the router, send what it answers."""
+    """The per-frame path: route whole text messages, send what the router answers."""
 
-    __slots__ = ("_engine", "_receive", "_conn", "_out", "_transport")
+    __slots__ = ("_engine", "_conn", "_caller", "_forward", "_handle", "_out", "_transport")
 
     _engine: Any
-    _receive: Any
     _conn: Any
+    #: The connection's ``caller_field`` (what ``route_frame`` splices into calls it makes).
+    _caller: bytes
+    #: The router's ``forward`` and ``handle``.
+    _forward: Any
+    _handle: Any
     #: Messages for this worker waiting for the end of the batch.
     _out: list[bytes]
     _transport: Any
@@ -36,7 +44,10 @@ class FrameListener(WSListener):
             engine.start_batch()
         try:
             if frame.msg_type is _TEXT and frame.fin:  # the hot path: one whole protocol message
-                self._receive(self._conn, frame.get_payload_as_bytes())
+                payload = frame.get_payload_as_bytes()
+                routed = route_frame(payload, self._caller)
+                if routed is None or not self._forward(self._conn, routed, payload):
+                    self._handle(self._conn, payload)
             else:
                 self._other_frame(transport, frame)  # type: ignore[attr-defined]
         except Exception:  # a router bug must cost one frame, never the connection

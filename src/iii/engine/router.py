@@ -160,40 +160,60 @@ class Router:
         return conn
 
     def receive(self, conn: Connection, frame: bytes) -> None:
-        """Process one complete message from ``conn``; bad frames are logged and dropped."""
+        """Process one complete message from ``conn``; bad frames are logged and dropped.
+
+        The same as :meth:`forward` where ``route_frame`` routes the frame, :meth:`handle` where
+        it does not (or :meth:`forward` declines); the compiled frame path calls those two itself.
+        """
+        routed = self._route_frame(frame, conn.caller_field)
+        if routed is None or not self.forward(conn, routed, frame):
+            self.handle(conn, frame)
+
+    def forward(self, conn: Connection, routed: tuple, frame: Optional[bytes]) -> bool:
+        """The hot path: route a plain call to a worker, or an answer to a worker's call.
+
+        ``routed`` is what ``codec.route_frame`` made of the frame; ``frame`` itself is needed only
+        for an answer (forwarded as received). This does what :meth:`_on_invoke` and
+        :meth:`_on_result` do for these, written out flat because it runs for every call. Returns
+        ``False``, having changed nothing, when the frame needs the full path (:meth:`handle`): a
+        call to a built-in or unknown function or with an id in flight, an answer the engine
+        itself awaits.
+        """
+        if conn.state == ABORTED:
+            return True
+        kind, invocation_id, function_id, forward = routed
+        pending = self.pending.get(invocation_id)
+        if kind == ROUTE_INVOKE:
+            by_id = self.functions.get(DEFAULT_NAMESPACE)
+            fn = by_id.get(function_id) if by_id is not None else None
+            if pending is not None or fn is None or fn.handler is not None:
+                return False
+            target = fn.owner
+            conn.invocations_made += 1
+            conn.invocations.add(invocation_id)
+            self.pending[invocation_id] = Pending(conn, target, function_id)
+            target.invocations.add(invocation_id)
+            target.inbound_active += 1
+            target.send(forward)
+            return True
+        if pending is None or pending.target is not conn:
+            return True  # a late answer (caller gone, void call, replayed after a reconnect)
+        caller = pending.caller
+        if caller is None:  # a void or engine-originated call: the full path settles it
+            return False
+        del self.pending[invocation_id]
+        conn.invocations.discard(invocation_id)
+        conn.inbound_active -= 1
+        conn.invocations_handled += 1
+        caller.invocations.discard(invocation_id)
+        if caller.state != ABORTED:
+            caller.send(frame)
+        return True
+
+    def handle(self, conn: Connection, frame: bytes) -> None:
+        """The full path: decode the frame (payloads stay raw) and act on the message."""
         if conn.state == ABORTED:
             return
-        # The hot path: plain calls from worker to worker and their answers, routed from one scan
-        # of the frame. It does what _on_invoke / _on_result do for these, written out flat (this
-        # runs for every call); anything it does not take goes down the full path, unchanged.
-        routed = self._route_frame(frame, conn.caller_field)
-        if routed is not None:
-            kind, invocation_id, function_id, forward = routed
-            pending = self.pending.get(invocation_id)
-            if kind == ROUTE_INVOKE:
-                by_id = self.functions.get(DEFAULT_NAMESPACE)
-                fn = by_id.get(function_id) if by_id is not None else None
-                if pending is None and fn is not None and fn.handler is None:
-                    target = fn.owner
-                    conn.invocations_made += 1
-                    conn.invocations.add(invocation_id)
-                    self.pending[invocation_id] = Pending(conn, target, function_id)
-                    target.invocations.add(invocation_id)
-                    target.inbound_active += 1
-                    target.send(forward)
-                    return
-            elif pending is None or pending.target is not conn:
-                return  # a late answer (caller gone, void call, replayed after a reconnect)
-            elif pending.caller is not None:  # not the engine's own call (that needs the result)
-                caller = pending.caller
-                del self.pending[invocation_id]
-                conn.invocations.discard(invocation_id)
-                conn.inbound_active -= 1
-                conn.invocations_handled += 1
-                caller.invocations.discard(invocation_id)
-                if caller.state != ABORTED:
-                    caller.send(frame)
-                return
         try:
             msg = codec.decode_frame(frame)
         except codec.DecodeError as exc:

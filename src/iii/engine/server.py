@@ -80,7 +80,8 @@ class WorkerListener(FrameListener):
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._receive = engine.router.receive  # bound once: called for every frame
+        self._forward = engine.router.forward  # bound once: called for every frame
+        self._handle = engine.router.handle
         self._transport: Optional[WSTransport] = None
         self._conn: Optional[Connection] = None
         self._grace: Optional[asyncio.TimerHandle] = None
@@ -101,6 +102,7 @@ class WorkerListener(FrameListener):
         router = self._engine.router
         self._write = transport.underlying_transport.writelines
         self._conn = conn = router.connect(self._send, self._close, peer[0] if peer else None, _now_ms())
+        self._caller = conn.caller_field
         self._grace = asyncio.get_running_loop().call_later(
             router.grace_ms / 1000, router.expire_grace, conn
         )
@@ -165,7 +167,7 @@ class WorkerListener(FrameListener):
 
     def _deliver(self, payload: bytes, binary: bool) -> None:
         if not (binary and payload[:4] in _TELEMETRY_PREFIXES):
-            self._receive(self._conn, payload)
+            self._engine.router.receive(self._conn, payload)
 
     def pause_writing(self) -> None:
         """The worker is not keeping up with what it is sent: watch it (it may be stuck)."""
