@@ -272,3 +272,68 @@ class Workers:
 async def call_results(proc: Proc, count: int) -> list[dict]:
     """The outcome lines of the first ``count`` scripted calls, in order."""
     return [await proc.key("call", index, timeout=30) for index in range(count)]
+
+
+# --------------------------------------------------------------------------- sans-I/O router peers
+
+
+class Peer:
+    """A fake connection to a :class:`~iii.engine.router.Router`: records what it is sent."""
+
+    def __init__(self, router: Any, now_ms: int = 1_000) -> None:
+        self.router = router
+        self.outbox: list[bytes] = []
+        self.closed = False
+        self.conn = router.connect(self.outbox.append, self._close, "127.0.0.1", now_ms)
+        welcome = self.take()
+        assert welcome == [
+            {"type": "workerregistered", "worker_id": self.conn.id, "reattach_token": self.conn.token}
+        ]
+
+    def _close(self) -> None:
+        self.closed = True
+
+    @property
+    def id(self) -> str:
+        return self.conn.id
+
+    def take(self) -> list[Any]:
+        frames = [json.loads(raw) for raw in self.outbox]
+        self.outbox.clear()
+        return frames
+
+    def send(self, **message: Any) -> None:
+        self.router.receive(self.conn, json.dumps(message).encode())
+
+    def send_raw(self, raw: bytes) -> None:
+        self.router.receive(self.conn, raw)
+
+    def register(self, name: str, namespace: Any = None, **extra: Any) -> None:
+        data = {"runtime": "python", "version": "0.25.0", "name": name, "pid": 42, "namespace": namespace, **extra}
+        self.send(
+            type="invokefunction",
+            function_id="engine::workers::register",
+            action={"type": "void"},
+            data=data,
+        )
+
+    def function(self, function_id: str, **extra: Any) -> None:
+        self.send(type="registerfunction", id=function_id, **extra)
+
+    def call(self, function_id: str, data: Any = None, invocation_id: str = "inv-1", **extra: Any) -> None:
+        self.send(type="invokefunction", invocation_id=invocation_id, function_id=function_id, data=data, **extra)
+
+    def result_of(self, function_id: str, data: Any = None, **extra: Any) -> Any:
+        """Call a built-in and return its ``invocationresult``."""
+        self.call(function_id, data, invocation_id="q", **extra)
+        (frame,) = [f for f in self.take() if f.get("invocation_id") == "q"]
+        return frame
+
+
+def connected(router: Any, name: str, *functions: str) -> Peer:
+    peer = Peer(router)
+    peer.register(name)
+    for function_id in functions:
+        peer.function(function_id)
+    router.flush_events()
+    return peer

@@ -4,81 +4,19 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import Peer, connected
 from iii.engine.router import Router
-
-
-class Peer:
-    """A fake connection: records what the router sends to it."""
-
-    def __init__(self, router: Router, now_ms: int = 1_000) -> None:
-        self.router = router
-        self.outbox: list[bytes] = []
-        self.closed = False
-        self.conn = router.connect(self.outbox.append, self._close, "127.0.0.1", now_ms)
-        welcome = self.take()
-        assert welcome == [
-            {"type": "workerregistered", "worker_id": self.conn.id, "reattach_token": self.conn.token}
-        ]
-
-    def _close(self) -> None:
-        self.closed = True
-
-    @property
-    def id(self) -> str:
-        return self.conn.id
-
-    def take(self) -> list[Any]:
-        frames = [json.loads(raw) for raw in self.outbox]
-        self.outbox.clear()
-        return frames
-
-    def send(self, **message: Any) -> None:
-        self.router.receive(self.conn, json.dumps(message).encode())
-
-    def send_raw(self, raw: bytes) -> None:
-        self.router.receive(self.conn, raw)
-
-    def register(self, name: str, namespace: Any = None, **extra: Any) -> None:
-        data = {"runtime": "python", "version": "0.25.0", "name": name, "pid": 42, "namespace": namespace, **extra}
-        self.send(
-            type="invokefunction",
-            function_id="engine::workers::register",
-            action={"type": "void"},
-            data=data,
-        )
-
-    def function(self, function_id: str, **extra: Any) -> None:
-        self.send(type="registerfunction", id=function_id, **extra)
-
-    def call(self, function_id: str, data: Any = None, invocation_id: str = "inv-1", **extra: Any) -> None:
-        self.send(type="invokefunction", invocation_id=invocation_id, function_id=function_id, data=data, **extra)
-
-    def result_of(self, function_id: str, data: Any = None, **extra: Any) -> Any:
-        """Call a built-in and return its ``invocationresult``."""
-        self.call(function_id, data, invocation_id="q", **extra)
-        (frame,) = [f for f in self.take() if f.get("invocation_id") == "q"]
-        return frame
 
 
 @pytest.fixture
 def router(codec) -> Router:
     counter = itertools.count(1)
     return Router(grace_ms=5000, new_id=lambda: f"id-{next(counter)}")
-
-
-def connected(router: Router, name: str, *functions: str) -> Peer:
-    peer = Peer(router)
-    peer.register(name)
-    for function_id in functions:
-        peer.function(function_id)
-    router.flush_events()
-    return peer
 
 
 # --------------------------------------------------------------------------- invocations
