@@ -31,6 +31,9 @@ def run_iii(*args: str, cwd: Path, timeout: float = 20) -> subprocess.CompletedP
         ("workers:\n", "`workers` must be a list"),
         ("workers:\n  - config: {}\n", "workers[0].name"),
         ("workers:\n  - name: iii-worker-manager\n    config:\n      port: ${III_TEST_UNSET_PORT}\n", "III_TEST_UNSET_PORT"),
+        ("workers:\n  - name: state\n    config:\n      max_value_bytes: lots\n", "max_value_bytes"),
+        ("workers:\n  - name: iii-state\n    config:\n      adapter: {name: redis}\n", "not available here"),
+        ("workers:\n  - name: iii-pubsub\n    config:\n      adapter: {name: redis}\n", "not available here"),
     ],
 )
 def test_bad_config_exits_1_naming_the_file_and_key(tmp_path, text, named):
@@ -54,6 +57,18 @@ def test_env_expansion_with_defaults(monkeypatch, tmp_path):
     assert (default.listeners[0].host, default.listeners[0].port) == ("0.0.0.0", 49134)
     with pytest.raises(ConfigError, match="null list|must be a list"):
         parse_config("modules:\n", tmp_path / "c.yaml")
+
+
+def test_module_entries_configure_the_built_in_modules(tmp_path):
+    """Entries named after a built-in module (either spelling) configure it; they are not workers."""
+    config = parse_config(
+        "workers:\n  - name: state\n    config:\n      max_value_bytes: 100\n      triggers_enabled: false\n"
+        "  - name: iii-pubsub\n    config:\n      adapter: {name: local}\n  - name: my-worker\n",
+        tmp_path / "c.yaml",
+    )
+    assert [w.name for w in config.workers] == ["my-worker"]
+    assert (config.modules["iii-state"].max_value_bytes, config.modules["iii-state"].triggers_enabled) == (100, False)
+    assert config.modules["iii-pubsub"].adapter == {"name": "local"}
 
 
 def test_version(tmp_path):

@@ -205,3 +205,41 @@ async def test_discovery_triggers_fire_on_the_change(workers):
             and next(i for i, line in enumerate(watcher.lines) if line is item) > added_at
         )
         assert removed["event"]["event"] == "functions_changed"
+
+
+@pytest.mark.parametrize("runtime", ["python", "node"])
+async def test_state_and_pubsub_triggers_reach_official_workers(workers, runtime):
+    """The built-in modules as the official SDKs use them: state::* and publish through
+    trigger(), the state and subscribe trigger types through registerTrigger."""
+    watcher = await workers.start(
+        runtime, f"watch-{runtime}",
+        "--watch", 'state={"scope": "orders"}', "--watch", 'subscribe={"topic": "news"}', "--stay",
+    )
+    await watcher.key("ready")
+    writer = await workers.start(
+        OTHER[runtime],
+        "writer",
+        calls=[
+            {"function_id": "state::set", "payload": {"scope": "orders", "key": "o-1", "value": {"total": 10}}},
+            {"function_id": "state::set", "payload": {"scope": "elsewhere", "key": "x", "value": 1}},
+            {"function_id": "state::update", "payload": {"scope": "orders", "key": "o-1", "ops": [{"type": "increment", "path": "total", "by": 5}]}},
+            {"function_id": "publish", "payload": {"topic": "news", "data": {"headline": "hi"}}},
+            {"function_id": "state::get", "payload": {"scope": "orders", "key": "o-1"}},
+        ],
+    )
+    created, elsewhere, updated, published, got = await call_results(writer, 5)
+    assert created["result"] == {"old_value": None, "new_value": {"total": 10}}
+    assert updated["result"] == {"old_value": {"total": 10}, "new_value": {"total": 15}}
+    assert "error" not in elsewhere and "error" not in published
+    assert got["result"] == {"total": 15}
+    await watcher.expect(lambda item: isinstance(item, dict) and item.get("type") == "subscribe")
+    await watcher.expect(lambda item: isinstance(item, dict) and item.get("event", {}).get("event_type") == "state:updated")
+    events = [(item["type"], item["event"]) for item in watcher.lines if isinstance(item, dict) and "event" in item]
+    # Each delivery is its own call: the SDK may run them concurrently, so order is not asserted.
+    assert sorted(events, key=repr) == sorted([
+        ("state", {"type": "state", "event_type": "state:created", "scope": "orders", "key": "o-1",
+                   "old_value": None, "new_value": {"total": 10}}),
+        ("state", {"type": "state", "event_type": "state:updated", "scope": "orders", "key": "o-1",
+                   "old_value": {"total": 10}, "new_value": {"total": 15}}),
+        ("subscribe", {"headline": "hi"}),
+    ], key=repr)

@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import msgspec
 import yaml
 
 from iii import __version__
 from iii.protocol import DEFAULT_GRACE_MS, DEFAULT_HOST, DEFAULT_PORT
+from iii.workers import ALIASES as MODULE_ALIASES
+from iii.workers import MODULES
 
 __all__ = [
     "ConfigError",
@@ -69,6 +72,8 @@ class EngineConfig:
     listeners: list[ListenerConfig] = field(default_factory=list)
     workers: list[WorkerEntry] = field(default_factory=list)
     grace_ms: int = DEFAULT_GRACE_MS
+    #: Parsed ``config`` of the in-process modules that have an entry (the others run on defaults).
+    modules: dict[str, Any] = field(default_factory=dict)
 
 
 def expand_env(text: str, path: Path) -> str:
@@ -126,6 +131,13 @@ def _listener(entry_config: Any, where: str, path: Path) -> ListenerConfig:
     return listener
 
 
+def _module_config(module: str, entry_config: Any, where: str, path: Path) -> Any:
+    try:
+        return msgspec.convert(entry_config or {}, MODULES[module][0])
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {where} ({module}): {exc}") from None
+
+
 def parse_config(text: str, path: Path) -> EngineConfig:
     """Validate the text of a config file; ``path`` is only used in messages."""
     try:
@@ -172,6 +184,10 @@ def parse_config(text: str, path: Path) -> EngineConfig:
                 raise ConfigError(f"{path}: {where}.name is required and must be a string")
             if name == LISTENER:
                 config.listeners.append(_listener(entry.get("config"), where, path))
+                continue
+            module = MODULE_ALIASES.get(name)
+            if module is not None:
+                config.modules[module] = _module_config(module, entry.get("config"), where, path)
                 continue
             worker_path = entry.get("worker_path")
             image = entry.get("image")

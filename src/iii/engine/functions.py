@@ -22,7 +22,7 @@ from iii.protocol import DEFAULT_NAMESPACE, ErrorCode, is_blank
 if TYPE_CHECKING:
     from iii.engine.router import Router
 
-__all__ = ["install_engine_functions", "Discovery", "MODULE"]
+__all__ = ["install_engine_functions", "parse_input", "Discovery", "MODULE"]
 
 MODULE = "iii-engine-functions"
 LISTENER_MODULE = "iii-worker-manager"
@@ -35,7 +35,7 @@ _UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\
 Str = Union[str, None]
 
 
-def _parse(function_id: str, data: Any, input_type: type) -> Any:
+def parse_input(function_id: str, data: Any, input_type: type) -> Any:
     """Validate a built-in's input; ``null`` reads as ``{}`` and unknown keys are ignored."""
     try:
         return msgspec.convert({} if data is None else data, input_type)
@@ -259,7 +259,7 @@ def _matches(needle: Optional[str], *haystacks: Optional[str]) -> bool:
 def workers_register(router: Router, caller: Optional[Connection], data: Any) -> Any:
     if caller is None:
         return {"success": True}
-    args = _parse("engine::workers::register", data, RegisterInput)
+    args = parse_input("engine::workers::register", data, RegisterInput)
     name = sanitize(args.name)
     if args.namespace is not None and is_blank(args.namespace):
         raise EngineError(
@@ -291,7 +291,7 @@ def workers_register(router: Router, caller: Optional[Connection], data: Any) ->
 
 
 def workers_list(router: Router, caller: Optional[Connection], data: Any) -> Any:
-    args = _parse("engine::workers::list", data, WorkersListInput)
+    args = parse_input("engine::workers::list", data, WorkersListInput)
     rows = [worker_row(c) for c in router.connections.values() if not c.closed]
     rows += [module_row(router, m.name, m.description, m.started_at_ms) for m in router.modules]
     rows = [
@@ -307,7 +307,7 @@ def workers_list(router: Router, caller: Optional[Connection], data: Any) -> Any
 
 
 def workers_info(router: Router, caller: Optional[Connection], data: Any) -> Any:
-    args = _parse("engine::workers::info", data, WorkersInfoInput)
+    args = parse_input("engine::workers::info", data, WorkersInfoInput)
     by_namespace: dict[str, Any] = {}
     for conn in router.connections.values():
         if conn.name == args.name and not conn.closed:
@@ -365,7 +365,7 @@ def workers_info(router: Router, caller: Optional[Connection], data: Any) -> Any
 
 
 def functions_list(router: Router, caller: Optional[Connection], data: Any) -> Any:
-    args = _parse("engine::functions::list", data, FunctionsListInput)
+    args = parse_input("engine::functions::list", data, FunctionsListInput)
     wanted_workers = set(args.workers or ())
     if args.worker:
         wanted_workers.add(args.worker)
@@ -409,7 +409,7 @@ def _resolve_function(router: Router, function_id: str, namespace: Optional[str]
 
 
 def functions_info(router: Router, caller: Optional[Connection], data: Any) -> Any:
-    args = _parse("engine::functions::info", data, FunctionsInfoInput)
+    args = parse_input("engine::functions::info", data, FunctionsInfoInput)
     if args.function_id is not None and args.function_ids is not None:
         raise EngineError(
             ErrorCode.INVALID_ARGUMENTS, "pass either `function_id` or `function_ids`, not both"
@@ -448,7 +448,7 @@ def functions_info(router: Router, caller: Optional[Connection], data: Any) -> A
 
 
 def _bindings(router: Router, function_id: str, data: Any) -> list[dict[str, Any]]:
-    args = _parse(function_id, data, BindingsListInput)
+    args = parse_input(function_id, data, BindingsListInput)
     rows = []
     for binding in sorted(router.bindings.values(), key=lambda b: b.id):
         if not args.include_internal and binding.function_id.startswith("engine::"):
@@ -474,7 +474,7 @@ def registered_triggers_list(router: Router, caller: Optional[Connection], data:
 
 
 def registered_triggers_info(router: Router, caller: Optional[Connection], data: Any) -> Any:
-    args = _parse("engine::registered-triggers::info", data, BindingInfoInput)
+    args = parse_input("engine::registered-triggers::info", data, BindingInfoInput)
     binding = router.bindings.get(args.id)
     if binding is None:
         raise EngineError(ErrorCode.NOT_FOUND, f"Registered trigger '{args.id}' was not found.")
@@ -488,7 +488,7 @@ def registered_triggers_info(router: Router, caller: Optional[Connection], data:
 
 
 def trigger_types_list(router: Router, caller: Optional[Connection], data: Any) -> Any:
-    args = _parse("engine::trigger-types::list", data, TriggerTypesListInput)
+    args = parse_input("engine::trigger-types::list", data, TriggerTypesListInput)
     rows = []
     for tt in sorted(router.trigger_types.values(), key=lambda t: (t.id, t.namespace)):
         if not args.include_internal and tt.id.startswith("engine::"):
@@ -504,7 +504,7 @@ def trigger_types_list(router: Router, caller: Optional[Connection], data: Any) 
 
 
 def triggers_info(router: Router, caller: Optional[Connection], data: Any) -> Any:
-    args = _parse("engine::triggers::info", data, TriggerTypeInfoInput)
+    args = parse_input("engine::triggers::info", data, TriggerTypeInfoInput)
     namespace = args.namespace or DEFAULT_NAMESPACE
     tt = router.trigger_types.get((namespace, args.id))
     if tt is None:
@@ -516,7 +516,7 @@ def triggers_info(router: Router, caller: Optional[Connection], data: Any) -> An
 
 
 def register_trigger(router: Router, caller: Optional[Connection], data: Any) -> Any:
-    args = _parse("engine::register_trigger", data, RegisterTriggerInput)
+    args = parse_input("engine::register_trigger", data, RegisterTriggerInput)
     binding = Binding(
         str(uuid.uuid4()),
         args.trigger_type,
@@ -535,7 +535,7 @@ def register_trigger(router: Router, caller: Optional[Connection], data: Any) ->
 
 
 def unregister_trigger(router: Router, caller: Optional[Connection], data: Any) -> Any:
-    args = _parse("engine::unregister_trigger", data, UnregisterTriggerInput)
+    args = parse_input("engine::unregister_trigger", data, UnregisterTriggerInput)
     return {"removed": router.remove_binding(args.id)}
 
 

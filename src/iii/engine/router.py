@@ -120,6 +120,7 @@ class Router:
         self.names: dict[tuple[str, str], Connection] = {}
         self.modules: list[Module] = []
         self._functions_dirty = False
+        self._later: list[Callable[[], None]] = []
         self._route_frame = codec.route_frame
         self._handlers: dict[type, Callable[[Connection, Any, bytes], None]] = {
             InvokeFunction: self._on_invoke,
@@ -407,6 +408,21 @@ class Router:
             if self._defer is not None:
                 self._defer(self.flush_events)
 
+    def later(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the message being handled is done (trigger fan-out after the
+        write that caused it): through ``defer`` in the server, else at :meth:`flush_events`."""
+        self._later.append(callback)
+        if len(self._later) == 1 and self._defer is not None:
+            self._defer(self._run_later)
+
+    def _run_later(self) -> None:
+        callbacks, self._later = self._later, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # one module's bug must not cost the others their callbacks
+                log.exception("deferred engine work failed")
+
     def _fingerprint(self) -> frozenset[tuple[str, str]]:
         return frozenset((ns, fid) for ns, by_id in self.functions.items() for fid in by_id)
 
@@ -414,8 +430,11 @@ class Router:
         """Fire ``engine::functions-available`` if the set of functions changed since last time.
 
         Changes made within one batch (one loop tick in the server) give one event; an add
-        undone in the same batch gives none.
+        undone in the same batch gives none. Without a ``defer``, it also runs what
+        :meth:`later` queued.
         """
+        if self._later and self._defer is None:
+            self._run_later()
         if not self._functions_dirty:
             return
         self._functions_dirty = False

@@ -22,6 +22,7 @@ from iii.engine.config import EngineConfig, ListenerConfig
 from iii.engine.registry import Connection
 from iii.engine.router import Router
 from iii.protocol import MAX_MESSAGE_SIZE
+from iii.workers import install_modules
 
 if IMPLEMENTATION == "c":  # the compiled codec is in use: the compiled frame path goes with it
     try:
@@ -271,6 +272,7 @@ class Engine:
             defer=loop.call_soon,
             version=__version__,
         )
+        install_modules(self.router, self.config.modules, _now_ms())
         for listener in self.config.listeners:
             server = await self._serve(listener)
             self._servers.append(server)

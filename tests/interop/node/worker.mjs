@@ -42,10 +42,13 @@ for (const spec of fns) {
   worker.registerFunction(functionId, handlerFor(behavior, functionId));
   ids.push(functionId);
 }
-watch.forEach((triggerType, index) => {
+watch.forEach((spec, index) => {
+  const split = spec.indexOf("=");  // TYPE or TYPE=JSON_CONFIG
+  const triggerType = split < 0 ? spec : spec.slice(0, split);
+  const config = split < 0 ? {} : JSON.parse(spec.slice(split + 1));
   const functionId = `${name}::on-${index}`;
   worker.registerFunction(functionId, async (data) => { emit({ event: data, type: triggerType }); });
-  worker.registerTrigger({ type: triggerType, function_id: functionId, config: {} });
+  worker.registerTrigger({ type: triggerType, function_id: functionId, config });
   ids.push(functionId);
 });
 // Ready = the engine lists this worker by name and every function it registered.

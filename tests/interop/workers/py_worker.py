@@ -56,7 +56,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("name")
     parser.add_argument("--fn", action="append", default=[], help="ID=BEHAVIOR")
-    parser.add_argument("--watch", action="append", default=[], help="TRIGGER_TYPE")
+    parser.add_argument("--watch", action="append", default=[], help="TRIGGER_TYPE[=JSON_CONFIG]")
     parser.add_argument("--calls", default="[]", help="JSON list of trigger() requests")
     parser.add_argument("--stay", action="store_true")
     args = parser.parse_args()
@@ -68,10 +68,11 @@ def main():
         function_id, behavior = spec.split("=", 1)
         worker.register_function(function_id, handler_for(behavior, function_id))
         ids.append(function_id)
-    for index, trigger_type in enumerate(args.watch):
+    for index, spec in enumerate(args.watch):
+        trigger_type, _, config = spec.partition("=")  # TYPE or TYPE=JSON_CONFIG
         function_id = f"{args.name}::on-{index}"
         worker.register_function(function_id, lambda data, t=trigger_type: emit(event=data, type=t))
-        worker.register_trigger({"type": trigger_type, "function_id": function_id, "config": {}})
+        worker.register_trigger({"type": trigger_type, "function_id": function_id, "config": json.loads(config or "{}")})
         ids.append(function_id)
     # Ready = the engine lists this worker by name and every function it registered.
     deadline = time.monotonic() + 20

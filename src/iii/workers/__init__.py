@@ -1,0 +1,49 @@
+"""The engine's in-process modules (built-in workers): ``iii-state`` and ``iii-pubsub``.
+
+Each runs with its defaults unless ``config.yaml`` has an entry for it (under its ``iii-`` name
+or the short one), whose ``config`` then applies.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from iii.engine.registry import Module
+from iii.workers import pubsub, state
+
+if TYPE_CHECKING:
+    from iii.engine.router import Router
+
+__all__ = ["MODULES", "ALIASES", "PubSubConfig", "install_modules"]
+
+
+class PubSubConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The ``iii-pubsub`` entry's ``config``: only the in-process ``local`` adapter exists here."""
+
+    adapter: Any = None
+
+    def __post_init__(self) -> None:
+        if self.adapter is not None and (not isinstance(self.adapter, dict) or self.adapter.get("name") != "local"):
+            raise ValueError(f"adapter {self.adapter!r} is not available here (only {{name: local}})")
+
+
+#: Module name -> (the type its ``config`` decodes into, its installer).
+MODULES: dict[str, tuple[type, Any]] = {
+    state.MODULE: (state.StateConfig, state.install),
+    pubsub.MODULE: (PubSubConfig, pubsub.install),
+}
+DESCRIPTIONS = {
+    state.MODULE: "Key-value state in scopes, with the state trigger (in memory)",
+    pubsub.MODULE: "Topic publish/subscribe, fire-and-forget",
+}
+#: ``config.yaml`` entry names that mean a module.
+ALIASES = {name: name for name in MODULES} | {"state": state.MODULE, "pubsub": pubsub.MODULE}
+
+
+def install_modules(router: Router, configs: dict[str, Any], now_ms: int) -> None:
+    """Install every module on ``router``, with its parsed config from ``configs`` if given."""
+    for name, (_, install) in MODULES.items():
+        install(router, configs.get(name))
+        router.modules.append(Module(name, DESCRIPTIONS[name], now_ms))

@@ -1,0 +1,80 @@
+"""What the in-process modules share: a trigger type provider that keeps parsed bindings, and
+the firing rule (condition function first, then the bound function)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable, Generic, Optional, TypeVar
+
+import msgspec
+
+from iii.engine.registry import Binding
+from iii.protocol import ErrorBody
+
+if TYPE_CHECKING:
+    from iii.engine.router import Router
+
+__all__ = ["Provider", "fire"]
+
+log = logging.getLogger("iii.workers")
+
+Config = TypeVar("Config")
+
+
+class Provider(Generic[Config]):
+    """An in-process trigger type: validates each binding's config and keeps the valid ones.
+
+    Args:
+        config_type: the msgspec Struct a binding's config decodes into.
+        check: further validation; returns a refusal message or ``None``.
+    """
+
+    def __init__(self, config_type: type[Config], check: Optional[Callable[[Config], Optional[str]]] = None) -> None:
+        self._decoder = msgspec.json.Decoder(config_type)
+        self._check = check
+        #: binding id -> (binding, its parsed config)
+        self.bindings: dict[str, tuple[Binding, Config]] = {}
+
+    def register(self, binding: Binding) -> Optional[str]:
+        try:
+            config = self._decoder.decode(binding.config or b"{}")
+        except msgspec.DecodeError as exc:
+            return f"Invalid trigger config: {exc}"
+        refusal = self._check(config) if self._check is not None else None
+        if refusal is None:
+            self.bindings[binding.id] = (binding, config)
+        return refusal
+
+    def unregister(self, binding: Binding) -> None:
+        self.bindings.pop(binding.id, None)
+
+
+def fire(
+    router: Router,
+    binding: Binding,
+    payload: bytes,
+    condition_function_id: Optional[str] = None,
+    *,
+    with_metadata: bool = True,
+) -> None:
+    """Call the bound function with ``payload`` (an engine-originated call, its result ignored).
+
+    With a condition function, that is called first (binding namespace, no metadata) with the
+    same payload, and the bound function runs unless it answers exactly ``false``; a condition
+    that fails skips the call and is logged.
+    """
+    metadata = binding.metadata if with_metadata and binding.metadata else b""
+    if not condition_function_id:
+        router.invoke(binding.namespace, binding.function_id, payload, metadata)
+        return
+
+    def after_condition(result: bytes, error: Optional[ErrorBody]) -> None:
+        if error is not None:
+            log.warning(
+                "trigger %s: condition %s failed, %s not called: %s",
+                binding.id, condition_function_id, binding.function_id, error.message,
+            )
+        elif result.strip() != b"false":
+            router.invoke(binding.namespace, binding.function_id, payload, metadata)
+
+    router.invoke(binding.namespace, condition_function_id, payload, b"", on_result=after_condition)

@@ -1,0 +1,92 @@
+"""Pub/sub (``iii-pubsub``): function ``publish {topic, data}``, trigger type ``subscribe``.
+
+Fire-and-forget and in-process (the ``local`` adapter): every subscriber of the topic is called
+with ``data`` itself as its payload, without metadata; nothing is kept, nothing retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import msgspec
+
+from iii import codec
+from iii.engine.functions import parse_input
+from iii.engine.registry import Connection, EngineError
+from iii.workers._provider import Provider, fire
+
+if TYPE_CHECKING:
+    from iii.engine.router import Router
+
+__all__ = ["MODULE", "install"]
+
+MODULE = "iii-pubsub"
+log = logging.getLogger("iii.workers")
+
+
+class PublishInput(msgspec.Struct):
+    topic: Union[str, None] = None
+    data: Any = None
+
+
+class SubscribeConfig(msgspec.Struct):
+    topic: Union[str, None] = None
+    condition_function_id: Union[str, None] = None
+
+
+_PUBLISH_FORMAT = {
+    "type": "object",
+    "properties": {"topic": {"type": "string"}, "data": {}},
+    "required": ["topic"],
+}
+_SUBSCRIBE_FORMAT = {
+    "type": "object",
+    "properties": {"topic": {"type": "string"}, "condition_function_id": {"type": "string"}},
+    "required": ["topic"],
+}
+
+
+def _check(config: SubscribeConfig) -> Optional[str]:
+    if not config.topic or not config.topic.strip():
+        return "Topic is not set: a subscribe trigger needs {\"topic\": \"<name>\"}"
+    return None
+
+
+def install(router: Router, config: Any = None) -> None:
+    """Register ``publish`` and the ``subscribe`` trigger type on ``router``."""
+    subscribers: Provider[SubscribeConfig] = Provider(SubscribeConfig, _check)
+
+    def publish(router: Router, caller: Optional[Connection], data: Any) -> None:
+        request = parse_input("publish", data, PublishInput)
+        if not request.topic:
+            raise EngineError("topic_not_set", "Topic is not set")
+        payload = codec.encode_json(request.data)
+        matching = [
+            (binding, subscription.condition_function_id)
+            for binding, subscription in subscribers.bindings.values()
+            if subscription.topic == request.topic
+        ]
+
+        def deliver() -> None:
+            for binding, condition_function_id in matching:
+                fire(router, binding, payload, condition_function_id, with_metadata=False)
+
+        if matching:
+            router.later(deliver)
+        return None
+
+    router.add_builtin(
+        "publish",
+        publish,
+        module=MODULE,
+        description="Publish data to every subscriber of a topic (fire-and-forget)",
+        request_format=_PUBLISH_FORMAT,
+    )
+    router.add_builtin_trigger_type(
+        "subscribe",
+        subscribers,
+        module=MODULE,
+        description="Called with the data of every publish to the topic",
+        trigger_request_format=_SUBSCRIBE_FORMAT,
+    )
