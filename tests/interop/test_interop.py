@@ -243,3 +243,18 @@ async def test_state_and_pubsub_triggers_reach_official_workers(workers, runtime
                    "old_value": {"total": 10}, "new_value": {"total": 15}}),
         ("subscribe", {"headline": "hi"}),
     ], key=repr)
+
+
+@pytest.mark.parametrize("runtime", ["python", "node"])
+async def test_cron_trigger_calls_an_official_worker_every_second(workers, runtime):
+    watcher = await workers.start(runtime, f"cron-{runtime}", "--watch", 'cron={"expression": "* * * * * *"}', "--stay")
+    await watcher.key("ready")
+    first = await watcher.expect(lambda item: isinstance(item, dict) and item.get("type") == "cron", timeout=10)
+    event = first["event"]
+    assert event["trigger"] == "cron" and event["job_id"]
+    assert event["scheduled_time"].endswith("+00:00") and event["actual_time"] >= event["scheduled_time"]
+    await watcher.expect(
+        lambda item: isinstance(item, dict) and item.get("type") == "cron"
+        and item["event"]["scheduled_time"] > event["scheduled_time"],
+        timeout=10,
+    )

@@ -1,4 +1,4 @@
-"""The engine's in-process modules (built-in workers): ``iii-state`` and ``iii-pubsub``.
+"""The engine's in-process modules (built-in workers): ``iii-state``, ``iii-pubsub``, ``iii-cron``.
 
 Each runs with its defaults unless ``config.yaml`` has an entry for it (under its ``iii-`` name
 or the short one), whose ``config`` then applies.
@@ -6,12 +6,12 @@ or the short one), whose ``config`` then applies.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
 
 from iii.engine.registry import Module
-from iii.workers import pubsub, state
+from iii.workers import cron, pubsub, state
 
 if TYPE_CHECKING:
     from iii.engine.router import Router
@@ -22,10 +22,10 @@ __all__ = ["MODULES", "ALIASES", "PubSubConfig", "install_modules"]
 class PubSubConfig(msgspec.Struct, forbid_unknown_fields=True):
     """The ``iii-pubsub`` entry's ``config``: only the in-process ``local`` adapter exists here."""
 
-    adapter: Any = None
+    adapter: Union[dict[str, Any], None] = None
 
     def __post_init__(self) -> None:
-        if self.adapter is not None and (not isinstance(self.adapter, dict) or self.adapter.get("name") != "local"):
+        if self.adapter is not None and self.adapter.get("name") != "local":
             raise ValueError(f"adapter {self.adapter!r} is not available here (only {{name: local}})")
 
 
@@ -33,13 +33,15 @@ class PubSubConfig(msgspec.Struct, forbid_unknown_fields=True):
 MODULES: dict[str, tuple[type, Any]] = {
     state.MODULE: (state.StateConfig, state.install),
     pubsub.MODULE: (PubSubConfig, pubsub.install),
+    cron.MODULE: (cron.CronConfig, cron.install),
 }
 DESCRIPTIONS = {
     state.MODULE: "Key-value state in scopes, with the state trigger (in memory)",
     pubsub.MODULE: "Topic publish/subscribe, fire-and-forget",
+    cron.MODULE: "Scheduled calls (cron expressions, UTC)",
 }
 #: ``config.yaml`` entry names that mean a module.
-ALIASES = {name: name for name in MODULES} | {"state": state.MODULE, "pubsub": pubsub.MODULE}
+ALIASES = {name: name for name in MODULES} | {"state": state.MODULE, "pubsub": pubsub.MODULE, "cron": cron.MODULE}
 
 
 def install_modules(router: Router, configs: dict[str, Any], now_ms: int) -> None:

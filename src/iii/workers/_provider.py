@@ -56,16 +56,30 @@ def fire(
     condition_function_id: Optional[str] = None,
     *,
     with_metadata: bool = True,
+    on_done: Optional[Callable[[], None]] = None,
 ) -> None:
-    """Call the bound function with ``payload`` (an engine-originated call, its result ignored).
+    """Call the bound function with ``payload`` (an engine-originated call).
 
     With a condition function, that is called first (binding namespace, no metadata) with the
     same payload, and the bound function runs unless it answers exactly ``false``; a condition
-    that fails skips the call and is logged.
+    that fails skips the call and is logged. ``on_done``, if given, runs once it is all over:
+    the function answered (a failure is logged) or was skipped.
     """
     metadata = binding.metadata if with_metadata and binding.metadata else b""
+
+    def answered(result: bytes, error: Optional[ErrorBody]) -> None:
+        if error is not None:
+            log.warning("trigger %s: %s failed: %s", binding.id, binding.function_id, error.message)
+        on_done()  # type: ignore[misc]
+
+    def call() -> None:
+        router.invoke(
+            binding.namespace, binding.function_id, payload, metadata,
+            on_result=answered if on_done is not None else None,
+        )
+
     if not condition_function_id:
-        router.invoke(binding.namespace, binding.function_id, payload, metadata)
+        call()
         return
 
     def after_condition(result: bytes, error: Optional[ErrorBody]) -> None:
@@ -75,6 +89,9 @@ def fire(
                 binding.id, condition_function_id, binding.function_id, error.message,
             )
         elif result.strip() != b"false":
-            router.invoke(binding.namespace, binding.function_id, payload, metadata)
+            call()
+            return
+        if on_done is not None:
+            on_done()
 
     router.invoke(binding.namespace, condition_function_id, payload, b"", on_result=after_condition)
