@@ -35,6 +35,7 @@ def run_iii(*args: str, cwd: Path, timeout: float = 20) -> subprocess.CompletedP
         ("workers:\n  - name: iii-state\n    config:\n      adapter: {name: redis}\n", "not available here"),
         ("workers:\n  - name: iii-pubsub\n    config:\n      adapter: {name: redis}\n", "not available here"),
         ("workers:\n  - name: cron\n    config:\n      adapter: {name: redis}\n", "not available here"),
+        ("workers:\n  - name: queue\n    config:\n      queue_configs: {pay: {type: fifo}}\n", "message_group_field"),
     ],
 )
 def test_bad_config_exits_1_naming_the_file_and_key(tmp_path, text, named):
@@ -64,13 +65,15 @@ def test_module_entries_configure_the_built_in_modules(tmp_path):
     """Entries named after a built-in module (either spelling) configure it; they are not workers."""
     config = parse_config(
         "workers:\n  - name: state\n    config:\n      max_value_bytes: 100\n      triggers_enabled: false\n"
-        "  - name: iii-pubsub\n    config:\n      adapter: {name: local}\n  - name: cron\n  - name: my-worker\n",
+        "  - name: iii-pubsub\n    config:\n      adapter: {name: local}\n  - name: cron\n  - name: my-worker\n"
+        "  - name: queue\n    config:\n      queue_configs: {emails: {concurrency: 2, backoff_ms: 50}}\n",
         tmp_path / "c.yaml",
     )
     assert [w.name for w in config.workers] == ["my-worker"]
     assert (config.modules["iii-state"].max_value_bytes, config.modules["iii-state"].triggers_enabled) == (100, False)
     assert config.modules["iii-pubsub"].adapter == {"name": "local"}
     assert config.modules["iii-cron"].adapter is None
+    assert config.modules["iii-queue"].queue_configs["emails"].concurrency == 2
 
 
 def test_version(tmp_path):

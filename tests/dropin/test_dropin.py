@@ -38,6 +38,7 @@ CALLS = [
     {"function_id": "dropin::slow", "payload": {"seconds": 5}, "timeout_ms": 300},
     {"function_id": "engine::functions::list", "payload": {"prefix": "dropin::"}},
     {"function_id": "engine::workers::info", "payload": {"name": "dropin-server"}},
+    {"function_id": "dropin::echo", "payload": {"x": 2}, "action": "default"},
 ]
 
 
@@ -71,6 +72,7 @@ async def test_same_results_errors_and_discovery(workers):
     assert ours[5]["error"]["code"] == "enqueue_error"
     assert ours[6]["error"]["code"] == "function_not_found"
     assert ours[7]["error"] == {"code": "TIMEOUT", "message": "TIMEOUT: invocation timed out after 300ms", "type": "InvocationError"}
+    assert ours[10]["result"] == {"messageReceiptId": "<id>"}
     assert [f["function_id"] for f in ours[8]["result"]["functions"]] == sorted(
         ["dropin::add", "dropin::echo", "dropin::fail", "dropin::meta", "dropin::slow"]
     )

@@ -137,7 +137,8 @@ async def test_every_discovery_function(workers, runtime):
     assert sum(1 for w in workers_["workers"] if w["runtime"] in ("python", "node")) == 2
 
     ids = [f["function_id"] for f in functions["functions"]]
-    assert "disc::add" in ids and not any(i.startswith("engine::") for i in ids)
+    assert "disc::add" in ids and "engine::queue::enqueue" in ids  # listed, as the spec says
+    assert not any(i.startswith("engine::") and not i.startswith("engine::queue::") for i in ids)
     all_ids = [f["function_id"] for f in functions_all["functions"]]
     assert "engine::workers::list" in all_ids and "disc::add" in all_ids
     assert next(f for f in functions["functions"] if f["function_id"] == "disc::add")["worker_name"] == "disc-server"
@@ -258,3 +259,23 @@ async def test_cron_trigger_calls_an_official_worker_every_second(workers, runti
         and item["event"]["scheduled_time"] > event["scheduled_time"],
         timeout=10,
     )
+
+
+@pytest.mark.parametrize("server, client", [("python", "node"), ("node", "python")])
+async def test_enqueued_jobs_reach_official_workers(workers, server, client):
+    """TriggerAction.Enqueue from one official SDK; the job runs on a worker of the other."""
+    owner = await workers.start(server, f"jobs-{server}", "--fn", "jobs::run=slow", "--stay")
+    await owner.key("ready")
+    caller = await workers.start(
+        client,
+        "enqueuer",
+        calls=[
+            {"function_id": "jobs::run", "payload": {"seconds": 0}, "action": "default"},
+            {"function_id": "jobs::run", "payload": {"seconds": 0}, "action": "nope"},
+        ],
+    )
+    accepted, refused = await call_results(caller, 2)
+    assert list(accepted["result"]) == ["messageReceiptId"]
+    assert refused["error"]["code"] == "enqueue_error"
+    assert "Queue 'nope' not found" in refused["error"]["message"]
+    await owner.key("started", "jobs::run")

@@ -8,49 +8,11 @@ from typing import Callable
 
 import pytest
 
-from helpers import Peer, connected
+from helpers import FakeClock, Peer, connected
 from iii.engine.router import Router
 from iii.workers import cron
 
 START = datetime.datetime(2026, 1, 1, 8, 59, 58, tzinfo=datetime.timezone.utc).timestamp()
-
-
-class FakeClock:
-    """A :class:`cron.Scheduler` whose time only moves when the test says so."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-        self.timers: list[list] = []  # [due, callback, cancelled]
-
-    def time(self) -> float:
-        return self.now
-
-    def call_later(self, delay: float, callback: Callable[[], None]):
-        timer = [self.now + delay, callback, False]
-        self.timers.append(timer)
-
-        class Handle:
-            def cancel(self) -> None:
-                timer[2] = True
-
-        return Handle()
-
-    def advance(self, seconds: float) -> None:
-        """Move time on, running every timer that falls due on the way, in order."""
-        until = self.now + seconds
-        while True:
-            due = sorted((t for t in self.timers if not t[2] and t[0] <= until), key=lambda t: t[0])
-            if not due:
-                break
-            timer = due[0]
-            timer[2] = True
-            self.now = max(self.now, timer[0])
-            timer[1]()
-        self.now = until
-
-    @property
-    def pending(self) -> int:
-        return sum(1 for t in self.timers if not t[2])
 
 
 @pytest.fixture

@@ -67,6 +67,8 @@ log = logging.getLogger("iii.engine")
 #: Bad frames logged per connection before the log goes quiet (they are still counted).
 _BAD_FRAME_LOG_LIMIT = 5
 _PONG = codec.encode_message(Pong())
+#: The queue provider's function that takes ``TriggerAction.Enqueue`` jobs.
+_ENQUEUE = "engine::queue::enqueue"
 
 
 def _new_id() -> str:
@@ -595,17 +597,43 @@ class Router:
             answer_to.send(codec.encode_result(invocation_id, fn.id, codec.encode_json(result)))
 
     def _enqueue(self, conn: Connection, msg: InvokeFunction, ns: str) -> None:
-        # No queue provider runs yet: answer as the original does without `engine::queue::enqueue`.
-        if msg.invocation_id is None:
-            return
+        """``TriggerAction.Enqueue``: hand the job to ``engine::queue::enqueue`` and answer the
+        caller with its receipt (protocol.md §10.3); the caller never sees the function's result."""
+        invocation_id, function_id = msg.invocation_id, msg.function_id
         queue = msg.action.queue  # type: ignore[union-attr]
-        error = ErrorBody(
-            ErrorCode.ENQUEUE_ERROR,
-            f"Cannot enqueue {msg.function_id} on queue '{queue}': no queue provider is "
-            "installed (engine::queue::enqueue is not registered). Add it with "
-            "`iii worker add queue`.",
-        )
-        conn.send(codec.encode_error_result(msg.invocation_id, msg.function_id, error))
+        if self.find_function(DEFAULT_NAMESPACE, _ENQUEUE) is None:
+            self._reply_error(conn, invocation_id, function_id, ErrorBody(
+                ErrorCode.ENQUEUE_ERROR,
+                f"Cannot enqueue {function_id} on queue '{queue}': no queue provider is "
+                f"installed ({_ENQUEUE} is not registered). Add it with `iii worker add queue`.",
+            ))
+            return
+        receipt = self._new_id()
+        job: dict[str, Any] = {
+            "queue": queue,
+            "function_id": function_id,
+            "data": msgspec.Raw(bytes(msg.data) if msg.data else b"null"),
+            "messageReceiptId": receipt,
+        }
+        if msg.traceparent is not None:
+            job["traceparent"] = msg.traceparent
+        if msg.baggage is not None:
+            job["baggage"] = msg.baggage
+        if ns != DEFAULT_NAMESPACE:
+            job["namespace"] = ns
+
+        def accepted(result: bytes, error: Optional[ErrorBody]) -> None:
+            if invocation_id is None or conn.state == ABORTED:
+                if error is not None:
+                    log.info("worker %s: enqueue on '%s' failed: %s", conn.id, queue, error.message)
+            elif error is None:
+                answer = codec.encode_json({"messageReceiptId": receipt})
+                conn.send(codec.encode_result(invocation_id, function_id, answer))
+            else:
+                failure = ErrorBody(ErrorCode.ENQUEUE_ERROR, f"{error.code}: {error.message}")
+                conn.send(codec.encode_error_result(invocation_id, function_id, failure))
+
+        self.invoke(DEFAULT_NAMESPACE, _ENQUEUE, codec.encode_json(job), on_result=accepted)
 
     def invoke(
         self,

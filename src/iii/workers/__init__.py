@@ -1,4 +1,4 @@
-"""The engine's in-process modules (built-in workers): ``iii-state``, ``iii-pubsub``, ``iii-cron``.
+"""The engine's in-process modules (built-in workers): state, pubsub, cron and queue.
 
 Each runs with its defaults unless ``config.yaml`` has an entry for it (under its ``iii-`` name
 or the short one), whose ``config`` then applies.
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Union
 import msgspec
 
 from iii.engine.registry import Module
-from iii.workers import cron, pubsub, state
+from iii.workers import cron, pubsub, queue, state
 
 if TYPE_CHECKING:
     from iii.engine.router import Router
@@ -34,14 +34,18 @@ MODULES: dict[str, tuple[type, Any]] = {
     state.MODULE: (state.StateConfig, state.install),
     pubsub.MODULE: (PubSubConfig, pubsub.install),
     cron.MODULE: (cron.CronConfig, cron.install),
+    queue.MODULE: (queue.QueueConfig, queue.install),
 }
 DESCRIPTIONS = {
     state.MODULE: "Key-value state in scopes, with the state trigger (in memory)",
     pubsub.MODULE: "Topic publish/subscribe, fire-and-forget",
     cron.MODULE: "Scheduled calls (cron expressions, UTC)",
+    queue.MODULE: "Named job queues with retries and dead letters (in memory)",
 }
 #: ``config.yaml`` entry names that mean a module.
-ALIASES = {name: name for name in MODULES} | {"state": state.MODULE, "pubsub": pubsub.MODULE, "cron": cron.MODULE}
+ALIASES = {name: name for name in MODULES} | {
+    "state": state.MODULE, "pubsub": pubsub.MODULE, "cron": cron.MODULE, "queue": queue.MODULE,
+}
 
 
 def install_modules(router: Router, configs: dict[str, Any], now_ms: int) -> None:

@@ -1,0 +1,306 @@
+"""Queue (``iii-queue``): named queues behind ``TriggerAction.Enqueue``, in memory.
+
+``engine::queue::enqueue`` takes a job (the router calls it for an ``enqueue`` action); the queue
+then calls the job's function with its data (in the enqueue's namespace, no metadata). An
+answer acks; an error retries after ``backoff_ms × 2^(attempt-1)``, and after ``max_retries``
+attempts the job goes to the queue's dead-letter list, from which it can be redriven. Standard
+queues run up to ``concurrency`` jobs at once; FIFO queues one at a time, in order (which keeps
+every message group in order). Delivery is at least once. ``default`` always exists.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+
+import msgspec
+
+from iii import codec
+from iii.engine.functions import parse_input
+from iii.engine.registry import Connection, EngineError
+from iii.protocol import ErrorBody
+from iii.workers.cron import LoopScheduler, Scheduler
+
+if TYPE_CHECKING:
+    from iii.engine.router import Router
+
+__all__ = ["MODULE", "QueueConfig", "QueueSettings", "install"]
+
+MODULE = "iii-queue"
+DEFAULT_QUEUE = "default"
+log = logging.getLogger("iii.workers")
+
+
+class QueueSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """One entry of ``queue_configs``."""
+
+    max_retries: int = 3
+    concurrency: int = 10
+    type: Literal["standard", "fifo"] = "standard"
+    message_group_field: Union[str, None] = None
+    backoff_ms: int = 1000
+    poll_interval_ms: int = 100  # accepted for compatibility: delivery here is pushed, not polled
+    max_priority: Union[int, None] = None  # RabbitMQ only
+    priority_field: Union[str, None] = None  # RabbitMQ only
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 1 or self.concurrency < 1 or self.backoff_ms < 0:
+            raise ValueError("max_retries and concurrency must be at least 1, backoff_ms not negative")
+        if self.type == "fifo" and not self.message_group_field:
+            raise ValueError("a fifo queue needs message_group_field")
+
+
+class QueueConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The ``iii-queue`` entry's ``config``: only the in-memory ``builtin`` adapter exists here."""
+
+    queue_configs: dict[str, QueueSettings] = {}
+    adapter: Union[dict[str, Any], None] = None
+
+    def __post_init__(self) -> None:
+        if self.adapter is None:
+            return
+        settings = self.adapter.get("config") or {}
+        store = settings.get("store_method", "in_memory") if isinstance(settings, dict) else None
+        if self.adapter.get("name") != "builtin" or store != "in_memory":
+            raise ValueError(
+                f"adapter {self.adapter!r} is not available here: queues are kept in memory "
+                "(adapter {name: builtin, config: {store_method: in_memory}})"
+            )
+
+
+class EnqueueInput(msgspec.Struct):
+    queue: str
+    function_id: str
+    data: Any = None
+    messageReceiptId: Union[str, None] = None  # noqa: N815 (the wire name)
+    namespace: Union[str, None] = None
+    traceparent: Union[str, None] = None
+    baggage: Union[str, None] = None
+
+
+class QueueInput(msgspec.Struct):
+    queue: Union[str, None] = None
+    topic: Union[str, None] = None  # an alias of queue
+
+
+class MessageInput(msgspec.Struct):
+    queue: Union[str, None] = None
+    message_id: Union[str, None] = None
+
+
+class DlqInput(msgspec.Struct):
+    topic: Union[str, None] = None
+    queue: Union[str, None] = None
+    offset: int = 0
+    limit: int = 50
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+class Job:
+    __slots__ = ("id", "function_id", "namespace", "data", "attempts", "error", "failed_at")
+
+    def __init__(self, job_id: str, function_id: str, namespace: str, data: bytes) -> None:
+        self.id = job_id
+        self.function_id = function_id
+        self.namespace = namespace
+        self.data = data
+        self.attempts = 0
+        self.error: Optional[str] = None
+        self.failed_at: Optional[str] = None
+
+
+class Queue:
+    """One named queue: waiting jobs, jobs in delivery, the dead-letter list."""
+
+    def __init__(self, name: str, settings: QueueSettings, router: Router, scheduler: Scheduler) -> None:
+        self.name = name
+        self.settings = settings
+        self._router = router
+        self._scheduler = scheduler
+        self.waiting: collections.deque[Job] = collections.deque()
+        self.active = 0
+        self.dead: list[Job] = []
+        self.delivered = 0
+        self.failed = 0
+        self._pumping = False
+
+    @property
+    def limit(self) -> int:
+        return 1 if self.settings.type == "fifo" else self.settings.concurrency
+
+    def push(self, job: Job, *, first: bool = False) -> None:
+        if first:
+            self.waiting.appendleft(job)
+        else:
+            self.waiting.append(job)
+        self.pump()
+
+    def pump(self) -> None:
+        """Start jobs while there is room (a loop, not recursion: in-process calls answer at once)."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self.waiting and self.active < self.limit:
+                self._deliver(self.waiting.popleft())
+        finally:
+            self._pumping = False
+
+    def _deliver(self, job: Job) -> None:
+        self.active += 1
+        job.attempts += 1
+        self._router.invoke(
+            job.namespace, job.function_id, job.data, b"",
+            on_result=lambda result, error: self._answered(job, error),
+        )
+
+    def _answered(self, job: Job, error: Optional[ErrorBody]) -> None:
+        if error is None:
+            self.delivered += 1
+            self.active -= 1
+            self.pump()
+            return
+        job.error = f"{error.code}: {error.message}"
+        if job.attempts >= self.settings.max_retries:
+            self.failed += 1
+            job.failed_at = _now_iso()
+            self.dead.append(job)
+            log.warning("queue %s: job %s to %s failed %d times, moved to the DLQ: %s",
+                        self.name, job.id, job.function_id, job.attempts, job.error)
+            self.active -= 1
+            self.pump()
+            return
+        delay = self.settings.backoff_ms * 2 ** (job.attempts - 1) / 1000
+        if self.settings.type == "fifo":  # keep the slot: nothing overtakes the job being retried
+            self._scheduler.call_later(delay, lambda: self._retry_in_place(job))
+        else:
+            self.active -= 1
+            self._scheduler.call_later(delay, lambda: self.push(job, first=True))
+            self.pump()
+
+    def _retry_in_place(self, job: Job) -> None:
+        self.active -= 1
+        self._deliver(job)
+
+    def redrive(self, message_id: Optional[str] = None) -> int:
+        """Move dead jobs (all, or one) back to the queue with fresh attempts."""
+        moving = [job for job in self.dead if message_id is None or job.id == message_id]
+        self.dead = [job for job in self.dead if job not in moving]
+        for job in moving:
+            job.attempts, job.error, job.failed_at = 0, None, None
+            self.waiting.append(job)
+        self.pump()
+        return len(moving)
+
+    def discard(self, message_id: str) -> int:
+        before = len(self.dead)
+        self.dead = [job for job in self.dead if job.id != message_id]
+        return before - len(self.dead)
+
+
+class Queues:
+    """The module: its queues and its functions."""
+
+    def __init__(self, router: Router, config: QueueConfig, scheduler: Scheduler) -> None:
+        self._router = router
+        settings = {DEFAULT_QUEUE: QueueSettings(), **config.queue_configs}
+        self.queues = {name: Queue(name, s, router, scheduler) for name, s in settings.items()}
+
+    def _queue(self, name: Optional[str], code: str = "queue_not_set") -> Queue:
+        if not name:
+            raise EngineError(code, "Queue is not set")
+        queue = self.queues.get(name)
+        if queue is None:
+            raise EngineError("queue_not_found", f"Queue '{name}' not found")
+        return queue
+
+    def enqueue(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("engine::queue::enqueue", data, EnqueueInput)
+        queue = self._queue(request.queue)
+        group_field = queue.settings.message_group_field
+        if queue.settings.type == "fifo" and (
+            not isinstance(request.data, dict) or request.data.get(group_field) is None  # type: ignore[arg-type]
+        ):
+            raise EngineError(
+                "message_group_missing",
+                f"FIFO queue '{queue.name}' requires field '{group_field}' in data, but it was not found",
+            )
+        job_id = request.messageReceiptId or str(uuid.uuid4())
+        queue.push(Job(job_id, request.function_id, request.namespace or "default", codec.encode_json(request.data)))
+        return {"messageReceiptId": job_id}
+
+    def list_topics(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        return [
+            {"name": q.name, "broker_type": "function_queue", "subscriber_count": q.limit}
+            for q in self.queues.values()
+        ]
+
+    def topic_stats(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("engine::queue::topic_stats", data, QueueInput)
+        queue = self._queue(request.queue or request.topic, "topic_required")
+        return {
+            "depth": len(queue.waiting) + queue.active,
+            "consumer_count": queue.limit,
+            "dlq_depth": len(queue.dead),
+            "config": msgspec.to_builtins(queue.settings),
+            "delivered": queue.delivered,
+            "failed": queue.failed,
+        }
+
+    def dlq_topics(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        return [
+            {"topic": q.name, "broker_type": "function_queue", "message_count": len(q.dead)}
+            for q in self.queues.values() if q.dead
+        ]
+
+    def dlq_messages(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("engine::queue::dlq_messages", data, DlqInput)
+        queue = self._queue(request.topic or request.queue, "topic_required")
+        window = queue.dead[max(0, request.offset): max(0, request.offset) + max(0, request.limit)]
+        return [
+            {"id": job.id, "payload": msgspec.Raw(job.data), "error": job.error, "failed_at": job.failed_at,
+             "retries": job.attempts, "size_bytes": len(job.data)}
+            for job in window
+        ]
+
+    def redrive(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("iii::queue::redrive", data, QueueInput)
+        queue = self._queue(request.queue or request.topic)
+        return {"queue": queue.name, "redriven": queue.redrive()}
+
+    def redrive_message(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("iii::queue::redrive_message", data, MessageInput)
+        queue = self._queue(request.queue)
+        if not request.message_id:
+            raise EngineError("message_id_not_set", "Message id is not set")
+        return {"queue": queue.name, "message_id": request.message_id, "redriven": queue.redrive(request.message_id)}
+
+    def discard_message(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("iii::queue::discard_message", data, MessageInput)
+        queue = self._queue(request.queue)
+        if not request.message_id:
+            raise EngineError("message_id_not_set", "Message id is not set")
+        return {"queue": queue.name, "message_id": request.message_id, "redriven": queue.discard(request.message_id)}
+
+
+def install(router: Router, config: Optional[QueueConfig] = None, scheduler: Optional[Scheduler] = None) -> Queues:
+    """Register ``engine::queue::enqueue`` and the queue inspection functions on ``router``."""
+    queues = Queues(router, config or QueueConfig(), scheduler or LoopScheduler())
+    for function_id, handler, description in (
+        ("engine::queue::enqueue", queues.enqueue, "Accept a job for a named queue (TriggerAction.Enqueue)"),
+        ("engine::queue::list_topics", queues.list_topics, "The queues"),
+        ("engine::queue::topic_stats", queues.topic_stats, "Depth, consumers and dead letters of a queue"),
+        ("engine::queue::dlq_topics", queues.dlq_topics, "Queues holding dead letters"),
+        ("engine::queue::dlq_messages", queues.dlq_messages, "The dead letters of a queue"),
+        ("iii::queue::redrive", queues.redrive, "Put every dead letter of a queue back in it"),
+        ("iii::queue::redrive_message", queues.redrive_message, "Put one dead letter back in its queue"),
+        ("iii::queue::discard_message", queues.discard_message, "Drop one dead letter"),
+    ):
+        router.add_builtin(function_id, handler, module=MODULE, description=description)
+    return queues
