@@ -279,3 +279,18 @@ async def test_enqueued_jobs_reach_official_workers(workers, server, client):
     assert refused["error"]["code"] == "enqueue_error"
     assert "Queue 'nope' not found" in refused["error"]["message"]
     await owner.key("started", "jobs::run")
+
+
+@pytest.mark.parametrize("runtime", ["python", "node"])
+async def test_durable_topic_messages_reach_official_subscribers(workers, runtime):
+    watcher = await workers.start(
+        runtime, f"durable-{runtime}", "--watch", 'durable:subscriber={"topic": "orders"}', "--stay"
+    )
+    await watcher.key("ready")
+    publisher = await workers.start(
+        OTHER[runtime], "publisher", calls=[{"function_id": "iii::durable::publish", "payload": {"topic": "orders", "data": {"id": 7}}}]
+    )
+    (published,) = await call_results(publisher, 1)
+    assert "error" not in published
+    delivered = await watcher.expect(lambda item: isinstance(item, dict) and item.get("type") == "durable:subscriber")
+    assert delivered["event"] == {"id": 7}

@@ -163,3 +163,46 @@ def test_bad_queue_settings_are_refused(settings, message):
 
     with pytest.raises(msgspec.ValidationError, match=message):
         msgspec.convert({"queue_configs": {"q": settings}}, QueueConfig)
+
+
+def subscribe(router: Router, peer: Peer, binding_id: str, function_id: str, **config) -> list:
+    peer.send(type="registertrigger", id=binding_id, trigger_type="durable:subscriber", function_id=function_id, config=config)
+    router.flush_events()
+    return peer.take()
+
+
+def test_a_durable_topic_fans_out_to_each_subscribing_function_once(router, clock):
+    worker = connected(router, "worker", "orders::bill", "orders::ship", "orders::gate")
+    assert subscribe(router, worker, "b1", "orders::bill", topic="orders") == []
+    subscribe(router, worker, "b2", "orders::bill", queue="orders")  # same function: same queue
+    subscribe(router, worker, "s1", "orders::ship", topic="orders", queue_config={"maxRetries": 2, "backoffDelayMs": 500})
+    subscribe(router, worker, "g1", "orders::gate", topic="other")
+    publisher = connected(router, "publisher")
+    assert publisher.result_of("iii::durable::publish", {"topic": "orders", "data": {"id": 7}}).get("result") is None
+    calls = {c["function_id"]: c for c in deliveries(worker)}
+    assert sorted(calls) == ["orders::bill", "orders::ship"]
+    assert calls["orders::bill"]["data"] == {"id": 7} and "metadata" not in calls["orders::bill"]
+    reply(worker, calls["orders::bill"])
+    reply(worker, calls["orders::ship"], error=True)
+    clock.advance(0.5)
+    (retried,) = deliveries(worker)
+    assert retried["function_id"] == "orders::ship"
+    topics = publisher.result_of("engine::queue::list_topics", {})["result"]
+    assert {"name": "orders", "broker_type": "builtin", "subscriber_count": 2} in topics
+
+
+def test_durable_subscriber_conditions_and_unsubscribing(router):
+    worker = connected(router, "worker", "t::handler", "t::gate")
+    subscribe(router, worker, "h", "t::handler", topic="t", condition_function_id="t::gate")
+    publisher = connected(router, "publisher")
+    publisher.result_of("iii::durable::publish", {"topic": "t", "data": 1})
+    (gate,) = deliveries(worker)
+    assert gate["function_id"] == "t::gate"
+    worker.send(type="invocationresult", invocation_id=gate["invocation_id"], function_id="t::gate", result=False)
+    assert deliveries(worker) == []  # acked without a call
+    worker.send(type="unregistertrigger", id="h")
+    publisher.result_of("iii::durable::publish", {"topic": "t", "data": 2})
+    assert deliveries(worker) == []
+    refusal = subscribe(router, worker, "none", "t::handler")
+    assert "Topic is not set" in refusal[0]["error"]["message"]
+    assert publisher.result_of("iii::durable::publish", {"data": 1})["error"]["code"] == "topic_not_set"

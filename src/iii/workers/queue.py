@@ -1,4 +1,5 @@
-"""Queue (``iii-queue``): named queues behind ``TriggerAction.Enqueue``, in memory.
+"""Queue (``iii-queue``): named queues behind ``TriggerAction.Enqueue`` and durable topics,
+in memory.
 
 ``engine::queue::enqueue`` takes a job (the router calls it for an ``enqueue`` action); the queue
 then calls the job's function with its data (in the enqueue's namespace, no metadata). An
@@ -6,6 +7,10 @@ answer acks; an error retries after ``backoff_ms × 2^(attempt-1)``, and after `
 attempts the job goes to the queue's dead-letter list, from which it can be redriven. Standard
 queues run up to ``concurrency`` jobs at once; FIFO queues one at a time, in order (which keeps
 every message group in order). Delivery is at least once. ``default`` always exists.
+
+Durable topics: ``iii::durable::publish`` puts the message in the queue of every
+``(namespace, function_id)`` bound to the topic with a ``durable:subscriber`` trigger (bindings of
+one function share its queue), which delivers it the same way.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import msgspec
 
 from iii import codec
 from iii.engine.functions import parse_input
-from iii.engine.registry import Connection, EngineError
+from iii.engine.registry import Binding, Connection, EngineError
 from iii.protocol import ErrorBody
+from iii.workers._provider import Provider
 from iii.workers.cron import LoopScheduler, Scheduler
 
 if TYPE_CHECKING:
@@ -46,11 +52,6 @@ class QueueSettings(msgspec.Struct, forbid_unknown_fields=True):
     max_priority: Union[int, None] = None  # RabbitMQ only
     priority_field: Union[str, None] = None  # RabbitMQ only
 
-    def __post_init__(self) -> None:
-        if self.max_retries < 1 or self.concurrency < 1 or self.backoff_ms < 0:
-            raise ValueError("max_retries and concurrency must be at least 1, backoff_ms not negative")
-        if self.type == "fifo" and not self.message_group_field:
-            raise ValueError("a fifo queue needs message_group_field")
 
 
 class QueueConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -60,6 +61,11 @@ class QueueConfig(msgspec.Struct, forbid_unknown_fields=True):
     adapter: Union[dict[str, Any], None] = None
 
     def __post_init__(self) -> None:
+        for name, settings in self.queue_configs.items():
+            if settings.max_retries < 1 or settings.concurrency < 1 or settings.backoff_ms < 0:
+                raise ValueError(f"queue {name!r}: max_retries and concurrency must be at least 1, backoff_ms not negative")
+            if settings.type == "fifo" and not settings.message_group_field:
+                raise ValueError(f"queue {name!r}: a fifo queue needs message_group_field")
         if self.adapter is None:
             return
         settings = self.adapter.get("config") or {}
@@ -103,13 +109,17 @@ def _now_iso() -> str:
 
 
 class Job:
-    __slots__ = ("id", "function_id", "namespace", "data", "attempts", "error", "failed_at")
+    __slots__ = ("id", "function_id", "namespace", "data", "condition", "attempts", "error", "failed_at")
 
-    def __init__(self, job_id: str, function_id: str, namespace: str, data: bytes) -> None:
+    def __init__(
+        self, job_id: str, function_id: str, namespace: str, data: bytes, condition: Optional[str] = None
+    ) -> None:
         self.id = job_id
         self.function_id = function_id
         self.namespace = namespace
         self.data = data
+        #: A condition function asked first (durable subscribers): ``false`` acks without a call.
+        self.condition = condition
         self.attempts = 0
         self.error: Optional[str] = None
         self.failed_at: Optional[str] = None
@@ -155,6 +165,22 @@ class Queue:
     def _deliver(self, job: Job) -> None:
         self.active += 1
         job.attempts += 1
+        if job.condition is None:
+            self._call(job)
+            return
+
+        def checked(result: bytes, error: Optional[ErrorBody]) -> None:
+            if error is None and result.strip() != b"false":
+                self._call(job)
+                return
+            if error is not None:
+                log.warning("queue %s: condition %s failed, job %s skipped: %s",
+                            self.name, job.condition, job.id, error.message)
+            self._answered(job, None)
+
+        self._router.invoke(job.namespace, job.condition, job.data, b"", on_result=checked)
+
+    def _call(self, job: Job) -> None:
         self._router.invoke(
             job.namespace, job.function_id, job.data, b"",
             on_result=lambda result, error: self._answered(job, error),
@@ -204,25 +230,137 @@ class Queue:
         return before - len(self.dead)
 
 
+class SubscriberQueueConfig(msgspec.Struct):
+    """``queue_config`` of a ``durable:subscriber`` binding."""
+
+    type: Literal["concurrent", "fifo"] = "concurrent"
+    concurrency: int = 10  # 0 pauses delivery
+    maxRetries: int = 3  # noqa: N815 (the wire names)
+    backoffDelayMs: int = 1000  # noqa: N815
+    backoffType: Union[str, None] = None  # noqa: N815 (exponential is the only kind here)
+    visibilityTimeout: Union[int, None] = None  # noqa: N815
+    delaySeconds: Union[int, None] = None  # noqa: N815
+    maxPriority: Union[int, None] = None  # noqa: N815
+
+    def settings(self) -> QueueSettings:
+        return QueueSettings(
+            max_retries=max(1, self.maxRetries),
+            concurrency=max(0, self.concurrency),
+            type="fifo" if self.type == "fifo" else "standard",
+            backoff_ms=max(0, self.backoffDelayMs),
+        )
+
+
+class SubscriberConfig(msgspec.Struct):
+    topic: Union[str, None] = None
+    queue: Union[str, None] = None  # an alias of topic
+    condition_function_id: Union[str, None] = None
+    queue_config: SubscriberQueueConfig = msgspec.field(default_factory=SubscriberQueueConfig)
+
+    @property
+    def name(self) -> Optional[str]:
+        return self.topic or self.queue
+
+
+class PublishInput(msgspec.Struct):
+    topic: Union[str, None] = None
+    data: Any = None
+
+
+class Subscription:
+    """One ``(namespace, function_id)`` subscribed to a topic: its own queue, shared by every
+    binding naming it (replicas compete on it)."""
+
+    def __init__(self, queue: Queue, condition: Optional[str]) -> None:
+        self.queue = queue
+        self.condition = condition
+        self.bindings: set[str] = set()
+
+
+class Topics(Provider[SubscriberConfig]):
+    """Durable topics: the ``durable:subscriber`` trigger type and ``iii::durable::publish``."""
+
+    def __init__(self, router: Router, scheduler: Scheduler) -> None:
+        super().__init__(SubscriberConfig, self._check)
+        self._router = router
+        self._scheduler = scheduler
+        #: topic -> (namespace, function_id) -> subscription
+        self.topics: dict[str, dict[tuple[str, str], Subscription]] = {}
+
+    @staticmethod
+    def _check(config: SubscriberConfig) -> Optional[str]:
+        return None if config.name else "Topic is not set: a durable:subscriber trigger needs {\"topic\": \"<name>\"}"
+
+    def register(self, binding: Binding) -> Optional[str]:
+        self.unregister(binding)  # a re-registered id may have changed topic or function
+        refusal = super().register(binding)
+        if refusal is None:
+            config = self.bindings[binding.id][1]
+            topic = config.name
+            subscribers = self.topics.setdefault(topic, {})  # type: ignore[arg-type]
+            key = (binding.namespace, binding.function_id)
+            subscription = subscribers.get(key)
+            if subscription is None:
+                queue = Queue(f"{topic}::{binding.function_id}", config.queue_config.settings(), self._router, self._scheduler)
+                subscription = subscribers[key] = Subscription(queue, config.condition_function_id)
+            subscription.bindings.add(binding.id)
+        return refusal
+
+    def unregister(self, binding: Binding) -> None:
+        entry = self.bindings.get(binding.id)
+        super().unregister(binding)
+        if entry is None:
+            return
+        topic = entry[1].name
+        subscribers = self.topics.get(topic, {})  # type: ignore[arg-type]
+        key = (entry[0].namespace, entry[0].function_id)
+        subscription = subscribers.get(key)
+        if subscription is not None:
+            subscription.bindings.discard(binding.id)
+            if not subscription.bindings:
+                del subscribers[key]
+                if not subscribers:
+                    del self.topics[topic]  # type: ignore[arg-type]
+
+    def publish(self, router: Router, caller: Optional[Connection], data: Any) -> None:
+        request = parse_input("iii::durable::publish", data, PublishInput)
+        if not request.topic:
+            raise EngineError("topic_not_set", "Topic is not set")
+        payload = codec.encode_json(request.data)
+        for (namespace, function_id), subscription in self.topics.get(request.topic, {}).items():
+            subscription.queue.push(
+                Job(str(uuid.uuid4()), function_id, namespace, payload, subscription.condition)
+            )
+        return None
+
+
 class Queues:
-    """The module: its queues and its functions."""
+    """The module: its named queues, its durable topics and its functions."""
 
     def __init__(self, router: Router, config: QueueConfig, scheduler: Scheduler) -> None:
         self._router = router
         settings = {DEFAULT_QUEUE: QueueSettings(), **config.queue_configs}
         self.queues = {name: Queue(name, s, router, scheduler) for name, s in settings.items()}
+        self.topics = Topics(router, scheduler)
 
-    def _queue(self, name: Optional[str], code: str = "queue_not_set") -> Queue:
+    def _all_queues(self) -> list[Queue]:
+        """Named queues, then every durable subscriber's queue."""
+        return list(self.queues.values()) + [
+            subscription.queue for subscribers in self.topics.topics.values() for subscription in subscribers.values()
+        ]
+
+    def _queue(self, name: Optional[str], code: str = "queue_not_set", *, named_only: bool = False) -> Queue:
         if not name:
             raise EngineError(code, "Queue is not set")
-        queue = self.queues.get(name)
-        if queue is None:
-            raise EngineError("queue_not_found", f"Queue '{name}' not found")
-        return queue
+        queues = self.queues.values() if named_only else self._all_queues()
+        for queue in queues:
+            if queue.name == name:
+                return queue
+        raise EngineError("queue_not_found", f"Queue '{name}' not found")
 
     def enqueue(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("engine::queue::enqueue", data, EnqueueInput)
-        queue = self._queue(request.queue)
+        queue = self._queue(request.queue, named_only=True)
         group_field = queue.settings.message_group_field
         if queue.settings.type == "fifo" and (
             not isinstance(request.data, dict) or request.data.get(group_field) is None  # type: ignore[arg-type]
@@ -236,7 +374,11 @@ class Queues:
         return {"messageReceiptId": job_id}
 
     def list_topics(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
-        return [
+        topics = [
+            {"name": topic, "broker_type": "builtin", "subscriber_count": len(subscribers)}
+            for topic, subscribers in self.topics.topics.items()
+        ]
+        return topics + [
             {"name": q.name, "broker_type": "function_queue", "subscriber_count": q.limit}
             for q in self.queues.values()
         ]
@@ -256,7 +398,7 @@ class Queues:
     def dlq_topics(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
         return [
             {"topic": q.name, "broker_type": "function_queue", "message_count": len(q.dead)}
-            for q in self.queues.values() if q.dead
+            for q in self._all_queues() if q.dead
         ]
 
     def dlq_messages(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
@@ -289,6 +431,17 @@ class Queues:
         return {"queue": queue.name, "message_id": request.message_id, "redriven": queue.discard(request.message_id)}
 
 
+_SUBSCRIBER_FORMAT = {
+    "type": "object",
+    "properties": {
+        "topic": {"type": "string"},
+        "condition_function_id": {"type": "string"},
+        "queue_config": {"type": "object"},
+    },
+    "required": ["topic"],
+}
+
+
 def install(router: Router, config: Optional[QueueConfig] = None, scheduler: Optional[Scheduler] = None) -> Queues:
     """Register ``engine::queue::enqueue`` and the queue inspection functions on ``router``."""
     queues = Queues(router, config or QueueConfig(), scheduler or LoopScheduler())
@@ -303,4 +456,15 @@ def install(router: Router, config: Optional[QueueConfig] = None, scheduler: Opt
         ("iii::queue::discard_message", queues.discard_message, "Drop one dead letter"),
     ):
         router.add_builtin(function_id, handler, module=MODULE, description=description)
+    router.add_builtin(
+        "iii::durable::publish", queues.topics.publish, module=MODULE,
+        description="Publish data to a durable topic: every subscribing function gets it, with retries",
+    )
+    router.add_builtin_trigger_type(
+        "durable:subscriber",
+        queues.topics,
+        module=MODULE,
+        description="Called with every message published to the topic (own queue per function)",
+        trigger_request_format=_SUBSCRIBER_FORMAT,
+    )
     return queues
