@@ -83,7 +83,10 @@ def start_server(kind: str) -> Server:
     """``engine`` (ours, from a temp config on a free loopback port) or ``relay`` (the baseline)."""
     if kind == "engine":
         config = Path(tempfile.mkdtemp(prefix="iii-bench-")) / "config.yaml"
-        config.write_text("workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: 0\n")
+        config.write_text(
+            "workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+            "  - name: iii-http\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+        )
         command = [sys.executable, "-m", "iii", "-c", str(config)]
     else:
         command = [sys.executable, str(BENCH / "relay.py"), "0"]

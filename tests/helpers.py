@@ -118,6 +118,7 @@ class Procs:
         config_path.write_text(
             config
             or f"workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: {port}\n"
+            "  - name: iii-http\n    config:\n      host: 127.0.0.1\n      port: 0\n"
         )
         proc = await self.start(
             sys.executable, "-m", "iii", "-c", str(config_path),

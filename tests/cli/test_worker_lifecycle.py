@@ -14,7 +14,10 @@ import pytest
 
 from helpers import RawClient
 
-LISTENER = "workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+LISTENER = (
+    "workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+    "  - name: iii-http\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+)
 
 PID_WORKER = '''
 import os, signal, threading

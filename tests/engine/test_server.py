@@ -12,6 +12,8 @@ from picows import WSMsgType
 from helpers import RawClient
 
 MiB = 1024 * 1024
+#: For engines run inside the test process (their listener is set by the test).
+IN_PROCESS_CONFIG = "workers:\n  - name: iii-http\n    config:\n      host: 127.0.0.1\n      port: 0\n"
 
 
 @pytest.fixture(params=["c", "py"])
@@ -184,7 +186,7 @@ async def test_a_worker_that_stops_reading_is_dropped_before_memory_runs_out(mon
     from iii.engine.config import ListenerConfig, parse_config
 
     monkeypatch.setattr(server, "STALLED_BUFFER_LIMIT", 2 * MiB)
-    config = parse_config("workers: []\n", tmp_path / "config.yaml")
+    config = parse_config(IN_PROCESS_CONFIG, tmp_path / "config.yaml")
     config.listeners = [ListenerConfig(host="127.0.0.1", port=0)]
     engine = server.Engine(config)
     (url,) = await engine.start()
@@ -216,7 +218,7 @@ async def test_a_frame_the_router_fails_on_costs_that_frame_only(tmp_path, caplo
     from iii.engine import server
     from iii.engine.config import ListenerConfig, parse_config
 
-    config = parse_config("workers: []\n", tmp_path / "config.yaml")
+    config = parse_config(IN_PROCESS_CONFIG, tmp_path / "config.yaml")
     config.listeners = [ListenerConfig(host="127.0.0.1", port=0)]
     engine = server.Engine(config)
     (url,) = await engine.start()

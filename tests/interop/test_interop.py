@@ -3,6 +3,11 @@ our SDK against the official Node one."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+import urllib.request
+
 import pytest
 
 from helpers import RawClient, call_results
@@ -294,3 +299,21 @@ async def test_durable_topic_messages_reach_official_subscribers(workers, runtim
     assert "error" not in published
     delivered = await watcher.expect(lambda item: isinstance(item, dict) and item.get("type") == "durable:subscriber")
     assert delivered["event"] == {"id": 7}
+
+
+@pytest.mark.parametrize("runtime", ["python", "node"])
+async def test_http_requests_reach_official_workers(workers, engine, runtime):
+    watcher = await workers.start(
+        runtime, f"web-{runtime}", "--watch", 'http={"api_path": "hello/:name", "http_method": "POST"}', "--stay"
+    )
+    await watcher.key("ready")
+    (base,) = {m.group(1) for line in engine.proc.lines if (m := re.search(r"iii-http listening on (http://\S+)", str(line)))}
+    request = urllib.request.Request(
+        f"{base}/hello/ada?lang=en", data=b'{"greeting": "hi"}', method="POST", headers={"Content-Type": "application/json"}
+    )
+    with await asyncio.to_thread(urllib.request.urlopen, request, timeout=10) as response:
+        assert response.status == 200 and json.loads(response.read()) == {}  # the handler returned nothing
+    delivered = await watcher.expect(lambda item: isinstance(item, dict) and item.get("type") == "http")
+    event = delivered["event"]
+    assert (event["path_params"], event["query_params"], event["body"]) == ({"name": "ada"}, {"lang": "en"}, {"greeting": "hi"})
+    assert (event["method"], event["path"]) == ("POST", "hello/:name")

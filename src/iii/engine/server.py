@@ -239,6 +239,7 @@ class Engine:
         #: Listeners with frames queued in this batch.
         self.dirty: list[WorkerListener] = []
         self._servers: list[asyncio.AbstractServer] = []
+        self._modules: list[Any] = []
         self.urls: list[str] = []
 
     def start_batch(self) -> None:
@@ -272,7 +273,10 @@ class Engine:
             defer=loop.call_soon,
             version=__version__,
         )
-        install_modules(self.router, self.config.modules, _now_ms())
+        self._modules = install_modules(self.router, self.config.modules, _now_ms())
+        for module in self._modules:
+            if hasattr(module, "start"):
+                await module.start()
         for listener in self.config.listeners:
             server = await self._serve(listener)
             self._servers.append(server)
@@ -304,3 +308,6 @@ class Engine:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        for module in self._modules:
+            if hasattr(module, "stop"):
+                await module.stop()

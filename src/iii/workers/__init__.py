@@ -1,4 +1,4 @@
-"""The engine's in-process modules (built-in workers): state, pubsub, cron and queue.
+"""The engine's in-process modules (built-in workers): state, pubsub, cron, queue and http.
 
 Each runs with its defaults unless ``config.yaml`` has an entry for it (under its ``iii-`` name
 or the short one), whose ``config`` then applies.
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Union
 import msgspec
 
 from iii.engine.registry import Module
-from iii.workers import cron, pubsub, queue, state
+from iii.workers import cron, http, pubsub, queue, state
 
 if TYPE_CHECKING:
     from iii.engine.router import Router
@@ -35,21 +35,28 @@ MODULES: dict[str, tuple[type, Any]] = {
     pubsub.MODULE: (PubSubConfig, pubsub.install),
     cron.MODULE: (cron.CronConfig, cron.install),
     queue.MODULE: (queue.QueueConfig, queue.install),
+    http.MODULE: (http.HttpConfig, http.install),
 }
 DESCRIPTIONS = {
     state.MODULE: "Key-value state in scopes, with the state trigger (in memory)",
     pubsub.MODULE: "Topic publish/subscribe, fire-and-forget",
     cron.MODULE: "Scheduled calls (cron expressions, UTC)",
     queue.MODULE: "Named job queues with retries and dead letters (in memory)",
+    http.MODULE: "HTTP server calling functions (the http trigger)",
 }
 #: ``config.yaml`` entry names that mean a module.
 ALIASES = {name: name for name in MODULES} | {
-    "state": state.MODULE, "pubsub": pubsub.MODULE, "cron": cron.MODULE, "queue": queue.MODULE,
+    "state": state.MODULE, "pubsub": pubsub.MODULE, "cron": cron.MODULE, "queue": queue.MODULE, "http": http.MODULE,
 }
 
 
-def install_modules(router: Router, configs: dict[str, Any], now_ms: int) -> None:
-    """Install every module on ``router``, with its parsed config from ``configs`` if given."""
+def install_modules(router: Router, configs: dict[str, Any], now_ms: int) -> list[Any]:
+    """Install every module on ``router``, with its parsed config from ``configs`` if given.
+
+    Returns the modules; the engine awaits ``start()`` / ``stop()`` of those that serve a port.
+    """
+    modules = []
     for name, (_, install) in MODULES.items():
-        install(router, configs.get(name))
+        modules.append(install(router, configs.get(name)))
         router.modules.append(Module(name, DESCRIPTIONS[name], now_ms))
+    return modules
