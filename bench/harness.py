@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 BENCH = Path(__file__).resolve().parent
-_URL = re.compile(r"listening on (ws://\S+)")
+_URL = re.compile(r"(?:^|iii engine \S+ )listening on (ws://\S+)")  # the relay's line or the engine's
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ALL_CPUS = set(range(os.cpu_count() or 1))
 
@@ -86,6 +86,7 @@ def start_server(kind: str) -> Server:
         config.write_text(
             "workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: 0\n"
             "  - name: iii-http\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+            "  - name: iii-stream\n    config:\n      host: 127.0.0.1\n      port: 0\n"
         )
         command = [sys.executable, "-m", "iii", "-c", str(config)]
     else:

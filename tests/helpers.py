@@ -15,7 +15,12 @@ from typing import Any, Callable, Optional
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 ROOT = Path(__file__).resolve().parent.parent
-_URL_LINE = re.compile(r"listening on (ws://\S+)")
+#: ``config.yaml`` entries putting the modules that serve a port on 127.0.0.1 and a free port.
+LOCAL_MODULES = (
+    "  - name: iii-http\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+    "  - name: iii-stream\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+)
+_URL_LINE = re.compile(r"iii engine \S+ listening on (ws://\S+)")  # not a module's socket
 
 
 class Proc:
@@ -118,7 +123,7 @@ class Procs:
         config_path.write_text(
             config
             or f"workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: {port}\n"
-            "  - name: iii-http\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+            + LOCAL_MODULES
         )
         proc = await self.start(
             sys.executable, "-m", "iii", "-c", str(config_path),

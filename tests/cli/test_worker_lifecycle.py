@@ -12,12 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import RawClient
+from helpers import LOCAL_MODULES, RawClient
 
-LISTENER = (
-    "workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: 0\n"
-    "  - name: iii-http\n    config:\n      host: 127.0.0.1\n      port: 0\n"
-)
+LISTENER = "workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: 0\n" + LOCAL_MODULES
 
 PID_WORKER = '''
 import os, signal, threading

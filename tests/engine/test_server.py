@@ -9,11 +9,11 @@ import os
 import pytest
 from picows import WSMsgType
 
-from helpers import RawClient
+from helpers import LOCAL_MODULES, RawClient
 
 MiB = 1024 * 1024
 #: For engines run inside the test process (their listener is set by the test).
-IN_PROCESS_CONFIG = "workers:\n  - name: iii-http\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+IN_PROCESS_CONFIG = "workers:\n" + LOCAL_MODULES
 
 
 @pytest.fixture(params=["c", "py"])

@@ -21,6 +21,8 @@ CONFIG = """workers:
       middleware:
         - function_id: web::guard
           priority: 1
+  - name: iii-stream
+    config: {host: 127.0.0.1, port: 0}
 """
 
 

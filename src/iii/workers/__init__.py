@@ -1,4 +1,4 @@
-"""The engine's in-process modules (built-in workers): state, pubsub, cron, queue and http.
+"""The engine's in-process modules (built-in workers): http, state, stream, pubsub, cron, queue.
 
 Each runs with its defaults unless ``config.yaml`` has an entry for it (under its ``iii-`` name
 or the short one), whose ``config`` then applies.
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Union
 import msgspec
 
 from iii.engine.registry import Module
-from iii.workers import cron, http, pubsub, queue, state
+from iii.workers import cron, http, pubsub, queue, state, stream
 
 if TYPE_CHECKING:
     from iii.engine.router import Router
@@ -36,6 +36,7 @@ MODULES: dict[str, tuple[type, Any]] = {
     cron.MODULE: (cron.CronConfig, cron.install),
     queue.MODULE: (queue.QueueConfig, queue.install),
     http.MODULE: (http.HttpConfig, http.install),
+    stream.MODULE: (stream.StreamConfig, stream.install),
 }
 DESCRIPTIONS = {
     state.MODULE: "Key-value state in scopes, with the state trigger (in memory)",
@@ -43,11 +44,10 @@ DESCRIPTIONS = {
     cron.MODULE: "Scheduled calls (cron expressions, UTC)",
     queue.MODULE: "Named job queues with retries and dead letters (in memory)",
     http.MODULE: "HTTP server calling functions (the http trigger)",
+    stream.MODULE: "Live items pushed to WebSocket clients, with the stream triggers (in memory)",
 }
 #: ``config.yaml`` entry names that mean a module.
-ALIASES = {name: name for name in MODULES} | {
-    "state": state.MODULE, "pubsub": pubsub.MODULE, "cron": cron.MODULE, "queue": queue.MODULE, "http": http.MODULE,
-}
+ALIASES = {name: name for name in MODULES} | {name.removeprefix("iii-"): name for name in MODULES}
 
 
 def install_modules(router: Router, configs: dict[str, Any], now_ms: int) -> list[Any]:

@@ -1,20 +1,22 @@
-"""What the in-process modules share: a trigger type provider that keeps parsed bindings, and
-the firing rule (condition function first, then the bound function)."""
+"""What the in-process modules share: a trigger type provider that keeps parsed bindings, the
+firing rule (condition function first, then the bound function), and awaitable calls."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Callable, Generic, Optional, TypeVar
 
 import msgspec
 
+from iii import codec
 from iii.engine.registry import Binding
 from iii.protocol import ErrorBody
 
 if TYPE_CHECKING:
     from iii.engine.router import Router
 
-__all__ = ["Provider", "fire"]
+__all__ = ["Provider", "fire", "call"]
 
 log = logging.getLogger("iii.workers")
 
@@ -95,3 +97,15 @@ def fire(
             on_done()
 
     router.invoke(binding.namespace, condition_function_id, payload, b"", on_result=after_condition)
+
+
+def call(router: Router, namespace: str, function_id: str, payload: bytes, metadata: bytes = b"") -> asyncio.Future:
+    """Call a function from a coroutine: the future resolves to ``(decoded result, error)``."""
+    future = asyncio.get_running_loop().create_future()
+
+    def answered(result: bytes, error: Optional[ErrorBody]) -> None:
+        if not future.done():  # the caller may have given up (a timeout)
+            future.set_result((None if error is not None else codec.decode_json(result), error))
+
+    router.invoke(namespace, function_id, payload, metadata, on_result=answered)
+    return future

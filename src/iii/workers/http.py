@@ -21,7 +21,7 @@ from aiohttp import web
 from iii import codec
 from iii.engine.registry import Binding
 from iii.protocol import ErrorBody
-from iii.workers._provider import Provider
+from iii.workers._provider import Provider, call
 
 if TYPE_CHECKING:
     from iii.engine.router import Router
@@ -223,15 +223,7 @@ class HttpServer:
             await self._runner.cleanup()
 
     def _call(self, namespace: str, function_id: str, payload: Any, metadata: bytes = b"") -> asyncio.Future:
-        """Call a function; the future resolves to ``(result, error)``."""
-        future = asyncio.get_running_loop().create_future()
-
-        def answered(result: bytes, error: Optional[ErrorBody]) -> None:
-            if not future.done():
-                future.set_result((None if error is not None else codec.decode_json(result), error))
-
-        self._router.invoke(namespace, function_id, codec.encode_json(payload), metadata, on_result=answered)
-        return future
+        return call(self._router, namespace, function_id, codec.encode_json(payload), metadata)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         async with self._limit:

@@ -1,0 +1,408 @@
+"""Stream (``iii-stream``): items in ``(stream_name, group_id, item_id)``, their change events to
+``stream`` bindings and to WebSocket clients (port 3112), and the ``stream:join`` /
+``stream:leave`` trigger types.
+
+Clients send ``{"type": "join"|"leave", "data": {subscriptionId, streamName, groupId, id?}}``.
+A join runs every ``stream:join`` binding (any answering ``{"unauthorized": true}`` refuses it),
+then subscribes and sends a ``sync`` event with the item or the group's items. Items live in
+memory. Custom stream backends (``stream::get(<name>)`` functions) are not consulted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import msgspec
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
+
+from iii import codec
+from iii.engine.functions import parse_input
+from iii.engine.registry import Connection
+from iii.protocol import DEFAULT_NAMESPACE
+from iii.workers._provider import Provider, call, fire
+from iii.workers.update_ops import apply_ops
+
+if TYPE_CHECKING:
+    from iii.engine.router import Router
+
+__all__ = ["MODULE", "StreamConfig", "install"]
+
+MODULE = "iii-stream"
+log = logging.getLogger("iii.workers")
+_NULL = msgspec.Raw(b"null")
+
+
+class StreamConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The ``iii-stream`` entry's ``config``."""
+
+    port: int = 3112
+    host: str = "0.0.0.0"
+    #: Called once per client with ``{headers, path, query_params, addr}``; returns ``{context}``.
+    auth_function: Union[str, None] = None
+    adapter: Union[dict[str, Any], None] = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be 0-65535")
+        if self.adapter is not None:
+            settings = self.adapter.get("config") or {}
+            store = settings.get("store_method", "in_memory") if isinstance(settings, dict) else None
+            if self.adapter.get("name") != "kv" or store != "in_memory":
+                raise ValueError(f"adapter {self.adapter!r} is not available here: streams are kept in memory")
+
+
+class ItemInput(msgspec.Struct):
+    stream_name: str
+    group_id: str
+    item_id: str
+
+
+class SetInput(ItemInput):
+    data: Any = None
+
+
+class UpdateInput(ItemInput):
+    ops: list[Any] = []
+
+
+class GroupInput(msgspec.Struct):
+    stream_name: str
+    group_id: str
+
+
+class StreamInput(msgspec.Struct):
+    stream_name: str
+
+
+class SendInput(msgspec.Struct):
+    stream_name: str
+    group_id: str
+    type: str
+    data: Any = None
+    id: Union[str, None] = None
+
+
+class StreamTriggerConfig(msgspec.Struct):
+    stream_name: Union[str, None] = None
+    group_id: Union[str, None] = None
+    item_id: Union[str, None] = None
+    condition_function_id: Union[str, None] = None
+
+
+class AnyConfig(msgspec.Struct):
+    """``stream:join`` / ``stream:leave`` take no config."""
+
+
+class Subscription(msgspec.Struct):
+    id: str
+    stream_name: str
+    group_id: str
+    item_id: Union[str, None]
+
+
+class Streams:
+    """The store, the functions over it and the fan-out of its events."""
+
+    def __init__(self, router: Router, config: StreamConfig) -> None:
+        self._router = router
+        self.config = config
+        #: stream -> group -> item -> the item's JSON
+        self.items: dict[str, dict[str, dict[str, bytes]]] = {}
+        self.watchers: Provider[StreamTriggerConfig] = Provider(StreamTriggerConfig)
+        self.joins: Provider[AnyConfig] = Provider(AnyConfig)
+        self.leaves: Provider[AnyConfig] = Provider(AnyConfig)
+        self.clients: set[StreamClient] = set()
+        self._server: Optional[asyncio.AbstractServer] = None
+        self.url: Optional[str] = None
+
+    # ------------------------------------------------------------------ functions
+
+    def _group(self, stream: str, group: str) -> dict[str, bytes]:
+        return self.items.get(stream, {}).get(group, {})
+
+    def _write(self, stream: str, group: str, item: str, raw: Optional[bytes]) -> Optional[bytes]:
+        groups = self.items.setdefault(stream, {})
+        items = groups.setdefault(group, {})
+        old = items.pop(item, None) if raw is None else items.get(item)
+        if raw is not None:
+            items[item] = raw
+        if not items:
+            del groups[group]
+            if not groups:
+                del self.items[stream]
+        return old
+
+    def set(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("stream::set", data, SetInput)
+        raw = codec.encode_json(request.data)
+        old = self._write(request.stream_name, request.group_id, request.item_id, raw)
+        self._emit(request.stream_name, request.group_id, request.item_id,
+                   {"type": "create" if old is None else "update", "data": msgspec.Raw(raw)})
+        return {"old_value": _raw(old), "new_value": msgspec.Raw(raw)}
+
+    def get(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("stream::get", data, ItemInput)
+        return _raw(self._group(request.stream_name, request.group_id).get(request.item_id))
+
+    def delete(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("stream::delete", data, ItemInput)
+        old = self._write(request.stream_name, request.group_id, request.item_id, None)
+        if old is not None:
+            self._emit(request.stream_name, request.group_id, request.item_id, {"type": "delete", "data": msgspec.Raw(old)})
+        return {"old_value": _raw(old)}
+
+    def update(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("stream::update", data, UpdateInput)
+        old = self._group(request.stream_name, request.group_id).get(request.item_id)
+        value, errors = apply_ops(None if old is None else codec.decode_json(old), request.ops)
+        raw = codec.encode_json(value)
+        self._write(request.stream_name, request.group_id, request.item_id, raw)
+        self._emit(request.stream_name, request.group_id, request.item_id,
+                   {"type": "create" if old is None else "update", "data": msgspec.Raw(raw)})
+        result = {"old_value": _raw(old), "new_value": msgspec.Raw(raw)}
+        if errors:
+            result["errors"] = errors
+        return result
+
+    def list(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("stream::list", data, GroupInput)
+        return [msgspec.Raw(raw) for raw in self._group(request.stream_name, request.group_id).values()]
+
+    def list_groups(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("stream::list_groups", data, StreamInput)
+        return sorted(self.items.get(request.stream_name, {}))
+
+    def list_all(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        streams = [{"id": name, "groups": sorted(groups)} for name, groups in sorted(self.items.items())]
+        return {"stream": streams, "count": len(streams)}
+
+    def send(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("stream::send", data, SendInput)
+        self._emit(request.stream_name, request.group_id, request.id,
+                   {"type": "event", "event": {"type": request.type, "data": request.data}})
+        return None
+
+    # ------------------------------------------------------------------ events
+
+    def _emit(self, stream: str, group: str, item: Optional[str], event: dict[str, Any]) -> None:
+        message = codec.encode_json(_message(stream, group, item, event))
+        for client in list(self.clients):
+            client.deliver(stream, group, item, message)
+        matching = [
+            (binding, watch.condition_function_id)
+            for binding, watch in self.watchers.bindings.values()
+            if watch.stream_name == stream
+            and (watch.group_id is None or watch.group_id == group)
+            and (watch.item_id is None or watch.item_id == item)
+        ]
+        if matching:
+            def fan_out() -> None:
+                for binding, condition_function_id in matching:
+                    fire(self._router, binding, message, condition_function_id)
+
+            self._router.later(fan_out)
+
+    def snapshot(self, subscription: Subscription) -> bytes:
+        """The ``sync`` message a new subscription starts with."""
+        items = self._group(subscription.stream_name, subscription.group_id)
+        if subscription.item_id is not None:
+            data: Any = _raw(items.get(subscription.item_id))
+        else:
+            data = [msgspec.Raw(raw) for raw in items.values()]
+        event = {"type": "sync", "data": data}
+        return codec.encode_json(_message(subscription.stream_name, subscription.group_id, subscription.item_id, event))
+
+    async def joined(self, subscription: Subscription, context: Any) -> bool:
+        """Run every ``stream:join`` binding; ``False`` when one refuses the subscription."""
+        payload = codec.encode_json(_membership(subscription, context))
+        answers = await asyncio.gather(*(
+            call(self._router, binding.namespace, binding.function_id, payload, binding.metadata or b"")
+            for binding, _ in list(self.joins.bindings.values())
+        ))
+        return not any(isinstance(result, dict) and result.get("unauthorized") is True for result, _ in answers)
+
+    def left(self, subscription: Subscription, context: Any) -> None:
+        payload = codec.encode_json(_membership(subscription, context))
+        for binding, _ in list(self.leaves.bindings.values()):
+            fire(self._router, binding, payload)
+
+    async def authenticate(self, request: WSUpgradeRequest, addr: Optional[str]) -> tuple[bool, Any]:
+        """``(allowed, context)`` for a new client, from the ``auth_function`` if there is one."""
+        if not self.config.auth_function:
+            return True, None
+        path, _, query = request.path.decode("latin-1").partition("?")
+        query_params: dict[str, list[str]] = {}
+        for pair in filter(None, query.split("&")):
+            name, _, value = pair.partition("=")
+            query_params.setdefault(name, []).append(value)
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        payload = codec.encode_json({"headers": headers, "path": path, "query_params": query_params, "addr": addr})
+        result, error = await call(self._router, DEFAULT_NAMESPACE, self.config.auth_function, payload)
+        if error is not None:
+            log.warning("iii-stream: auth function %s failed: %s", self.config.auth_function, error.message)
+            return False, None
+        return True, result.get("context") if isinstance(result, dict) else None
+
+    # ------------------------------------------------------------------ server
+
+    async def start(self) -> None:
+        try:
+            self._server = await ws_create_server(
+                lambda request: StreamClient(self, request), self.config.host, self.config.port,
+                reuse_address=True, enable_auto_pong=True,
+            )
+        except OSError as exc:  # the engine serves its workers even when this port is taken
+            log.error("iii-stream: cannot listen on %s:%s (%s): stream clients are not served",
+                      self.config.host, self.config.port, exc.strerror)
+            return
+        host, port = self._server.sockets[0].getsockname()[:2]
+        self.url = f"ws://{host}:{port}"
+        log.info("iii-stream listening on %s", self.url)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for client in list(self.clients):
+                client.close()
+            await self._server.wait_closed()
+
+
+def _raw(value: Optional[bytes]) -> msgspec.Raw:
+    return _NULL if value is None else msgspec.Raw(value)
+
+
+def _message(stream: str, group: str, item: Optional[str], event: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "stream", "timestamp": int(time.time() * 1000), "streamName": stream,
+            "groupId": group, "id": item, "event": event}
+
+
+def _membership(subscription: Subscription, context: Any) -> dict[str, Any]:
+    return {"subscription_id": subscription.id, "stream_name": subscription.stream_name,
+            "group_id": subscription.group_id, "id": subscription.item_id, "context": context}
+
+
+class JoinData(msgspec.Struct):
+    subscriptionId: str  # noqa: N815 (the wire names)
+    streamName: str  # noqa: N815
+    groupId: str  # noqa: N815
+    id: Union[str, None] = None
+
+
+class ClientMessage(msgspec.Struct):
+    type: str
+    data: JoinData
+
+
+_client_decoder = msgspec.json.Decoder(ClientMessage)
+
+
+class StreamClient(WSListener):
+    """One WebSocket client on port 3112: its subscriptions, joins and leaves in order."""
+
+    def __init__(self, streams: Streams, request: WSUpgradeRequest) -> None:
+        self._streams = streams
+        self._request = request
+        self._transport: Optional[WSTransport] = None
+        self.subscriptions: dict[str, Subscription] = {}
+        self._context: Any = None
+        self._inbox: asyncio.Queue = asyncio.Queue()
+        self._worker: Optional[asyncio.Task] = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._transport = transport
+        self._streams.clients.add(self)
+        peer = transport.underlying_transport.get_extra_info("peername")
+        self._worker = asyncio.ensure_future(self._work(peer[0] if peer else None))
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is WSMsgType.TEXT:
+            try:
+                self._inbox.put_nowait(_client_decoder.decode(frame.get_payload_as_bytes()))
+            except msgspec.DecodeError as exc:
+                log.info("iii-stream: ignored a client message: %s", exc)
+        elif frame.msg_type is WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+    async def _work(self, addr: Optional[str]) -> None:
+        """Authenticate, then handle joins and leaves one at a time (a join awaits its handlers)."""
+        allowed, self._context = await self._streams.authenticate(self._request, addr)
+        if not allowed:
+            self.close()
+            return
+        while True:
+            message = await self._inbox.get()
+            data = message.data
+            subscription = Subscription(data.subscriptionId, data.streamName, data.groupId, data.id)
+            if message.type == "join":
+                if await self._streams.joined(subscription, self._context):
+                    self.subscriptions[subscription.id] = subscription
+                    self._send(self._streams.snapshot(subscription))
+                else:
+                    event = _message(subscription.stream_name, subscription.group_id, subscription.item_id, {"type": "unauthorized"})
+                    self._send(codec.encode_json(event))
+            elif message.type == "leave" and self.subscriptions.pop(subscription.id, None) is not None:
+                self._streams.left(subscription, self._context)
+
+    def deliver(self, stream: str, group: str, item: Optional[str], message: bytes) -> None:
+        for subscription in self.subscriptions.values():
+            if (subscription.stream_name, subscription.group_id) == (stream, group) and (
+                subscription.item_id is None or subscription.item_id == item
+            ):
+                self._send(message)
+                return
+
+    def _send(self, message: bytes) -> None:
+        if self._transport is not None and not self._transport.is_disconnected:
+            self._transport.send(WSMsgType.TEXT, message)
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_disconnected:
+            self._transport.send_close()
+            self._transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._streams.clients.discard(self)
+        if self._worker is not None:
+            self._worker.cancel()
+        for subscription in self.subscriptions.values():
+            self._streams.left(subscription, self._context)
+        self.subscriptions.clear()
+
+
+_TRIGGER_FORMAT = {
+    "type": "object",
+    "properties": {
+        "stream_name": {"type": "string"}, "group_id": {"type": "string"}, "item_id": {"type": "string"},
+        "condition_function_id": {"type": "string"},
+    },
+    "required": ["stream_name"],
+}
+
+
+def install(router: Router, config: Optional[StreamConfig] = None) -> Streams:
+    """Register the ``stream::*`` functions and the stream trigger types; the engine then awaits
+    ``start()`` (the client WebSocket server)."""
+    streams = Streams(router, config or StreamConfig())
+    for name, description in (
+        ("set", "Store an item; subscribers get create/update"),
+        ("get", "An item, or null"),
+        ("delete", "Delete an item; subscribers get delete"),
+        ("update", "Apply update ops to an item"),
+        ("list", "The items of a group"),
+        ("list_groups", "The groups of a stream"),
+        ("list_all", "Every stream with its groups"),
+        ("send", "Send a custom event to a group's subscribers"),
+    ):
+        router.add_builtin(f"stream::{name}", getattr(streams, name), module=MODULE, description=description)
+    router.add_builtin_trigger_type("stream", streams.watchers, module=MODULE,
+                                    description="Called with every change event of a stream",
+                                    trigger_request_format=_TRIGGER_FORMAT)
+    router.add_builtin_trigger_type("stream:join", streams.joins, module=MODULE,
+                                    description="Called when a client joins a stream (may refuse it)")
+    router.add_builtin_trigger_type("stream:leave", streams.leaves, module=MODULE,
+                                    description="Called when a client leaves a stream")
+    return streams
