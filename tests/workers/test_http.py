@@ -11,6 +11,7 @@ import pytest
 from helpers import RawClient
 from iii.engine import server
 from iii.engine.config import ListenerConfig, parse_config
+from iii.workers.http import HttpServer
 
 CONFIG = """workers:
   - name: iii-http
@@ -93,7 +94,7 @@ def guard(data: dict) -> dict:
 
 @pytest.fixture
 async def web(engine):
-    http = next(m for m in engine._modules if hasattr(m, "url"))
+    http = next(m for m in engine.modules if isinstance(m, HttpServer))
     worker = await RawClient.connect(engine.urls[0])
     await worker.register("web")
     async with aiohttp.ClientSession() as session:

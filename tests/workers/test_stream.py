@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
@@ -24,7 +23,7 @@ async def engine(tmp_path):
 
 
 def stream_url(engine) -> str:
-    return next(m.url for m in engine._modules if getattr(m, "url", "").startswith("ws://"))
+    return next(m.url for m in engine.modules if getattr(m, "url", "").startswith("ws://"))
 
 
 async def subscriber(engine) -> RawClient:

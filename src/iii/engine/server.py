@@ -239,7 +239,8 @@ class Engine:
         #: Listeners with frames queued in this batch.
         self.dirty: list[WorkerListener] = []
         self._servers: list[asyncio.AbstractServer] = []
-        self._modules: list[Any] = []
+        #: The in-process modules (iii.workers), installed at start.
+        self.modules: list[Any] = []
         self.urls: list[str] = []
 
     def start_batch(self) -> None:
@@ -273,8 +274,8 @@ class Engine:
             defer=loop.call_soon,
             version=__version__,
         )
-        self._modules = install_modules(self.router, self.config.modules, _now_ms())
-        for module in self._modules:
+        self.modules = install_modules(self.router, self.config.modules, _now_ms())
+        for module in self.modules:
             if hasattr(module, "start"):
                 await module.start()
         for listener in self.config.listeners:
@@ -308,6 +309,6 @@ class Engine:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
-        for module in self._modules:
+        for module in self.modules:
             if hasattr(module, "stop"):
                 await module.stop()

@@ -83,7 +83,7 @@ class Route:
         if len(segments) != len(self.segments):
             return None
         params = {}
-        for pattern, value in zip(self.segments, segments):
+        for pattern, value in zip(self.segments, segments, strict=True):
             if pattern.startswith(":"):
                 params[pattern[1:]] = value
             elif pattern != value:

@@ -335,17 +335,23 @@ class StreamClient(WSListener):
             return
         while True:
             message = await self._inbox.get()
-            data = message.data
-            subscription = Subscription(data.subscriptionId, data.streamName, data.groupId, data.id)
-            if message.type == "join":
-                if await self._streams.joined(subscription, self._context):
-                    self.subscriptions[subscription.id] = subscription
-                    self._send(self._streams.snapshot(subscription))
-                else:
-                    event = _message(subscription.stream_name, subscription.group_id, subscription.item_id, {"type": "unauthorized"})
-                    self._send(codec.encode_json(event))
-            elif message.type == "leave" and self.subscriptions.pop(subscription.id, None) is not None:
-                self._streams.left(subscription, self._context)
+            try:
+                await self._handle(message)
+            except Exception:  # one bad message must not stop this client's others
+                log.exception("iii-stream: a client message failed")
+
+    async def _handle(self, message: ClientMessage) -> None:
+        data = message.data
+        subscription = Subscription(data.subscriptionId, data.streamName, data.groupId, data.id)
+        if message.type == "join":
+            if await self._streams.joined(subscription, self._context):
+                self.subscriptions[subscription.id] = subscription
+                self._send(self._streams.snapshot(subscription))
+            else:
+                event = _message(subscription.stream_name, subscription.group_id, subscription.item_id, {"type": "unauthorized"})
+                self._send(codec.encode_json(event))
+        elif message.type == "leave" and self.subscriptions.pop(subscription.id, None) is not None:
+            self._streams.left(subscription, self._context)
 
     def deliver(self, stream: str, group: str, item: Optional[str], message: bytes) -> None:
         for subscription in self.subscriptions.values():
