@@ -39,7 +39,7 @@ class Provider(Generic[Config]):
 
     def register(self, binding: Binding) -> Optional[str]:
         try:
-            config = self._decoder.decode(binding.config or b"{}")
+            config = self._decoder.decode(binding.config if binding.config not in (b"", b"null") else b"{}")
         except msgspec.DecodeError as exc:
             return f"Invalid trigger config: {exc}"
         refusal = self._check(config) if self._check is not None else None
