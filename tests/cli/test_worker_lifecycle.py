@@ -163,6 +163,9 @@ async def test_hot_reload_starts_stops_and_keeps_on_bad_edits(procs, project):
     await wait_gone(one_pid)
     assert "one::pid" not in await function_ids(client) and "two::pid" in await function_ids(client)
 
+    config.write_text(config.read_text() + "  - name: state\n    config:\n      max_value_bytes: 5\n")
+    await engine.proc.expect(lambda line: isinstance(line, str) and "config of iii-state changed" in line and "on restart" in line)
+
 
 async def test_add_from_a_registry_folder_and_clear_registry_errors(procs, project, monkeypatch):
     root, env = project

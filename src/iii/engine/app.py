@@ -56,8 +56,12 @@ def install_worker_functions(router: Router, supervisor: Supervisor) -> None:
                            description=f"{verb.capitalize()} a managed worker", metadata=internal)
 
 
-async def watch_config(path: Path, supervisor: Supervisor) -> None:
-    """Hot reload: apply every valid edit of the config file; keep running on a bad one."""
+async def watch_config(path: Path, supervisor: Supervisor, modules: dict[str, Any]) -> None:
+    """Hot reload: apply every valid edit of the config file; keep running on a bad one.
+
+    Workers follow the file; the built-in modules keep the config they started with (``modules``)
+    until the engine restarts, which is said when their entries change.
+    """
     def stamp() -> Optional[tuple[float, int]]:
         try:
             info = path.stat()
@@ -79,6 +83,10 @@ async def watch_config(path: Path, supervisor: Supervisor) -> None:
             continue
         log.info("%s changed: applying it", path)
         supervisor.apply(config.workers)
+        if config.modules != modules:
+            changed = sorted(name for name in set(config.modules) | set(modules) if config.modules.get(name) != modules.get(name))
+            log.warning("the config of %s changed: built-in modules take it on restart", ", ".join(changed))
+            modules = config.modules
 
 
 def _local_url(url: str) -> str:
@@ -102,7 +110,7 @@ async def serve(config_path: Path) -> int:
     supervisor = Supervisor(_local_url(urls[0]), config_path)
     install_worker_functions(engine.router, supervisor)
     supervisor.apply(config.workers)
-    watcher = asyncio.get_running_loop().create_task(watch_config(config_path, supervisor))
+    watcher = asyncio.get_running_loop().create_task(watch_config(config_path, supervisor, config.modules))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
