@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Callable, Generic, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
 
 import msgspec
 
@@ -16,7 +16,7 @@ from iii.protocol import ErrorBody
 if TYPE_CHECKING:
     from iii.engine.router import Router
 
-__all__ = ["Provider", "fire", "call"]
+__all__ = ["Provider", "fire", "call", "check_adapter"]
 
 log = logging.getLogger("iii.workers")
 
@@ -109,3 +109,19 @@ def call(router: Router, namespace: str, function_id: str, payload: bytes, metad
 
     router.invoke(namespace, function_id, payload, metadata, on_result=answered)
     return future
+
+
+def check_adapter(adapter: Optional[dict[str, Any]], name: str, *, in_memory_store: bool = False) -> None:
+    """Refuse a module ``adapter`` this engine does not have: only ``name`` (with its store in
+    memory, where the adapter has one) runs here.
+
+    Raises:
+        ValueError: the message says what is available (msgspec reports it as a config error).
+    """
+    if adapter is None:
+        return
+    settings = adapter.get("config") or {}
+    store = settings.get("store_method", "in_memory") if isinstance(settings, dict) else None
+    if adapter.get("name") != name or (in_memory_store and store != "in_memory"):
+        wanted = f"{{name: {name}, config: {{store_method: in_memory}}}}" if in_memory_store else f"{{name: {name}}}"
+        raise ValueError(f"adapter {adapter!r} is not available here (only {wanted}: one engine, in memory)")

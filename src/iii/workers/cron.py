@@ -24,7 +24,7 @@ from croniter import CroniterError, croniter
 
 from iii import codec
 from iii.engine.registry import Binding
-from iii.workers._provider import Provider, fire
+from iii.workers._provider import Provider, check_adapter, fire
 
 if TYPE_CHECKING:
     from iii.engine.router import Router
@@ -45,8 +45,7 @@ class CronConfig(msgspec.Struct, forbid_unknown_fields=True):
     adapter: Union[dict[str, Any], None] = None
 
     def __post_init__(self) -> None:
-        if self.adapter is not None and self.adapter.get("name") != "kv":
-            raise ValueError(f"adapter {self.adapter!r} is not available here (only {{name: kv}}: one engine)")
+        check_adapter(self.adapter, "kv")
 
 
 class CronTriggerConfig(msgspec.Struct):

@@ -14,15 +14,24 @@ import msgspec
 from iii import codec
 from iii.engine.functions import parse_input
 from iii.engine.registry import Connection, EngineError
-from iii.workers._provider import Provider, fire
+from iii.workers._provider import Provider, check_adapter, fire
 
 if TYPE_CHECKING:
     from iii.engine.router import Router
 
-__all__ = ["MODULE", "install"]
+__all__ = ["MODULE", "PubSubConfig", "install"]
 
 MODULE = "iii-pubsub"
 log = logging.getLogger("iii.workers")
+
+
+class PubSubConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The ``iii-pubsub`` entry's ``config``: only the in-process ``local`` adapter exists here."""
+
+    adapter: Union[dict[str, Any], None] = None
+
+    def __post_init__(self) -> None:
+        check_adapter(self.adapter, "local")
 
 
 class PublishInput(msgspec.Struct):

@@ -27,7 +27,7 @@ from iii import codec
 from iii.engine.functions import parse_input
 from iii.engine.registry import Binding, Connection, EngineError
 from iii.protocol import ErrorBody
-from iii.workers._provider import Provider
+from iii.workers._provider import Provider, check_adapter
 from iii.workers.cron import LoopScheduler, Scheduler
 
 if TYPE_CHECKING:
@@ -61,20 +61,12 @@ class QueueConfig(msgspec.Struct, forbid_unknown_fields=True):
     adapter: Union[dict[str, Any], None] = None
 
     def __post_init__(self) -> None:
-        for name, settings in self.queue_configs.items():
-            if settings.max_retries < 1 or settings.concurrency < 1 or settings.backoff_ms < 0:
+        for name, queue in self.queue_configs.items():
+            if queue.max_retries < 1 or queue.concurrency < 1 or queue.backoff_ms < 0:
                 raise ValueError(f"queue {name!r}: max_retries and concurrency must be at least 1, backoff_ms not negative")
-            if settings.type == "fifo" and not settings.message_group_field:
+            if queue.type == "fifo" and not queue.message_group_field:
                 raise ValueError(f"queue {name!r}: a fifo queue needs message_group_field")
-        if self.adapter is None:
-            return
-        settings = self.adapter.get("config") or {}
-        store = settings.get("store_method", "in_memory") if isinstance(settings, dict) else None
-        if self.adapter.get("name") != "builtin" or store != "in_memory":
-            raise ValueError(
-                f"adapter {self.adapter!r} is not available here: queues are kept in memory "
-                "(adapter {name: builtin, config: {store_method: in_memory}})"
-            )
+        check_adapter(self.adapter, "builtin", in_memory_store=True)
 
 
 class EnqueueInput(msgspec.Struct):

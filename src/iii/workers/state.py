@@ -15,7 +15,7 @@ import msgspec
 from iii import codec
 from iii.engine.functions import parse_input
 from iii.engine.registry import Connection, EngineError
-from iii.workers._provider import Provider, fire
+from iii.workers._provider import Provider, check_adapter, fire
 from iii.workers.update_ops import apply_ops
 
 if TYPE_CHECKING:
@@ -38,15 +38,7 @@ class StateConfig(msgspec.Struct, forbid_unknown_fields=True):
     save_interval_ms: Union[int, None] = None
 
     def __post_init__(self) -> None:
-        if self.adapter is None:
-            return
-        settings = self.adapter.get("config") or {}
-        store = settings.get("store_method", "in_memory") if isinstance(settings, dict) else None
-        if self.adapter.get("name") != "kv" or store != "in_memory":
-            raise ValueError(
-                f"adapter {self.adapter!r} is not available here: state is kept in memory "
-                "(adapter {name: kv, config: {store_method: in_memory}})"
-            )
+        check_adapter(self.adapter, "kv", in_memory_store=True)
 
 
 class KeyInput(msgspec.Struct):

@@ -22,7 +22,7 @@ from iii import codec
 from iii.engine.functions import parse_input
 from iii.engine.registry import Connection
 from iii.protocol import DEFAULT_NAMESPACE
-from iii.workers._provider import Provider, call, fire
+from iii.workers._provider import Provider, call, check_adapter, fire
 from iii.workers.update_ops import apply_ops
 
 if TYPE_CHECKING:
@@ -47,11 +47,7 @@ class StreamConfig(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be 0-65535")
-        if self.adapter is not None:
-            settings = self.adapter.get("config") or {}
-            store = settings.get("store_method", "in_memory") if isinstance(settings, dict) else None
-            if self.adapter.get("name") != "kv" or store != "in_memory":
-                raise ValueError(f"adapter {self.adapter!r} is not available here: streams are kept in memory")
+        check_adapter(self.adapter, "kv", in_memory_store=True)
 
 
 class ItemInput(msgspec.Struct):
@@ -208,10 +204,10 @@ class Streams:
     def snapshot(self, subscription: Subscription) -> bytes:
         """The ``sync`` message a new subscription starts with."""
         items = self._group(subscription.stream_name, subscription.group_id)
-        if subscription.item_id is not None:
-            data: Any = _raw(items.get(subscription.item_id))
-        else:
-            data = [msgspec.Raw(raw) for raw in items.values()]
+        data: Any = (
+            _raw(items.get(subscription.item_id)) if subscription.item_id is not None
+            else [msgspec.Raw(raw) for raw in items.values()]
+        )
         event = {"type": "sync", "data": data}
         return codec.encode_json(_message(subscription.stream_name, subscription.group_id, subscription.item_id, event))
 
