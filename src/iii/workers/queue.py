@@ -408,19 +408,20 @@ class Queues:
         queue = self._queue(request.queue or request.topic)
         return {"queue": queue.name, "redriven": queue.redrive()}
 
-    def redrive_message(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
-        request = parse_input("iii::queue::redrive_message", data, MessageInput)
+    def _dead_letter(self, function_id: str, data: Any) -> tuple[Queue, str]:
+        request = parse_input(function_id, data, MessageInput)
         queue = self._queue(request.queue)
         if not request.message_id:
             raise EngineError("message_id_not_set", "Message id is not set")
-        return {"queue": queue.name, "message_id": request.message_id, "redriven": queue.redrive(request.message_id)}
+        return queue, request.message_id
+
+    def redrive_message(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
+        queue, message_id = self._dead_letter("iii::queue::redrive_message", data)
+        return {"queue": queue.name, "message_id": message_id, "redriven": queue.redrive(message_id)}
 
     def discard_message(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
-        request = parse_input("iii::queue::discard_message", data, MessageInput)
-        queue = self._queue(request.queue)
-        if not request.message_id:
-            raise EngineError("message_id_not_set", "Message id is not set")
-        return {"queue": queue.name, "message_id": request.message_id, "redriven": queue.discard(request.message_id)}
+        queue, message_id = self._dead_letter("iii::queue::discard_message", data)
+        return {"queue": queue.name, "message_id": message_id, "redriven": queue.discard(message_id)}
 
 
 _SUBSCRIBER_FORMAT = {
