@@ -204,7 +204,7 @@ class HttpServer:
         self.url: Optional[str] = None
 
     async def start(self) -> None:
-        server = web.Server(self._handle)
+        server = web.Server(self._handle, access_log=None)  # a line per request costs more than it tells
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
