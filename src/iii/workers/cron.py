@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import logging
 import re
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["MODULE", "CronConfig", "Scheduler", "parse_expression", "install"]
 
 MODULE = "iii-cron"
-log = logging.getLogger("iii.workers")
 
 _SHORTHANDS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly"}
 #: A day-of-week number (not a step after "/", nor the n of "#n").

@@ -6,7 +6,6 @@ with ``data`` itself as its payload, without metadata; nothing is kept, nothing 
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import msgspec
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
 __all__ = ["MODULE", "PubSubConfig", "install"]
 
 MODULE = "iii-pubsub"
-log = logging.getLogger("iii.workers")
 
 
 class PubSubConfig(msgspec.Struct, forbid_unknown_fields=True):
