@@ -175,3 +175,29 @@ def test_triggers_can_be_disabled(codec):
     watch(router, watcher, "all")
     result(watcher, "state::set", {"scope": "s", "key": "k", "value": 1})
     assert events(router, watcher) == []
+
+
+async def test_the_file_based_store_keeps_values_across_restarts(codec, tmp_path):
+    path = tmp_path / "data" / "state.json"
+    config = StateConfig(adapter={"name": "kv", "config": {"store_method": "file_based", "file_path": str(path)}})
+
+    def started():
+        router = Router(grace_ms=5000)
+        state = install_modules(router, {"iii-state": config}, 0)[0]
+        return router, state
+
+    router, state = started()
+    await state.start()
+    peer = connected(router, "peer")
+    result(peer, "state::set", {"scope": "s", "key": "a", "value": {"n": [1, "two"]}})
+    result(peer, "state::set", {"scope": "s", "key": "b", "value": 2})
+    result(peer, "state::delete", {"scope": "s", "key": "b"})
+    await state.stop()  # what the save timer has not written yet goes now
+
+    router, state = started()
+    await state.start()
+    peer = connected(router, "peer")
+    assert result(peer, "state::get", {"scope": "s", "key": "a"}) == {"n": [1, "two"]}
+    assert result(peer, "state::get", {"scope": "s", "key": "b"}) is None
+    assert not path.with_name("state.json.tmp").exists()
+    await state.stop()

@@ -93,3 +93,26 @@ async def test_join_handlers_can_refuse_and_leave_handlers_are_told(engine):
     assert left["data"]["subscription_id"] == "s2"
     await client.close()
     await gatekeeper.close()
+
+
+async def test_the_file_based_store_keeps_items_across_restarts(tmp_path):
+    path = tmp_path / "streams.json"
+    text = (
+        "workers:\n  - name: iii-stream\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+        f"      adapter: {{name: kv, config: {{store_method: file_based, file_path: '{path}'}}}}\n"
+    )
+    for round_ in ("write", "read"):
+        config = parse_config(text, tmp_path / "config.yaml")
+        config.listeners = [ListenerConfig(host="127.0.0.1", port=0)]
+        engine = server.Engine(config)
+        await engine.start()
+        try:
+            worker = await RawClient.connect(engine.urls[0])
+            item = {"stream_name": "chat", "group_id": "room-1", "item_id": "m1"}
+            if round_ == "write":
+                await worker.call("stream::set", {**item, "data": {"text": "kept"}})
+            else:
+                assert (await worker.call("stream::get", item))["result"] == {"text": "kept"}
+            await worker.close()
+        finally:
+            await engine.stop()

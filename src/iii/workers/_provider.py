@@ -111,9 +111,9 @@ def call(router: Router, namespace: str, function_id: str, payload: bytes, metad
     return future
 
 
-def check_adapter(adapter: Optional[dict[str, Any]], name: str, *, in_memory_store: bool = False) -> None:
-    """Refuse a module ``adapter`` this engine does not have: only ``name`` (with its store in
-    memory, where the adapter has one) runs here.
+def check_adapter(adapter: Optional[dict[str, Any]], name: str, *, stores: tuple[str, ...] = ()) -> None:
+    """Refuse a module ``adapter`` this engine does not have: only ``name`` runs here, with one of
+    ``stores`` as its ``store_method`` where the adapter has a store.
 
     Raises:
         ValueError: the message says what is available (msgspec reports it as a config error).
@@ -122,6 +122,6 @@ def check_adapter(adapter: Optional[dict[str, Any]], name: str, *, in_memory_sto
         return
     settings = adapter.get("config") or {}
     store = settings.get("store_method", "in_memory") if isinstance(settings, dict) else None
-    if adapter.get("name") != name or (in_memory_store and store != "in_memory"):
-        wanted = f"{{name: {name}, config: {{store_method: in_memory}}}}" if in_memory_store else f"{{name: {name}}}"
-        raise ValueError(f"adapter {adapter!r} is not available here (only {wanted}: one engine, in memory)")
+    if adapter.get("name") != name or (stores and store not in stores):
+        wanted = f"{{name: {name}, config: {{store_method: {' | '.join(stores)}}}}}" if stores else f"{{name: {name}}}"
+        raise ValueError(f"adapter {adapter!r} is not available here (only {wanted}: one engine)")

@@ -66,7 +66,7 @@ class QueueConfig(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValueError(f"queue {name!r}: max_retries and concurrency must be at least 1, backoff_ms not negative")
             if queue.type == "fifo" and not queue.message_group_field:
                 raise ValueError(f"queue {name!r}: a fifo queue needs message_group_field")
-        check_adapter(self.adapter, "builtin", in_memory_store=True)
+        check_adapter(self.adapter, "builtin", stores=("in_memory",))
 
 
 class EnqueueInput(msgspec.Struct):

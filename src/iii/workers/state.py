@@ -1,5 +1,5 @@
 """State (``iii-state``): ``state::set|get|delete|update|list|list_groups`` on ``(scope, key)``
-and the ``state`` trigger type, on the embedded in-memory store (the ``kv`` adapter).
+and the ``state`` trigger type, on the embedded ``kv`` store (in memory, or also in a file).
 
 Values are kept as the JSON bytes they arrived as, so reads answer without decoding; only
 ``state::update`` decodes the value it edits. Every successful set, update and delete (also of a
@@ -16,6 +16,7 @@ from iii import codec
 from iii.engine.functions import parse_input
 from iii.engine.registry import Connection, EngineError
 from iii.workers._provider import Provider, check_adapter, fire
+from iii.workers._store import STORES, Snapshots, store_settings
 from iii.workers.update_ops import apply_ops
 
 if TYPE_CHECKING:
@@ -33,12 +34,12 @@ class StateConfig(msgspec.Struct, forbid_unknown_fields=True):
     triggers_enabled: bool = True
     #: Largest JSON-encoded value accepted, in bytes (``None``: no limit).
     max_value_bytes: Union[int, None] = None
-    #: Only the in-memory ``kv`` store exists here; the key is accepted for compatibility.
+    #: ``{name: kv, config: {store_method: in_memory | file_based, file_path?, save_interval_ms?}}``
     adapter: Union[dict[str, Any], None] = None
     save_interval_ms: Union[int, None] = None
 
     def __post_init__(self) -> None:
-        check_adapter(self.adapter, "kv", in_memory_store=True)
+        check_adapter(self.adapter, "kv", stores=STORES)
 
 
 class KeyInput(msgspec.Struct):
@@ -93,6 +94,21 @@ class State:
         #: scope -> key -> the value's JSON
         self.scopes: dict[str, dict[str, bytes]] = {}
         self.watchers: Provider[StateTriggerConfig] = Provider(StateTriggerConfig)
+        path, interval_s = store_settings(config.adapter, "./data/state_store", config.save_interval_ms)
+        self.snapshots = Snapshots(path, interval_s, self._dump, self._load)
+
+    async def start(self) -> None:
+        self.snapshots.start()
+
+    async def stop(self) -> None:
+        self.snapshots.stop()
+
+    def _dump(self) -> bytes:
+        return codec.encode_json({scope: {key: msgspec.Raw(raw) for key, raw in keys.items()} for scope, keys in self.scopes.items()})
+
+    def _load(self, data: bytes) -> None:
+        stored = msgspec.json.decode(data, type=dict[str, dict[str, msgspec.Raw]])
+        self.scopes = {scope: {key: bytes(raw) for key, raw in keys.items()} for scope, keys in stored.items() if keys}
 
     def _encoded(self, value: Any) -> bytes:
         raw = codec.encode_json(value)
@@ -144,6 +160,7 @@ class State:
 
     def _write(self, scope: str, key: str, raw: Optional[bytes]) -> Optional[bytes]:
         """Store (or, with ``None``, delete) a value; returns the previous one."""
+        self.snapshots.changed()
         keys = self.scopes.get(scope)
         if raw is None:
             if keys is None:

@@ -5,7 +5,8 @@
 Clients send ``{"type": "join"|"leave", "data": {subscriptionId, streamName, groupId, id?}}``.
 A join runs every ``stream:join`` binding (any answering ``{"unauthorized": true}`` refuses it),
 then subscribes and sends a ``sync`` event with the item or the group's items. Items live in
-memory. Custom stream backends (``stream::get(<name>)`` functions) are not consulted.
+memory (and in a file with the ``file_based`` store). Custom stream backends
+(``stream::get(<name>)`` functions) are not consulted.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from iii.engine.functions import parse_input
 from iii.engine.registry import Connection
 from iii.protocol import DEFAULT_NAMESPACE
 from iii.workers._provider import Provider, call, check_adapter, fire
+from iii.workers._store import STORES, Snapshots, store_settings
 from iii.workers.update_ops import apply_ops
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ class StreamConfig(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be 0-65535")
-        check_adapter(self.adapter, "kv", in_memory_store=True)
+        check_adapter(self.adapter, "kv", stores=STORES)
 
 
 class ItemInput(msgspec.Struct):
@@ -113,6 +115,21 @@ class Streams:
         self.clients: set[StreamClient] = set()
         self._server: Optional[asyncio.AbstractServer] = None
         self.url: Optional[str] = None
+        path, interval_s = store_settings(config.adapter, "./data/stream_store", None)
+        self.snapshots = Snapshots(path, interval_s, self._dump, self._load)
+
+    def _dump(self) -> bytes:
+        return codec.encode_json({
+            stream: {group: {item: msgspec.Raw(raw) for item, raw in items.items()} for group, items in groups.items()}
+            for stream, groups in self.items.items()
+        })
+
+    def _load(self, data: bytes) -> None:
+        stored = msgspec.json.decode(data, type=dict[str, dict[str, dict[str, msgspec.Raw]]])
+        self.items = {
+            stream: {group: {item: bytes(raw) for item, raw in items.items()} for group, items in groups.items() if items}
+            for stream, groups in stored.items() if groups
+        }
 
     # ------------------------------------------------------------------ functions
 
@@ -120,6 +137,7 @@ class Streams:
         return self.items.get(stream, {}).get(group, {})
 
     def _write(self, stream: str, group: str, item: str, raw: Optional[bytes]) -> Optional[bytes]:
+        self.snapshots.changed()
         groups = self.items.setdefault(stream, {})
         items = groups.setdefault(group, {})
         old = items.pop(item, None) if raw is None else items.get(item)
@@ -245,6 +263,7 @@ class Streams:
     # ------------------------------------------------------------------ server
 
     async def start(self) -> None:
+        self.snapshots.start()
         try:
             self._server = await ws_create_server(
                 lambda request: StreamClient(self, request), self.config.host, self.config.port,
@@ -259,6 +278,7 @@ class Streams:
         log.info("iii-stream listening on %s", self.url)
 
     async def stop(self) -> None:
+        self.snapshots.stop()
         if self._server is not None:
             self._server.close()
             for client in list(self.clients):
