@@ -206,3 +206,38 @@ def test_durable_subscriber_conditions_and_unsubscribing(router):
     refusal = subscribe(router, worker, "none", "t::handler")
     assert "Topic is not set" in refusal[0]["error"]["message"]
     assert publisher.result_of("iii::durable::publish", {"data": 1})["error"]["code"] == "topic_not_set"
+
+
+async def test_the_file_based_store_keeps_jobs_and_dead_letters_across_restarts(codec, clock, tmp_path):
+    path = tmp_path / "queues.json"
+    config = QueueConfig(adapter={"name": "builtin", "config": {"store_method": "file_based", "file_path": str(path)}})
+
+    async def started() -> tuple[Router, queue.Queues]:
+        router = Router(grace_ms=5000)
+        queues = queue.install(router, config, clock)
+        await queues.start()
+        return router, queues
+
+    router, queues = await started()
+    worker = connected(router, "worker", "jobs::run")
+    caller = connected(router, "caller")
+    enqueue(caller, "jobs::run", {"n": 1}, invocation_id="a")
+    enqueue(caller, "jobs::run", {"n": 2}, invocation_id="b")
+    dead_receipt = enqueue(caller, "jobs::run", {"n": 3}, invocation_id="c")["result"]["messageReceiptId"]
+    first, second, third = deliveries(worker)
+    reply(worker, first)  # acked: gone for good
+    for _ in range(3):  # the third dies
+        reply(worker, third, error=True)
+        clock.advance(10)
+        third = next(iter(deliveries(worker)), third)
+    await queues.stop()  # the second is still in delivery: it runs again after the restart
+
+    router, queues = await started()
+    worker = connected(router, "worker", "jobs::run")
+    caller = connected(router, "caller")
+    assert deliveries(worker) == []  # restored jobs give their workers time to come back
+    clock.advance(queue.RESTORED_JOBS_DELAY_S)
+    assert [job["data"] for job in deliveries(worker)] == [{"n": 2}]
+    (dead,) = caller.result_of("engine::queue::dlq_messages", {"topic": "default"})["result"]
+    assert (dead["id"], dead["payload"], dead["retries"]) == (dead_receipt, {"n": 3}, 3)
+    await queues.stop()

@@ -19,7 +19,7 @@ import collections
 import datetime
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
 
 import msgspec
 
@@ -28,6 +28,7 @@ from iii.engine.functions import parse_input
 from iii.engine.registry import Binding, Connection, EngineError
 from iii.protocol import ErrorBody
 from iii.workers._provider import Provider, check_adapter
+from iii.workers._store import STORES, Snapshots, store_settings
 from iii.workers.cron import LoopScheduler, Scheduler
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ __all__ = ["MODULE", "QueueConfig", "QueueSettings", "install"]
 
 MODULE = "iii-queue"
 DEFAULT_QUEUE = "default"
+#: After an engine restart, stored jobs wait this long for their workers to reconnect.
+RESTORED_JOBS_DELAY_S = 5.0
 log = logging.getLogger("iii.workers")
 
 
@@ -55,7 +58,7 @@ class QueueSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class QueueConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """The ``iii-queue`` entry's ``config``: only the in-memory ``builtin`` adapter exists here."""
+    """The ``iii-queue`` entry's ``config``: the ``builtin`` adapter, in memory or also in a file."""
 
     queue_configs: dict[str, QueueSettings] = {}
     adapter: Union[dict[str, Any], None] = None
@@ -66,7 +69,7 @@ class QueueConfig(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValueError(f"queue {name!r}: max_retries and concurrency must be at least 1, backoff_ms not negative")
             if queue.type == "fifo" and not queue.message_group_field:
                 raise ValueError(f"queue {name!r}: a fifo queue needs message_group_field")
-        check_adapter(self.adapter, "builtin", stores=("in_memory",))
+        check_adapter(self.adapter, "builtin", stores=STORES)
 
 
 class EnqueueInput(msgspec.Struct):
@@ -100,6 +103,24 @@ def _now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
+class StoredJob(msgspec.Struct):
+    """A job as the ``file_based`` store keeps it."""
+
+    id: str
+    function_id: str
+    namespace: str
+    data: msgspec.Raw
+    condition: Union[str, None] = None
+    attempts: int = 0
+    error: Union[str, None] = None
+    failed_at: Union[str, None] = None
+
+
+class StoredQueue(msgspec.Struct):
+    jobs: list[StoredJob] = []
+    dead: list[StoredJob] = []
+
+
 class Job:
     __slots__ = ("id", "function_id", "namespace", "data", "condition", "attempts", "error", "failed_at")
 
@@ -116,16 +137,32 @@ class Job:
         self.error: Optional[str] = None
         self.failed_at: Optional[str] = None
 
+    def stored(self) -> StoredJob:
+        return StoredJob(self.id, self.function_id, self.namespace, msgspec.Raw(self.data), self.condition,
+                         self.attempts, self.error, self.failed_at)
+
+    @classmethod
+    def restored(cls, stored: StoredJob) -> Job:
+        job = cls(stored.id, stored.function_id, stored.namespace, bytes(stored.data), stored.condition)
+        job.attempts, job.error, job.failed_at = stored.attempts, stored.error, stored.failed_at
+        return job
+
 
 class Queue:
     """One named queue: waiting jobs, jobs in delivery, the dead-letter list."""
 
-    def __init__(self, name: str, settings: QueueSettings, router: Router, scheduler: Scheduler) -> None:
+    def __init__(
+        self, name: str, settings: QueueSettings, router: Router, scheduler: Scheduler,
+        changed: Callable[[], None] = lambda: None,
+    ) -> None:
         self.name = name
         self.settings = settings
         self._router = router
         self._scheduler = scheduler
+        self._changed = changed
         self.waiting: collections.deque[Job] = collections.deque()
+        #: Every job not yet acknowledged nor dead (waiting, in delivery or backing off), in order.
+        self.live: dict[str, Job] = {}
         self.active = 0
         self.dead: list[Job] = []
         self.delivered = 0
@@ -137,6 +174,9 @@ class Queue:
         return 1 if self.settings.type == "fifo" else self.settings.concurrency
 
     def push(self, job: Job, *, first: bool = False) -> None:
+        if job.id not in self.live:
+            self.live[job.id] = job
+            self._changed()
         if first:
             self.waiting.appendleft(job)
         else:
@@ -182,6 +222,8 @@ class Queue:
         if error is None:
             self.delivered += 1
             self.active -= 1
+            self.live.pop(job.id, None)
+            self._changed()
             self.pump()
             return
         job.error = f"{error.code}: {error.message}"
@@ -189,6 +231,8 @@ class Queue:
             self.failed += 1
             job.failed_at = _now_iso()
             self.dead.append(job)
+            self.live.pop(job.id, None)
+            self._changed()
             log.warning("queue %s: job %s to %s failed %d times, moved to the DLQ: %s",
                         self.name, job.id, job.function_id, job.attempts, job.error)
             self.active -= 1
@@ -212,14 +256,26 @@ class Queue:
         self.dead = [job for job in self.dead if job not in moving]
         for job in moving:
             job.attempts, job.error, job.failed_at = 0, None, None
-            self.waiting.append(job)
-        self.pump()
+            self.push(job)
+        self._changed()
         return len(moving)
 
     def discard(self, message_id: str) -> int:
         before = len(self.dead)
         self.dead = [job for job in self.dead if job.id != message_id]
+        self._changed()
         return before - len(self.dead)
+
+    def stored(self) -> StoredQueue:
+        return StoredQueue([job.stored() for job in self.live.values()], [job.stored() for job in self.dead])
+
+    def restore(self, stored: StoredQueue) -> None:
+        """Put back what the store kept, without starting it (see :meth:`Queues.start`); jobs
+        that were in delivery run again (at least once)."""
+        self.dead = [Job.restored(job) for job in stored.dead]
+        for job in map(Job.restored, stored.jobs):
+            self.live[job.id] = job
+            self.waiting.append(job)
 
 
 class SubscriberQueueConfig(msgspec.Struct):
@@ -331,9 +387,34 @@ class Queues:
 
     def __init__(self, router: Router, config: QueueConfig, scheduler: Scheduler) -> None:
         self._router = router
+        path, interval_s = store_settings(config.adapter, "./data/queue_store", None)
+        self.snapshots = Snapshots(path, interval_s, self._dump, self._load)
         settings = {DEFAULT_QUEUE: QueueSettings(), **config.queue_configs}
-        self.queues = {name: Queue(name, s, router, scheduler) for name, s in settings.items()}
+        self.queues = {name: Queue(name, s, router, scheduler, self.snapshots.changed) for name, s in settings.items()}
         self.topics = Topics(router, scheduler)
+        self._scheduler = scheduler
+
+    async def start(self) -> None:
+        """Load the stored jobs; they start once their workers have had time to reconnect."""
+        self.snapshots.start()
+        for queue in self.queues.values():
+            if queue.waiting:
+                self._scheduler.call_later(RESTORED_JOBS_DELAY_S, queue.pump)
+
+    async def stop(self) -> None:
+        self.snapshots.stop()
+
+    def _dump(self) -> bytes:
+        """The named queues' jobs (durable subscribers' queues live with their bindings)."""
+        return msgspec.json.encode({name: queue.stored() for name, queue in self.queues.items()})
+
+    def _load(self, data: bytes) -> None:
+        for name, stored in msgspec.json.decode(data, type=dict[str, StoredQueue]).items():
+            queue = self.queues.get(name)
+            if queue is None:
+                log.warning("queue %s is no longer configured: its %d stored jobs are dropped", name, len(stored.jobs))
+            else:
+                queue.restore(stored)
 
     def _all_queues(self) -> list[Queue]:
         """Named queues, then every durable subscriber's queue."""
