@@ -103,13 +103,15 @@ def _now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
-class StoredJob(msgspec.Struct):
-    """A job as the ``file_based`` store keeps it."""
+class Job(msgspec.Struct):
+    """A job, as queues hold it and the ``file_based`` store keeps it."""
 
     id: str
     function_id: str
     namespace: str
+    #: The JSON the function is called with.
     data: msgspec.Raw
+    #: A condition function asked first (durable subscribers): ``false`` acks without a call.
     condition: Union[str, None] = None
     attempts: int = 0
     error: Union[str, None] = None
@@ -117,35 +119,8 @@ class StoredJob(msgspec.Struct):
 
 
 class StoredQueue(msgspec.Struct):
-    jobs: list[StoredJob] = []
-    dead: list[StoredJob] = []
-
-
-class Job:
-    __slots__ = ("id", "function_id", "namespace", "data", "condition", "attempts", "error", "failed_at")
-
-    def __init__(
-        self, job_id: str, function_id: str, namespace: str, data: bytes, condition: Optional[str] = None
-    ) -> None:
-        self.id = job_id
-        self.function_id = function_id
-        self.namespace = namespace
-        self.data = data
-        #: A condition function asked first (durable subscribers): ``false`` acks without a call.
-        self.condition = condition
-        self.attempts = 0
-        self.error: Optional[str] = None
-        self.failed_at: Optional[str] = None
-
-    def stored(self) -> StoredJob:
-        return StoredJob(self.id, self.function_id, self.namespace, msgspec.Raw(self.data), self.condition,
-                         self.attempts, self.error, self.failed_at)
-
-    @classmethod
-    def restored(cls, stored: StoredJob) -> Job:
-        job = cls(stored.id, stored.function_id, stored.namespace, bytes(stored.data), stored.condition)
-        job.attempts, job.error, job.failed_at = stored.attempts, stored.error, stored.failed_at
-        return job
+    jobs: list[Job] = []
+    dead: list[Job] = []
 
 
 class Queue:
@@ -210,11 +185,11 @@ class Queue:
                             self.name, job.condition, job.id, error.message)
             self._answered(job, None)
 
-        self._router.invoke(job.namespace, job.condition, job.data, b"", on_result=checked)
+        self._router.invoke(job.namespace, job.condition, bytes(job.data), b"", on_result=checked)
 
     def _call(self, job: Job) -> None:
         self._router.invoke(
-            job.namespace, job.function_id, job.data, b"",
+            job.namespace, job.function_id, bytes(job.data), b"",
             on_result=lambda result, error: self._answered(job, error),
         )
 
@@ -267,13 +242,13 @@ class Queue:
         return before - len(self.dead)
 
     def stored(self) -> StoredQueue:
-        return StoredQueue([job.stored() for job in self.live.values()], [job.stored() for job in self.dead])
+        return StoredQueue(list(self.live.values()), self.dead)
 
     def restore(self, stored: StoredQueue) -> None:
         """Put back what the store kept, without starting it (see :meth:`Queues.start`); jobs
         that were in delivery run again (at least once)."""
-        self.dead = [Job.restored(job) for job in stored.dead]
-        for job in map(Job.restored, stored.jobs):
+        self.dead = stored.dead
+        for job in stored.jobs:
             self.live[job.id] = job
             self.waiting.append(job)
 
@@ -377,7 +352,7 @@ class Topics(Provider[SubscriberConfig]):
         payload = codec.encode_json(request.data)
         for (namespace, function_id), subscription in self.topics.get(request.topic, {}).items():
             subscription.queue.push(
-                Job(str(uuid.uuid4()), function_id, namespace, payload, subscription.condition)
+                Job(str(uuid.uuid4()), function_id, namespace, msgspec.Raw(payload), subscription.condition)
             )
         return None
 
@@ -443,7 +418,8 @@ class Queues:
                 f"FIFO queue '{queue.name}' requires field '{group_field}' in data, but it was not found",
             )
         job_id = request.messageReceiptId or str(uuid.uuid4())
-        queue.push(Job(job_id, request.function_id, request.namespace or "default", codec.encode_json(request.data)))
+        data = msgspec.Raw(codec.encode_json(request.data))
+        queue.push(Job(job_id, request.function_id, request.namespace or "default", data))
         return {"messageReceiptId": job_id}
 
     def list_topics(self, router: Router, caller: Optional[Connection], data: Any) -> Any:
@@ -479,7 +455,7 @@ class Queues:
         queue = self._queue(request.topic or request.queue, "topic_required")
         window = queue.dead[max(0, request.offset): max(0, request.offset) + max(0, request.limit)]
         return [
-            {"id": job.id, "payload": msgspec.Raw(job.data), "error": job.error, "failed_at": job.failed_at,
+            {"id": job.id, "payload": job.data, "error": job.error, "failed_at": job.failed_at,
              "retries": job.attempts, "size_bytes": len(job.data)}
             for job in window
         ]
