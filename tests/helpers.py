@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Frames captured from the official SDKs (a copy of the project's shared vectors, with their README).
+VECTORS = ROOT / "tests" / "data" / "vectors"
 #: ``config.yaml`` entries putting the modules that serve a port on 127.0.0.1 and a free port.
 LOCAL_MODULES = (
     "  - name: iii-http\n    config:\n      host: 127.0.0.1\n      port: 0\n"
@@ -283,6 +285,23 @@ async def call_results(proc: Proc, count: int) -> list[dict]:
 # --------------------------------------------------------------------------- sans-I/O router peers
 
 
+def make_router(modules: Optional[dict[str, Any]] = None, *, numbered_ids: bool = True, **options: Any) -> Any:
+    """A sans-I/O router as the engine process assembles it: the ``engine::*`` functions and,
+    given ``modules`` (module name -> config, ``{}`` for all defaults), every built-in module."""
+    from iii.app import install_modules
+    from iii.engine.functions import install_engine_functions
+    from iii.engine.router import Router
+
+    if numbered_ids:
+        counter = iter(range(1, 1 << 62))
+        options.setdefault("new_id", lambda: f"id-{next(counter)}")
+    router = Router(grace_ms=5000, **options)
+    install_engine_functions(router)
+    if modules is not None:
+        install_modules(router, modules)
+    return router
+
+
 class Peer:
     """A fake connection to a :class:`~iii.engine.router.Router`: records what it is sent."""
 
@@ -346,7 +365,7 @@ def connected(router: Any, name: str, *functions: str) -> Peer:
 
 
 class FakeClock:
-    """A scheduler (``iii.workers.cron.Scheduler``) whose time only moves when the test says so."""
+    """A scheduler (``iii.modules.cron.Scheduler``) whose time only moves when the test says so."""
 
     def __init__(self, now: float) -> None:
         self.now = now

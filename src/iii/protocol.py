@@ -23,6 +23,7 @@ __all__ = [
     "MAX_MESSAGE_SIZE",
     "ABSENT",
     "ErrorCode",
+    "WireId",
     "ErrorBody",
     "ActionVoid",
     "ActionEnqueue",
@@ -72,10 +73,27 @@ class ErrorCode:
     DESERIALIZATION_ERROR = "deserialization_error"
     DUPLICATE_INVOCATION = "duplicate_invocation_id"
     TRIGGER_REGISTRATION_FAILED = "trigger_registration_failed"
+    #: ``registrationrejected``: a worker tried to provide one of the engine's trigger types.
+    TRIGGER_TYPE_RESERVED = "TRIGGER_TYPE_RESERVED"
+    #: An engine-originated call got no answer before its deadline.
+    TIMEOUT = "TIMEOUT"
+    #: A caller may not call this function (``worker::*`` from a remote address).
+    FORBIDDEN = "FORBIDDEN"
     NOT_FOUND = "NOT_FOUND"
     INVALID_ARGUMENTS = "INVALID_ARGUMENTS"
     WORKER_NAMESPACE_CONFLICT = "WORKER_NAMESPACE_CONFLICT"
     FUNCTION_NAMESPACE_CONFLICT = "FUNCTION_NAMESPACE_CONFLICT"
+
+
+class WireId:
+    """Function, trigger type and module ids that more than one part of this package names."""
+
+    #: The listener entry of ``config.yaml`` and its row in ``engine::workers::list``.
+    LISTENER = "iii-worker-manager"
+    #: The queue module's function that takes ``TriggerAction.Enqueue`` jobs.
+    QUEUE_ENQUEUE = "engine::queue::enqueue"
+    WORKERS_AVAILABLE = "engine::workers-available"
+    FUNCTIONS_AVAILABLE = "engine::functions-available"
 
 
 class ErrorBody(Struct, omit_defaults=True):

@@ -69,9 +69,9 @@ class TriggerTypeRef(Generic[C, R]):
         config_cls: Optional[type] = None,
         request_cls: Optional[type] = None,
     ) -> None:
+        # config_cls is in the official signature; configs are sent as given, so it is not kept.
         self._iii = iii
         self._trigger_type_id = trigger_type_id
-        self._config_cls = config_cls
         self._request_cls = request_cls
 
     @property

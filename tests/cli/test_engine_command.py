@@ -12,7 +12,7 @@ import pytest
 
 from helpers import RawClient
 from iii import __version__
-from iii.engine.config import STARTER_CONFIG, ConfigError, parse_config
+from iii.config import STARTER_CONFIG, ConfigError, parse_config
 
 
 def run_iii(*args: str, cwd: Path, timeout: float = 20) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iii.engine.config import STARTER_CONFIG
+from iii.config import STARTER_CONFIG
 from iii.manager.configfile import add_worker_entry, remove_worker_entry, worker_entries
 from iii.manager.manifest import ManifestError, parse_manifest
 

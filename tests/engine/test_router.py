@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import Peer, connected
+from helpers import Peer, connected, make_router
 from iii.engine.router import Router
 
 
 @pytest.fixture
 def router(codec) -> Router:
-    counter = itertools.count(1)
-    return Router(grace_ms=5000, new_id=lambda: f"id-{next(counter)}")
+    return make_router()
 
 
 # --------------------------------------------------------------------------- invocations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -12,8 +11,7 @@ from hypothesis import strategies as st
 
 from iii.protocol import ActionEnqueue, ActionVoid, ErrorBody, InvokeFunction, RegisterTrigger
 
-# shared/ lies beside the checkout (also in CI).
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
+from helpers import VECTORS
 
 
 def captured_worker_frames():

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 from iii import __version__
 from iii.cli import trigger, worker
 from iii.cli.output import fail
-from iii.engine.config import ConfigError, write_starter
+from iii.config import ConfigError, write_starter
 
 __all__ = ["main", "build_parser"]
 
@@ -71,7 +71,7 @@ def _run_engine(config_path: Path) -> int:
         return 1
     import uvloop
 
-    from iii.engine.app import serve
+    from iii.app import serve
 
     try:
         return uvloop.run(serve(config_path))

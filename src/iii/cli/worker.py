@@ -27,7 +27,7 @@ from typing import Any, Optional
 from iii.cli.output import fail, info, interactive, success
 from iii.cli.templates import ALIASES, ENTRY_POINTS, LANGUAGES, render
 from iii.cli.trigger import connect, engine_url
-from iii.engine.config import ConfigError, load_config
+from iii.config import ConfigError, load_config
 from iii.errors import InvocationError
 from iii.manager.configfile import add_worker_entry, remove_worker_entry, worker_entries
 from iii.manager.manifest import MANIFEST, ManifestError, load_manifest

@@ -20,8 +20,10 @@ cdef class FrameListener(WSListener):
     cdef public object _handle
     cdef public list _out
     cdef public object _transport
+    cdef public bint _heard
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
+        self._heard = True
         cdef bint last = frame.last_in_buffer
         engine = self._engine
         if not last:

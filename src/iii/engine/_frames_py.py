@@ -4,8 +4,9 @@
 API), so picows calls the frame handler as C, the frame's fields are read as C and calls are
 routed straight from picows' read buffer. Both hand a frame to the router the same way:
 ``Router.forward`` what ``route_frame`` routes, ``Router.handle`` the rest. The rest of a
-worker's listener (connect, fragments, stalls, teardown) is ``server.WorkerListener``, which
-subclasses whichever twin is in use and provides ``_other_frame`` and ``_frame_failed``.
+worker's listener (connect, fragments, stalls, heartbeat, teardown) is
+``server.WorkerListener``, which subclasses whichever twin :mod:`iii.engine.frames` picks and
+provides ``_other_frame`` and ``_frame_failed``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _TEXT = WSMsgType.TEXT
 class FrameListener(WSListener):
     """The per-frame path: route whole text messages, send what the router answers."""
 
-    __slots__ = ("_engine", "_conn", "_caller", "_forward", "_handle", "_out", "_transport")
+    __slots__ = ("_engine", "_conn", "_caller", "_forward", "_handle", "_out", "_transport", "_heard")
 
     _engine: Any
     _conn: Any
@@ -36,8 +37,11 @@ class FrameListener(WSListener):
     #: Messages for this worker waiting for the end of the batch.
     _out: list[bytes]
     _transport: Any
+    #: The worker sent something since the last heartbeat (it is alive).
+    _heard: bool
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        self._heard = True
         last = frame.last_in_buffer
         engine = self._engine
         if not last:  # more frames in this read: what they produce leaves in one write per worker

@@ -10,40 +10,26 @@ seed is silent (``engine::registered-triggers::*``, ``engine::triggers::info``).
 from __future__ import annotations
 
 import re
-import uuid
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import msgspec
 
 from iii import codec
+from iii.engine.host import DEFAULT_INVOCATION_TIMEOUT_MS, parse_input
 from iii.engine.registry import Binding, Connection, EngineError, FunctionEntry, Module, TriggerType
-from iii.protocol import DEFAULT_NAMESPACE, ErrorCode, is_blank
+from iii.protocol import DEFAULT_NAMESPACE, ErrorCode, WireId, is_blank
 
 if TYPE_CHECKING:
     from iii.engine.router import Router
 
-__all__ = ["install_engine_functions", "parse_input", "Discovery", "MODULE"]
+__all__ = ["install_engine_functions", "Discovery", "MODULE"]
 
 MODULE = "iii-engine-functions"
-LISTENER_MODULE = "iii-worker-manager"
-WORKERS_AVAILABLE = "engine::workers-available"
-FUNCTIONS_AVAILABLE = "engine::functions-available"
 _MAX_INFO_BATCH = 32
 _SUMMARY_WIDTH = 80
 _UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
 
 Str = Union[str, None]
-
-
-def parse_input(function_id: str, data: Any, input_type: type) -> Any:
-    """Validate a built-in's input; ``null`` reads as ``{}`` and unknown keys are ignored."""
-    try:
-        return msgspec.convert({} if data is None else data, input_type)
-    except msgspec.ValidationError as exc:
-        raise EngineError(
-            ErrorCode.DESERIALIZATION_ERROR,
-            f"Failed to deserialize input for {function_id}: {exc}",
-        ) from None
 
 
 def sanitize(text: Optional[str]) -> Optional[str]:
@@ -272,7 +258,6 @@ def workers_register(router: Router, caller: Optional[Connection], data: Any) ->
         return {"success": False}
     caller.runtime = args.runtime or "unknown"
     caller.version = args.version
-    caller.telemetry = args.telemetry
     if name is not None:
         caller.name = name
     description = sanitize(args.description)
@@ -284,7 +269,6 @@ def workers_register(router: Router, caller: Optional[Connection], data: Any) ->
         caller.pid = args.pid
     if args.isolation is not None:
         caller.isolation = args.isolation
-    caller.registered = True
     router.resolve_namespace(caller, namespace)
     router.fire_workers_available("worker_metadata_updated", caller.id)
     return {"success": True}
@@ -518,7 +502,7 @@ def triggers_info(router: Router, caller: Optional[Connection], data: Any) -> An
 def register_trigger(router: Router, caller: Optional[Connection], data: Any) -> Any:
     args = parse_input("engine::register_trigger", data, RegisterTriggerInput)
     binding = Binding(
-        str(uuid.uuid4()),
+        router.new_id(),
         args.trigger_type,
         args.function_id,
         codec.encode_json(args.config),
@@ -558,7 +542,10 @@ class DiscoveryTrigger:
 
     def fire(self, payload: bytes) -> None:
         for binding in list(self.bindings.values()):
-            self._router.invoke(binding.namespace, binding.function_id, payload, binding.metadata)
+            self._router.invoke(
+                binding.namespace, binding.function_id, payload, binding.metadata,
+                timeout_ms=DEFAULT_INVOCATION_TIMEOUT_MS,
+            )
 
 
 class Discovery:
@@ -616,27 +603,32 @@ _HANDLERS = {
 }
 
 
-def install_engine_functions(router: Router, now_ms: int) -> Discovery:
-    """Register the ``engine::*`` functions and discovery trigger types on ``router``."""
-    router.modules.append(Module(LISTENER_MODULE, "Worker WebSocket listener", now_ms))
+def install_engine_functions(router: Router) -> Discovery:
+    """Register the ``engine::*`` functions and discovery trigger types on ``router``; it then
+    sends its discovery events to them."""
+    now_ms = router.now_ms()
+    router.modules.append(Module(WireId.LISTENER, "Worker WebSocket listener", now_ms))
     router.modules.append(Module(MODULE, "Engine discovery and registration functions", now_ms))
     for function_id, (handler, description) in _HANDLERS.items():
-        router.add_builtin(function_id, handler, module=MODULE, description=description)
+        router.add_function(function_id, handler, module=MODULE, description=description)
     discovery = Discovery(router)
-    router.add_builtin_trigger_type(
-        WORKERS_AVAILABLE,
+    router.add_trigger_type(
+        WireId.WORKERS_AVAILABLE,
         discovery.workers,
         module=MODULE,
         description="Fires when a worker connects, updates its metadata or disconnects",
         trigger_request_format=_NO_CONFIG_SCHEMA,
         call_request_format=_EVENT_SCHEMA,
     )
-    router.add_builtin_trigger_type(
-        FUNCTIONS_AVAILABLE,
+    router.add_trigger_type(
+        WireId.FUNCTIONS_AVAILABLE,
         discovery.functions,
         module=MODULE,
         description="Fires with the full function list when functions are added or removed",
         trigger_request_format=_NO_CONFIG_SCHEMA,
         call_request_format=_FUNCTIONS_EVENT_SCHEMA,
     )
+    router.events = discovery
+    # Installing them changed the function set: that is no event yet.
+    router.flush_events()
     return discovery

@@ -1,7 +1,7 @@
-"""The engine's records: connections, functions, trigger types, bindings, pending invocations.
+"""The engine's records: connections, functions, trigger types, bindings.
 
-Plain slotted classes (and one Struct) with no behaviour beyond describing themselves; the router
-owns the rules that change them.
+Plain slotted classes with no behaviour beyond describing themselves; the router owns the rules
+that change them (and ``invocations`` the calls in flight).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ __all__ = [
     "FunctionEntry",
     "TriggerType",
     "Binding",
-    "Pending",
     "EngineError",
     "Module",
 ]
@@ -49,7 +48,6 @@ class Connection:
         "state",
         "namespace",
         "held",
-        "registered",
         "name",
         "description",
         "runtime",
@@ -57,7 +55,6 @@ class Connection:
         "os",
         "pid",
         "isolation",
-        "telemetry",
         "functions",
         "invocations",
         "inbound_active",
@@ -89,8 +86,6 @@ class Connection:
         self.namespace = DEFAULT_NAMESPACE
         #: Registration messages waiting for the namespace.
         self.held: list[Any] = []
-        #: ``engine::workers::register`` succeeded (metadata known).
-        self.registered = False
         self.name: Optional[str] = None
         self.description: Optional[str] = None
         self.runtime: Optional[str] = None
@@ -98,7 +93,6 @@ class Connection:
         self.os: Optional[str] = None
         self.pid: Optional[int] = None
         self.isolation: Optional[str] = None
-        self.telemetry: Optional[dict[str, Any]] = None
         #: ``(namespace, function_id)`` of the functions it owns.
         self.functions: set[tuple[str, str]] = set()
         #: Ids of pending invocations to it and made by it.
@@ -124,10 +118,6 @@ class Connection:
         if self.state == RESOLVED:
             return "available"
         return "connected"
-
-    @property
-    def display_name(self) -> str:
-        return self.name or self.id
 
 
 class FunctionEntry:
@@ -276,17 +266,6 @@ class Binding:
         self.home_namespace = home_namespace
         #: Where its provider was found while live.
         self.provider_key: Optional[tuple[str, str]] = None
-
-
-class Pending(msgspec.Struct):
-    """An invocation routed to a worker and not answered yet (a Struct: one is made per call)."""
-
-    #: Who gets the ``invocationresult``; ``None`` for void and engine-originated calls.
-    caller: Optional[Connection]
-    target: Connection
-    function_id: str
-    #: Engine-side continuation ``(result_raw, error_body)`` for engine-originated calls.
-    on_result: Optional[Callable[[Any, Any], None]] = None
 
 
 class EngineError(Exception):

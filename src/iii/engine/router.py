@@ -1,10 +1,12 @@
 """The engine's routing core: a sans-I/O state machine (frames in, frames out).
 
 The I/O layer calls :meth:`Router.connect`, :meth:`Router.receive` (one complete text message),
-:meth:`Router.disconnect` and :meth:`Router.expire_grace`; the router answers by calling the
-``send`` / ``close`` callables it was given for each connection. Time comes in as arguments, and
-the only deferred work (the coalesced ``engine::functions-available`` event) is handed to the
-``defer`` callable, so tests drive everything without sockets or a loop.
+:meth:`Router.disconnect`, :meth:`Router.expire_grace` and :meth:`Router.expire_calls`; the router
+answers by calling the ``send`` / ``close`` callables it was given for each connection. Time comes
+from the ``clock`` it is given; deferred work (fan-out after a write, the coalesced
+``engine::functions-available`` event) is handed to the ``defer`` callable, and the earliest
+deadline of the engine's own calls to ``wake``, so tests drive everything without sockets or a
+loop. The router is the modules' :class:`~iii.engine.host.Host`.
 
 Invocation payloads are never decoded on the routing path: ``data`` travels as raw JSON bytes
 with ``_caller_worker_id`` spliced in, results are forwarded as the bytes the owner sent.
@@ -12,6 +14,7 @@ with ``_caller_worker_id`` spliced in, results are forwarded as the bytes the ow
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from typing import Any, Callable, Optional
@@ -21,7 +24,7 @@ from msgspec import UNSET
 
 from iii import codec
 from iii.codec import ROUTE_INVOKE
-from iii.engine.functions import install_engine_functions
+from iii.engine.invocations import Invocations, Pending
 from iii.engine.registry import (
     ABORTED,
     PENDING,
@@ -31,7 +34,6 @@ from iii.engine.registry import (
     EngineError,
     FunctionEntry,
     Module,
-    Pending,
     TriggerType,
 )
 from iii.protocol import (
@@ -56,6 +58,7 @@ from iii.protocol import (
     UnregisterFunction,
     UnregisterTrigger,
     UnregisterTriggerType,
+    WireId,
     WorkerRegistered,
     is_blank,
 )
@@ -67,8 +70,8 @@ log = logging.getLogger("iii.engine")
 #: Bad frames logged per connection before the log goes quiet (they are still counted).
 _BAD_FRAME_LOG_LIMIT = 5
 _PONG = codec.encode_message(Pong())
-#: The queue provider's function that takes ``TriggerAction.Enqueue`` jobs.
-_ENQUEUE = "engine::queue::enqueue"
+#: The deadline of the engine's own call that hands a ``TriggerAction.Enqueue`` job to its queue.
+_ENQUEUE_TIMEOUT_MS = 30_000
 
 
 def _new_id() -> str:
@@ -88,14 +91,27 @@ def _decode_raw(raw: Any) -> Any:
     return codec.decode_json(raw) if raw else None
 
 
+class _NoEvents:
+    """Where discovery events go until ``engine::*`` is installed (a router in a test)."""
+
+    def workers_changed(self, event: str, worker_id: str) -> None:
+        pass
+
+    def functions_changed(self) -> None:
+        pass
+
+
 class Router:
     """Registry and router of one engine.
 
     Args:
         grace_ms: how long registrations of a connection are held waiting for its namespace.
-        now_ms: clock for records made outside a connect (modules).
+        clock: the time in milliseconds (the server passes the loop's clock, tests a fake one).
         defer: schedules a callable to run soon (the server passes ``loop.call_soon``); with
             ``None`` the owner calls :meth:`flush_events` itself.
+        wake: ``wake(deadline_ms)`` asks the owner to call :meth:`expire_calls` at that time on
+            ``clock`` (a call with an earlier deadline than any before was made); ``None``: the
+            owner calls it when it likes.
         new_id: id generator (tests pass a deterministic one).
     """
 
@@ -103,24 +119,37 @@ class Router:
         self,
         *,
         grace_ms: int = DEFAULT_GRACE_MS,
-        now_ms: int = 0,
+        clock: Callable[[], int] = lambda: 0,
         defer: Optional[Callable[[Callable[[], None]], None]] = None,
+        wake: Optional[Callable[[int], None]] = None,
         new_id: Callable[[], str] = _new_id,
         version: str = "0.0.0",
     ) -> None:
         self.grace_ms = grace_ms
         self.version = version
+        self.now_ms = clock
+        self.new_id = new_id
         self._defer = defer
-        self._new_id = new_id
+        self._wake = wake
+        # The registry: who is connected, what they offer, who waits for what.
         self.connections: dict[str, Connection] = {}
         #: namespace -> function id -> entry (two lookups, no tuple per call).
         self.functions: dict[str, dict[str, FunctionEntry]] = {}
+        #: ``(namespace, type id)`` -> provider.
         self.trigger_types: dict[tuple[str, str], TriggerType] = {}
+        #: Bindings handed to their provider, by id.
         self.bindings: dict[str, Binding] = {}
+        #: Bindings waiting for a provider of their type, by id.
         self.parked: dict[str, Binding] = {}
-        self.pending: dict[str, Pending] = {}
+        self.invocations = Invocations()
+        #: The same dict as ``invocations.pending``, bound for the hot path.
+        self.pending: dict[str, Pending] = self.invocations.pending
+        #: ``(namespace, worker name)`` -> the connection leasing it.
         self.names: dict[tuple[str, str], Connection] = {}
+        #: In-process modules, listed by ``engine::workers::list``.
         self.modules: list[Module] = []
+        #: Receives discovery events (``install_engine_functions`` sets it).
+        self.events: Any = _NoEvents()
         self._functions_dirty = False
         self._later: list[Callable[[], None]] = []
         self._route_frame = codec.route_frame
@@ -139,8 +168,6 @@ class Router:
             Ping: self._on_ping,
             Pong: self._on_pong,
         }
-        self._discovery = install_engine_functions(self, now_ms)
-        self._functions_dirty = False
         self._functions_fingerprint = self._fingerprint()
 
     # ------------------------------------------------------------------ connections
@@ -153,9 +180,9 @@ class Router:
         now_ms: int,
     ) -> Connection:
         """Admit a new worker connection: sends ``workerregistered``, fires ``worker_connected``."""
-        worker_id = self._new_id()
+        worker_id = self.new_id()
         conn = Connection(
-            worker_id, self._new_id(), send, close, codec.caller_field(worker_id), ip, now_ms
+            worker_id, self.new_id(), send, close, codec.caller_field(worker_id), ip, now_ms
         )
         self.connections[worker_id] = conn
         send(codec.encode_message(WorkerRegistered(worker_id=worker_id, reattach_token=conn.token)))
@@ -193,10 +220,11 @@ class Router:
                 return False
             target = fn.owner
             conn.invocations_made += 1
-            conn.invocations.add(invocation_id)
+            # Invocations.open, inline.
             self.pending[invocation_id] = Pending(conn, target, function_id)
             target.invocations.add(invocation_id)
             target.inbound_active += 1
+            conn.invocations.add(invocation_id)
             target.send(forward)
             return True
         if pending is None or pending.target is not conn:
@@ -204,11 +232,12 @@ class Router:
         caller = pending.caller
         if caller is None:  # a void or engine-originated call: the full path settles it
             return False
+        # Invocations.settle, inline.
         del self.pending[invocation_id]
         conn.invocations.discard(invocation_id)
         conn.inbound_active -= 1
-        conn.invocations_handled += 1
         caller.invocations.discard(invocation_id)
+        conn.invocations_handled += 1
         if caller.state != ABORTED:
             caller.send(frame)
         return True
@@ -310,7 +339,7 @@ class Router:
     def all_functions(self) -> list[FunctionEntry]:
         return [fn for by_id in self.functions.values() for fn in by_id.values()]
 
-    def add_builtin(
+    def add_function(
         self,
         function_id: str,
         handler: Callable[[Router, Optional[Connection], Any], Any],
@@ -324,8 +353,8 @@ class Router:
         """Register an in-process function in ``default``.
 
         ``handler(router, caller, data)`` gets the decoded payload and the calling connection
-        (``None`` for engine-originated calls); it returns the result or raises
-        :class:`EngineError`.
+        (``None`` for engine-originated calls); it returns the result, raises
+        :class:`EngineError`, or returns an :class:`asyncio.Future` of the result.
         """
         self.functions.setdefault(DEFAULT_NAMESPACE, {})[function_id] = FunctionEntry(
             function_id,
@@ -444,7 +473,7 @@ class Router:
         if fingerprint == self._functions_fingerprint:
             return
         self._functions_fingerprint = fingerprint
-        self._discovery.functions_changed()
+        self.events.functions_changed()
 
     # ------------------------------------------------------------------ invocations
 
@@ -474,9 +503,8 @@ class Router:
         conn.invocations_made += 1
         data = bytes(msg.data) if msg.data else b"null"
         if fn.handler is not None:
-            self._run_builtin(fn, conn, answer_to, invocation_id, data)
+            self._run_builtin(fn, conn, data, self._answer_to(answer_to, invocation_id, fn.id))
             return
-        target = fn.owner
         if answer_to is not None:
             if invocation_id in self.pending:
                 self._reply_error(
@@ -490,14 +518,10 @@ class Router:
                 )
                 return
             key = invocation_id
-            conn.invocations.add(key)
         else:
-            key = self._new_id()
-        self._dispatch(
-            answer_to,
-            target,
-            key,
-            function_id,
+            key = self.new_id()
+        self.invocations.open(Pending(answer_to, fn.owner, function_id), key)
+        fn.owner.send(
             codec.encode_invoke(
                 key,
                 function_id,
@@ -505,40 +529,22 @@ class Router:
                 bytes(msg.metadata) if msg.metadata else b"",
                 msg.traceparent,
                 msg.baggage,
-            ),
+            )
         )
-
-    def _dispatch(
-        self,
-        caller: Optional[Connection],
-        target: Connection,
-        key: str,
-        function_id: str,
-        frame: bytes,
-        on_result: Optional[Callable[[bytes, Optional[ErrorBody]], None]] = None,
-    ) -> None:
-        """Send a call to the function's owner and remember who waits for the answer."""
-        self.pending[key] = Pending(caller, target, function_id, on_result)
-        target.invocations.add(key)
-        target.inbound_active += 1
-        target.send(frame)
 
     def _on_result(self, conn: Connection, msg: InvocationResult, frame: bytes) -> None:
         invocation_id = msg.invocation_id
         pending = self.pending.get(invocation_id)
         if pending is None or pending.target is not conn:
-            # Late answer (caller gone, void call, a result replayed after a reconnect).
+            # Late answer (caller gone, void call, timed out, replayed after a reconnect).
             return
-        del self.pending[invocation_id]
-        conn.invocations.discard(invocation_id)
-        conn.inbound_active -= 1
+        self.invocations.settle(invocation_id)
         conn.invocations_handled += 1
         error = self._error_of(msg) if msg.error else None
         if error is not None:
             conn.invocations_failed += 1
         caller = pending.caller
         if caller is not None:
-            caller.invocations.discard(invocation_id)
             if caller.state == ABORTED:
                 return
             if error is None:
@@ -574,41 +580,65 @@ class Router:
             message += f" It is registered in namespace(s): {', '.join(elsewhere)}."
         return ErrorBody(ErrorCode.FUNCTION_NOT_FOUND, message)
 
+    @staticmethod
+    def _answer_to(
+        caller: Optional[Connection], invocation_id: Optional[str], function_id: str
+    ) -> Optional[Callable[[bytes, Optional[ErrorBody]], None]]:
+        """How a built-in's outcome reaches a worker that called it (``None``: nobody waits)."""
+        if caller is None or invocation_id is None:
+            return None
+
+        def answer(result: bytes, error: Optional[ErrorBody]) -> None:
+            if caller.state == ABORTED:
+                return
+            if error is None:
+                caller.send(codec.encode_result(invocation_id, function_id, result))
+            else:
+                caller.send(codec.encode_error_result(invocation_id, function_id, error))
+
+        return answer
+
     def _run_builtin(
         self,
         fn: FunctionEntry,
-        conn: Optional[Connection],
-        answer_to: Optional[Connection],
-        invocation_id: Optional[str],
+        caller: Optional[Connection],
         data: bytes,
+        on_result: Optional[Callable[[bytes, Optional[ErrorBody]], None]],
     ) -> None:
-        try:
-            result = fn.handler(self, conn, codec.decode_json(data))  # type: ignore[misc]
-        except EngineError as exc:
-            self._reply_error(answer_to, invocation_id, fn.id, ErrorBody(exc.code, exc.message))
-            return
-        except Exception as exc:  # a bug in a built-in must not take the engine down
-            log.exception("built-in %s failed", fn.id)
-            self._reply_error(
-                answer_to, invocation_id, fn.id, ErrorBody(ErrorCode.INVOCATION_FAILED, str(exc))
-            )
-            return
-        if answer_to is not None and invocation_id is not None and answer_to.state != ABORTED:
-            answer_to.send(codec.encode_result(invocation_id, fn.id, codec.encode_json(result)))
+        """Run an in-process function; ``on_result`` gets its outcome, now or when its future is
+        done. Its failures are logged unless they are :class:`EngineError` (an answer)."""
+
+        def settle(outcome: Callable[[], Any]) -> None:
+            try:
+                result = outcome()
+            except EngineError as exc:
+                error: Optional[ErrorBody] = ErrorBody(exc.code, exc.message)
+            except Exception as exc:  # a bug in a built-in must not take the engine down
+                log.exception("built-in %s failed", fn.id)
+                error = ErrorBody(ErrorCode.INVOCATION_FAILED, str(exc))
+            else:
+                if isinstance(result, asyncio.Future):  # answered once the future is done
+                    result.add_done_callback(lambda done: settle(done.result))
+                    return
+                error = None
+            if on_result is not None:
+                on_result(b"null" if error is not None else codec.encode_json(result), error)
+
+        settle(lambda: fn.handler(self, caller, codec.decode_json(data)))  # type: ignore[misc]
 
     def _enqueue(self, conn: Connection, msg: InvokeFunction, ns: str) -> None:
         """``TriggerAction.Enqueue``: hand the job to ``engine::queue::enqueue`` and answer the
         caller with its receipt (protocol.md §10.3); the caller never sees the function's result."""
         invocation_id, function_id = msg.invocation_id, msg.function_id
         queue = msg.action.queue  # type: ignore[union-attr]
-        if self.find_function(DEFAULT_NAMESPACE, _ENQUEUE) is None:
+        if self.find_function(DEFAULT_NAMESPACE, WireId.QUEUE_ENQUEUE) is None:
             self._reply_error(conn, invocation_id, function_id, ErrorBody(
                 ErrorCode.ENQUEUE_ERROR,
                 f"Cannot enqueue {function_id} on queue '{queue}': no queue provider is "
-                f"installed ({_ENQUEUE} is not registered). Add it with `iii worker add queue`.",
+                f"installed ({WireId.QUEUE_ENQUEUE} is not registered). Add it with `iii worker add queue`.",
             ))
             return
-        receipt = self._new_id()
+        receipt = self.new_id()
         job: dict[str, Any] = {
             "queue": queue,
             "function_id": function_id,
@@ -633,7 +663,10 @@ class Router:
                 failure = ErrorBody(ErrorCode.ENQUEUE_ERROR, f"{error.code}: {error.message}")
                 conn.send(codec.encode_error_result(invocation_id, function_id, failure))
 
-        self.invoke(DEFAULT_NAMESPACE, _ENQUEUE, codec.encode_json(job), on_result=accepted)
+        self.invoke(
+            DEFAULT_NAMESPACE, WireId.QUEUE_ENQUEUE, codec.encode_json(job),
+            on_result=accepted, timeout_ms=_ENQUEUE_TIMEOUT_MS,
+        )
 
     def invoke(
         self,
@@ -642,10 +675,14 @@ class Router:
         data: bytes,
         metadata: bytes = b"",
         on_result: Optional[Callable[[bytes, Optional[ErrorBody]], None]] = None,
+        *,
+        timeout_ms: int,
     ) -> None:
         """Engine-originated call (a trigger firing): fresh id, no ``_caller_worker_id``.
 
-        ``on_result(result_raw, error)`` is called when the answer arrives, if given.
+        ``on_result(result_raw, error)`` is called when the answer arrives, if given; a worker
+        that has not answered within ``timeout_ms`` gets its call forgotten (its answer is then
+        dropped, it is no longer busy with it) and ``on_result`` a ``TIMEOUT`` error.
         """
         fn = self.find_function(namespace, function_id)
         if fn is None:
@@ -655,49 +692,43 @@ class Router:
                 on_result(b"null", error)
             return
         if fn.handler is not None:
-            try:
-                result = fn.handler(self, None, codec.decode_json(data))
-            except Exception as exc:
-                if on_result is not None:
-                    if isinstance(exc, EngineError):
-                        on_result(b"null", ErrorBody(exc.code, exc.message))
-                    else:
-                        on_result(b"null", ErrorBody(ErrorCode.INVOCATION_FAILED, str(exc)))
-                return
-            if on_result is not None:
-                on_result(codec.encode_json(result), None)
+            self._run_builtin(fn, None, data, on_result)
             return
-        key = self._new_id()
-        self._dispatch(
-            None, fn.owner, key, function_id, codec.encode_invoke(key, function_id, data, metadata, None, None), on_result
-        )
+        key = self.new_id()
+        deadline_ms = self.now_ms() + timeout_ms
+        earliest = self.invocations.next_deadline()
+        self.invocations.open(Pending(None, fn.owner, function_id, on_result, deadline_ms), key)
+        fn.owner.send(codec.encode_invoke(key, function_id, data, metadata, None, None))
+        if self._wake is not None and (earliest is None or deadline_ms < earliest):
+            self._wake(deadline_ms)
+
+    def expire_calls(self) -> Optional[int]:
+        """Time out the engine's calls whose deadline has passed; returns the next deadline."""
+        for key, pending in self.invocations.expire(self.now_ms()):
+            log.warning(
+                "call %s to %s timed out (worker %s did not answer in time)",
+                key, pending.function_id, pending.target.id,
+            )
+            if pending.on_result is not None:
+                pending.on_result(b"null", ErrorBody(
+                    ErrorCode.TIMEOUT, f"Invocation of {pending.function_id} timed out"
+                ))
+        return self.invocations.next_deadline()
 
     def _halt_invocations(self, conn: Connection) -> None:
         """Fail calls to ``conn`` with ``invocation_stopped``; forget calls it made."""
         stopped = ErrorBody(ErrorCode.INVOCATION_STOPPED, "Invocation stopped")
-        for invocation_id in conn.invocations:
-            pending = self.pending.pop(invocation_id, None)
-            if pending is None:
-                continue
-            target, caller = pending.target, pending.caller
-            if target is not conn:  # a call conn made: the target's answer will be ignored
-                target.invocations.discard(invocation_id)
-                target.inbound_active -= 1
-                continue
+        for key, pending in self.invocations.halt(conn):
+            caller = pending.caller
             if caller is not None:
-                caller.invocations.discard(invocation_id)
                 if caller.state != ABORTED:
-                    caller.send(
-                        codec.encode_error_result(invocation_id, pending.function_id, stopped)
-                    )
+                    caller.send(codec.encode_error_result(key, pending.function_id, stopped))
             elif pending.on_result is not None:
                 pending.on_result(b"null", stopped)
-        conn.invocations.clear()
-        conn.inbound_active = 0
 
     # ------------------------------------------------------------------ trigger types
 
-    def add_builtin_trigger_type(
+    def add_trigger_type(
         self,
         type_id: str,
         provider: Any,
@@ -727,6 +758,12 @@ class Router:
         if ns is None or is_blank(ns):
             log.error("worker %s: registertriggertype %s: blank namespace ignored", conn.id, msg.id)
             return
+        if self._is_engine_trigger_type(msg.id):
+            # A worker taking over `http` would receive every request, and take the type with it
+            # when it leaves.
+            log.warning("worker %s: trigger type %s refused: it is the engine's own", conn.id, msg.id)
+            conn.send(codec.encode_message(RegistrationRejected(ErrorCode.TRIGGER_TYPE_RESERVED, ns, "")))
+            return
         self._install_trigger_type(
             TriggerType(
                 msg.id,
@@ -737,6 +774,13 @@ class Router:
                 call_request_format=_decode_raw(msg.call_request_format),
             )
         )
+
+    def _is_engine_trigger_type(self, type_id: str) -> bool:
+        """``engine::*`` ids and the types of the engine's modules are not a worker's to provide."""
+        if type_id.startswith("engine::"):
+            return True
+        builtin = self.trigger_types.get((DEFAULT_NAMESPACE, type_id))
+        return builtin is not None and builtin.provider is not None
 
     def _install_trigger_type(self, tt: TriggerType) -> None:
         """Store (or replace) a provider and hand it every binding it now serves (§11.4)."""
@@ -980,4 +1024,4 @@ class Router:
     # ------------------------------------------------------------------ events
 
     def fire_workers_available(self, event: str, worker_id: str) -> None:
-        self._discovery.workers_changed(event, worker_id)
+        self.events.workers_changed(event, worker_id)

@@ -5,6 +5,10 @@ drained, never a worker); anything else is answered 404. Each frame is handled i
 callback; messages fragmented over several frames are reassembled up to 64 MiB. What the router
 sends goes out at once, except while a read that brought several frames is processed: then it is
 written once per worker when the read's last frame is done.
+
+Every connection is pinged every ``ping_interval_ms``; one that has sent nothing (not even a
+pong) for ``idle_timeout_ms`` is dropped, so a worker whose process stopped without closing its
+socket does not keep calls waiting. One timer expires the engine's own calls at their deadlines.
 """
 
 from __future__ import annotations
@@ -12,27 +16,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
+import msgspec
+from msgspec import Meta
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 from iii import __version__
-from iii.codec import IMPLEMENTATION
-from iii.engine.config import EngineConfig, ListenerConfig
+from iii.engine.frames import FrameListener
 from iii.engine.registry import Connection
 from iii.engine.router import Router
-from iii.protocol import MAX_MESSAGE_SIZE
-from iii.workers import install_modules
+from iii.protocol import DEFAULT_GRACE_MS, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE
 
-if IMPLEMENTATION == "c":  # the compiled codec is in use: the compiled frame path goes with it
-    try:
-        from iii.engine._frames import FrameListener
-    except ImportError:
-        from iii.engine._frames_py import FrameListener
-else:
-    from iii.engine._frames_py import FrameListener
-
-__all__ = ["Engine"]
+__all__ = ["Engine", "ListenerConfig"]
 
 log = logging.getLogger("iii.engine")
 
@@ -62,6 +58,19 @@ def _text_header(size: int) -> bytes:
     return b"\x81\x7f" + size.to_bytes(8, "big")
 
 
+class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """One worker WebSocket listener (the ``config`` of an ``iii-worker-manager`` entry)."""
+
+    host: Annotated[str, Meta(min_length=1)] = DEFAULT_HOST
+    port: Annotated[int, Meta(ge=0, le=65535)] = DEFAULT_PORT
+    handshake_timeout_ms: Annotated[int, Meta(ge=1, le=3_600_000)] = 10000
+    #: How often each connection is pinged.
+    ping_interval_ms: Annotated[int, Meta(ge=100, le=3_600_000)] = 20_000
+    #: A connection that sent nothing for this long is dropped (its callers get
+    #: ``invocation_stopped``).
+    idle_timeout_ms: Annotated[int, Meta(ge=100, le=3_600_000)] = 60_000
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -76,11 +85,12 @@ class WorkerListener(FrameListener):
 
     __slots__ = (
         "_grace", "_parts", "_parts_size", "_skipping",
-        "_paused_at", "_stall_check", "_write",
+        "_paused_at", "_stall_check", "_write", "_idle_since", "_config",
     )
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, config: ListenerConfig) -> None:
         self._engine = engine
+        self._config = config
         self._forward = engine.router.forward  # bound once: called for every frame
         self._handle = engine.router.handle
         self._transport: Optional[WSTransport] = None
@@ -94,6 +104,10 @@ class WorkerListener(FrameListener):
         #: Messages for this worker waiting for the end of the batch.
         self._out: list[bytes] = []
         self._write: Any = None
+        #: Set by every frame the worker sends (the frame path does it, cheaply).
+        self._heard = True
+        #: When the heartbeat first found it silent (loop time), or ``None``.
+        self._idle_since: Optional[float] = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
@@ -211,6 +225,24 @@ class WorkerListener(FrameListener):
                 log.exception("worker %s: cleanup failed", self._conn.id)
         self._engine.listeners.discard(self)
 
+    def heartbeat(self, now: float) -> None:
+        """Ping the worker; drop it when it has been silent for ``idle_timeout_ms``."""
+        transport = self._transport
+        if transport is None or transport.is_disconnected:
+            return
+        if self._heard:
+            self._heard = False
+            self._idle_since = now
+        elif self._idle_since is not None and now - self._idle_since >= self._config.idle_timeout_ms / 1000:
+            log.warning(
+                "worker %s sent nothing for %d ms (not even a pong): disconnecting it",
+                self._conn.id,  # type: ignore[union-attr]
+                self._config.idle_timeout_ms,
+            )
+            transport.disconnect(graceful=False)
+            return
+        transport.send_ping()
+
     def shutdown(self) -> None:
         self.flush()
         transport = self._transport
@@ -228,19 +260,29 @@ class TelemetryListener(WSListener):
 
 
 class Engine:
-    """An engine process: one router, one picows server per configured listener."""
+    """One router and a picows server per listener: :meth:`open` makes the router (on the running
+    loop), :meth:`listen` binds the listeners, :meth:`stop` ends it all.
 
-    def __init__(self, config: EngineConfig) -> None:
-        self.config = config
-        self.router: Router = None  # type: ignore[assignment]  # made in start(), on the loop
+    Args:
+        listeners: the worker listeners to serve.
+        grace_ms: how long a connection's registrations wait for its namespace.
+    """
+
+    def __init__(self, listeners: list[ListenerConfig], grace_ms: int = DEFAULT_GRACE_MS) -> None:
+        self._listener_configs = listeners
+        self._grace_ms = grace_ms
+        self.router: Router = None  # type: ignore[assignment]  # made in open(), on the loop
         self.listeners: set[WorkerListener] = set()
         #: A read brought several frames: what they produce is queued per worker until it ends.
         self.batching = False
         #: Listeners with frames queued in this batch.
         self.dirty: list[WorkerListener] = []
         self._servers: list[asyncio.AbstractServer] = []
-        #: The in-process modules (iii.workers), installed at start.
-        self.modules: list[Any] = []
+        #: Listener config -> its next heartbeat.
+        self._heartbeats: dict[int, asyncio.TimerHandle] = {}
+        #: The timer that expires the engine's own calls at their deadline.
+        self._expiry: Optional[asyncio.TimerHandle] = None
+        self._expiry_due_ms = 0
         self.urls: list[str] = []
 
     def start_batch(self) -> None:
@@ -257,30 +299,51 @@ class Engine:
         for listener in dirty:
             listener.flush()
 
-    def _route(self, request: WSUpgradeRequest) -> Any:
-        path = request.path.split(b"?", 1)[0].rstrip(b"/")
-        if path == b"":
-            return WorkerListener(self)
-        if path == b"/otel":
-            return TelemetryListener()
-        return None  # picows answers 404
-
-    async def start(self) -> list[str]:
-        """Bind every listener; returns their ``ws://`` URLs (with the real port for port 0)."""
+    def open(self) -> Router:
+        """Make the router, on the running loop (whoever assembles the engine installs its
+        functions and modules on it before :meth:`listen`)."""
         loop = asyncio.get_running_loop()
         self.router = Router(
-            grace_ms=self.config.grace_ms,
-            now_ms=_now_ms(),
+            grace_ms=self._grace_ms,
+            clock=_now_ms,
             defer=loop.call_soon,
+            wake=self._expire_at,
             version=__version__,
         )
-        self.modules = install_modules(self.router, self.config.modules, _now_ms())
-        for module in self.modules:
-            if hasattr(module, "start"):
-                await module.start()
-        for listener in self.config.listeners:
-            server = await self._serve(listener)
+        return self.router
+
+    def _expire_at(self, deadline_ms: int) -> None:
+        """Have the router's due calls expired at ``deadline_ms`` (or earlier, if already due)."""
+        if self._expiry is not None:
+            if self._expiry_due_ms <= deadline_ms:
+                return
+            self._expiry.cancel()
+        self._expiry_due_ms = deadline_ms
+        delay = max(0.0, (deadline_ms - _now_ms()) / 1000)
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        next_deadline = self.router.expire_calls()
+        if next_deadline is not None:
+            self._expire_at(next_deadline)
+
+    def _heartbeat(self, config: ListenerConfig) -> None:
+        """Ping the connections of one listener (and drop the silent ones); come back later."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for listener in list(self.listeners):
+            if listener._config is config:
+                listener.heartbeat(now)
+        self._heartbeats[id(config)] = loop.call_later(config.ping_interval_ms / 1000, self._heartbeat, config)
+
+    async def listen(self) -> list[str]:
+        """Bind every listener; returns their ``ws://`` URLs (with the real port for port 0)."""
+        loop = asyncio.get_running_loop()
+        for config in self._listener_configs:
+            server = await self._serve(config)
             self._servers.append(server)
+            self._heartbeats[id(config)] = loop.call_later(config.ping_interval_ms / 1000, self._heartbeat, config)
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
                 url = f"ws://{host}:{port}" if ":" not in host else f"ws://[{host}]:{port}"
@@ -288,12 +351,20 @@ class Engine:
                 log.info("iii engine %s listening on %s", __version__, url)
         return self.urls
 
-    async def _serve(self, listener: ListenerConfig) -> asyncio.AbstractServer:
+    async def _serve(self, config: ListenerConfig) -> asyncio.AbstractServer:
+        def route(request: WSUpgradeRequest) -> Any:
+            path = request.path.split(b"?", 1)[0].rstrip(b"/")
+            if path == b"":
+                return WorkerListener(self, config)
+            if path == b"/otel":
+                return TelemetryListener()
+            return None  # picows answers 404
+
         return await ws_create_server(
-            self._route,
-            listener.host,
-            listener.port,
-            websocket_handshake_timeout=listener.handshake_timeout_ms / 1000,
+            route,
+            config.host,
+            config.port,
+            websocket_handshake_timeout=config.handshake_timeout_ms / 1000,
             max_frame_size=MAX_MESSAGE_SIZE,
             enable_auto_pong=True,
             disconnect_on_exception=False,
@@ -302,6 +373,12 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop accepting, close every worker socket (their cleanup runs), release the ports."""
+        for timer in self._heartbeats.values():
+            timer.cancel()
+        self._heartbeats.clear()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for server in self._servers:
             server.close()
         for listener in list(self.listeners):
@@ -309,6 +386,3 @@ class Engine:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
-        for module in self.modules:
-            if hasattr(module, "stop"):
-                await module.stop()

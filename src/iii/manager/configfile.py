@@ -8,7 +8,7 @@ from typing import Optional
 
 import yaml
 
-from iii.engine.config import STARTER_CONFIG, parse_config
+from iii.config import STARTER_CONFIG, parse_config
 
 __all__ = ["add_worker_entry", "remove_worker_entry", "worker_entries"]
 

@@ -17,22 +17,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from iii.engine.config import WorkerEntry
+from iii.config import WorkerEntry
 from iii.manager.manifest import Manifest, ManifestError, load_manifest
 
-__all__ = ["BUILTIN_MODULES", "Supervisor", "ManagedWorker", "logs_root", "install_marker"]
+__all__ = ["Supervisor", "ManagedWorker", "logs_root", "install_marker"]
 
 log = logging.getLogger("iii.manager")
 
-#: Config entry names that are engine modules, not processes to start.
-BUILTIN_MODULES = frozenset(
-    {
-        "iii-worker-manager", "iii-engine-functions", "configuration", "iii-observability",
-        "iii-telemetry", "iii-http", "http", "iii-cron", "cron", "iii-state", "state",
-        "iii-stream", "stream", "iii-pubsub", "pubsub", "iii-queue", "queue",
-        "iii-http-functions", "iii-exec", "iii-bridge",
-    }
-)
 _BACKOFF_START_S = 1.0
 _BACKOFF_MAX_S = 30.0
 #: A run this long counts as healthy: the next crash starts the backoff over.
@@ -106,7 +97,7 @@ class Supervisor:
 
     def apply(self, entries: list[WorkerEntry]) -> None:
         """Make the running set match ``entries``: start added, stop removed, restart changed."""
-        wanted = {e.name: e for e in entries if e.name not in BUILTIN_MODULES}
+        wanted = {e.name: e for e in entries}
         for name in list(self.workers):
             if name not in wanted:
                 log.info("worker %s: removed from the config, stopping it", name)

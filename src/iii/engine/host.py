@@ -1,0 +1,281 @@
+"""The one door between the engine and its built-in modules.
+
+A module imports this and nothing else of the engine. It gets:
+
+- :class:`Host`, what the engine offers a module (the router satisfies it): register functions
+  and trigger types, call functions (always with a deadline), run work after the current
+  message, the clock and fresh ids;
+- :class:`Provider`, the base of an in-process trigger type, with :meth:`Provider.fire` (call a
+  binding's function, its condition function first) and :func:`call` (the same, awaited);
+- :class:`Scheduler` / :class:`LoopScheduler` (wall-clock timers; tests pass a fake),
+  :func:`parse_input` and :class:`EngineError` for built-in functions, and :class:`BuiltinModule`,
+  the row a module adds to the engine process's module table.
+
+A built-in function is ``handler(host, caller, data)``: ``data`` is the decoded payload,
+``caller`` the calling :class:`Connection` (``None`` for calls the engine makes). It returns the
+result, raises :class:`EngineError`, or returns an :class:`asyncio.Future` whose result is the
+answer (for answers that wait, e.g. for a durable write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
+
+import msgspec
+
+from iii import codec
+from iii.engine.registry import Binding, Connection, EngineError
+from iii.protocol import ErrorBody, ErrorCode
+
+__all__ = [
+    "DEFAULT_INVOCATION_TIMEOUT_MS",
+    "Binding",
+    "BuiltinModule",
+    "Connection",
+    "EngineError",
+    "ErrorBody",
+    "Host",
+    "LoopScheduler",
+    "OnResult",
+    "Provider",
+    "RunningModule",
+    "Scheduler",
+    "call",
+    "parse_input",
+]
+
+log = logging.getLogger("iii.modules")
+
+#: The deadline of a call a module makes when its config does not say (``invocation_timeout_ms``).
+DEFAULT_INVOCATION_TIMEOUT_MS = 30_000
+
+#: ``on_result(result_json, error)``: how an engine-originated call answers.
+OnResult = Callable[[bytes, Optional[ErrorBody]], None]
+Handler = Callable[["Host", Optional[Connection], Any], Any]
+Config = TypeVar("Config")
+
+
+class Host(Protocol):
+    """What the engine offers its modules (``iii.engine.router.Router`` is one)."""
+
+    def add_function(
+        self,
+        function_id: str,
+        handler: Handler,
+        *,
+        module: str,
+        description: Optional[str] = None,
+        request_format: Any = None,
+        response_format: Any = None,
+        metadata: Any = None,
+    ) -> None:
+        """Register an in-process function in ``default``."""
+
+    def add_trigger_type(
+        self,
+        type_id: str,
+        provider: Provider[Any],
+        *,
+        module: str,
+        description: str,
+        trigger_request_format: Any = None,
+        call_request_format: Any = None,
+    ) -> None:
+        """Register an in-process trigger type in ``default``."""
+
+    def invoke(
+        self,
+        namespace: str,
+        function_id: str,
+        data: bytes,
+        metadata: bytes = b"",
+        on_result: Optional[OnResult] = None,
+        *,
+        timeout_ms: int,
+    ) -> None:
+        """Call a function; ``on_result`` gets its answer, or a ``TIMEOUT`` error once
+        ``timeout_ms`` has passed (the call is then forgotten: a late answer is dropped)."""
+
+    def later(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the message being handled is done (fan-out after a write)."""
+
+    def now_ms(self) -> int:
+        """The engine's clock, in milliseconds."""
+
+    def new_id(self) -> str:
+        """A fresh unique id."""
+
+
+class RunningModule(Protocol):
+    """What a module's ``install`` returns: the engine awaits ``start`` before it listens and
+    ``stop`` when it stops (a module with nothing to do there inherits :class:`Running`)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Running:
+    """A :class:`RunningModule` with nothing to start or stop."""
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class BuiltinModule:
+    """A row of the module table: how ``config.yaml`` names a module and how it is installed."""
+
+    #: The ``config.yaml`` entry name (``iii-state``); the name without ``iii-`` works too.
+    name: str
+    description: str
+    #: The msgspec Struct its entry's ``config`` decodes into.
+    config_type: type
+    install: Callable[[Host, Any], RunningModule]
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return (self.name, self.name.removeprefix("iii-"))
+
+
+def parse_input(function_id: str, data: Any, input_type: type) -> Any:
+    """Validate a built-in's input; ``null`` reads as ``{}`` and unknown keys are ignored."""
+    try:
+        return msgspec.convert({} if data is None else data, input_type)
+    except msgspec.ValidationError as exc:
+        raise EngineError(
+            ErrorCode.DESERIALIZATION_ERROR,
+            f"Failed to deserialize input for {function_id}: {exc}",
+        ) from None
+
+
+class Scheduler(Protocol):
+    """Wall-clock time and timers (the engine's loop; tests pass a fake)."""
+
+    def time(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
+
+
+class LoopScheduler:
+    """:class:`Scheduler` on the running asyncio loop."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        return asyncio.get_running_loop().call_later(delay, callback)
+
+
+class Provider(Generic[Config]):
+    """An in-process trigger type: validates each binding's config and keeps the valid ones.
+
+    Args:
+        host: the engine.
+        config_type: the msgspec Struct a binding's config decodes into.
+        timeout_ms: the deadline of each call it makes.
+        check: further validation; returns a refusal message or ``None``.
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        config_type: type[Config],
+        timeout_ms: int,
+        check: Optional[Callable[[Config], Optional[str]]] = None,
+    ) -> None:
+        self.host = host
+        self.timeout_ms = timeout_ms
+        self._decoder = msgspec.json.Decoder(config_type)
+        self._check = check
+        #: binding id -> (binding, its parsed config)
+        self.bindings: dict[str, tuple[Binding, Config]] = {}
+
+    def register(self, binding: Binding) -> Optional[str]:
+        try:
+            config = self._decoder.decode(binding.config if binding.config not in (b"", b"null") else b"{}")
+        except msgspec.DecodeError as exc:
+            return f"Invalid trigger config: {exc}"
+        refusal = self._check(config) if self._check is not None else None
+        if refusal is None:
+            self.bindings[binding.id] = (binding, config)
+        return refusal
+
+    def unregister(self, binding: Binding) -> None:
+        self.bindings.pop(binding.id, None)
+
+    def fire(
+        self,
+        binding: Binding,
+        payload: bytes,
+        condition_function_id: Optional[str] = None,
+        *,
+        with_metadata: bool = True,
+        on_done: Optional[OnResult] = None,
+    ) -> None:
+        """Call the bound function with ``payload``, each call with this provider's deadline.
+
+        The one rule for conditions: with a condition function, that is called first (binding
+        namespace, no metadata) with the same payload, and the bound function runs unless it
+        answers exactly ``false``. ``on_done(result, error)``, if given, runs once it is all
+        over: with the function's answer, or with ``(b"false", None)`` when the condition said
+        no, or with the condition's error (the function was then not called). Errors are logged.
+        """
+        host = self.host
+        metadata = binding.metadata if with_metadata and binding.metadata else b""
+
+        def answered(result: bytes, error: Optional[ErrorBody]) -> None:
+            if error is not None:
+                log.warning("trigger %s: %s failed: %s", binding.id, binding.function_id, error.message)
+            if on_done is not None:
+                on_done(result, error)
+
+        def call_function() -> None:
+            host.invoke(
+                binding.namespace, binding.function_id, payload, metadata,
+                on_result=answered, timeout_ms=self.timeout_ms,
+            )
+
+        if not condition_function_id:
+            call_function()
+            return
+
+        def after_condition(result: bytes, error: Optional[ErrorBody]) -> None:
+            if error is not None:
+                log.warning(
+                    "trigger %s: condition %s failed, %s not called: %s",
+                    binding.id, condition_function_id, binding.function_id, error.message,
+                )
+                if on_done is not None:
+                    on_done(b"null", error)
+            elif result.strip() != b"false":
+                call_function()
+            elif on_done is not None:
+                on_done(b"false", None)
+
+        host.invoke(
+            binding.namespace, condition_function_id, payload, b"",
+            on_result=after_condition, timeout_ms=self.timeout_ms,
+        )
+
+
+def call(
+    host: Host, namespace: str, function_id: str, payload: bytes, metadata: bytes = b"", *, timeout_ms: int
+) -> asyncio.Future:
+    """Call a function from a coroutine: the future resolves to ``(decoded result, error)``; at the
+    deadline the error is ``TIMEOUT``."""
+    future = asyncio.get_running_loop().create_future()
+
+    def answered(result: bytes, error: Optional[ErrorBody]) -> None:
+        if not future.done():  # the awaiting coroutine may be gone (its request was cancelled)
+            future.set_result((None if error is not None else codec.decode_json(result), error))
+
+    host.invoke(namespace, function_id, payload, metadata, on_result=answered, timeout_ms=timeout_ms)
+    return future

@@ -1,0 +1,543 @@
+"""Queue (``iii-queue``): named queues behind ``TriggerAction.Enqueue`` and durable topics,
+in memory.
+
+``engine::queue::enqueue`` takes a job (the router calls it for an ``enqueue`` action); the queue
+then calls the job's function with its data (in the enqueue's namespace, no metadata). An
+answer acks; an error retries after ``backoff_ms × 2^(attempt-1)``, and after ``max_retries``
+attempts the job goes to the queue's dead-letter list, from which it can be redriven. Standard
+queues run up to ``concurrency`` jobs at once; FIFO queues one at a time, in order (which keeps
+every message group in order). Delivery is at least once. ``default`` always exists.
+
+Durable topics: ``iii::durable::publish`` puts the message in the queue of every
+``(namespace, function_id)`` bound to the topic with a ``durable:subscriber`` trigger (bindings of
+one function share its queue), which delivers it the same way.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import logging
+from typing import Any, Callable, Literal, Optional, Union
+
+import msgspec
+
+from iii import codec
+from iii.engine.host import (
+    DEFAULT_INVOCATION_TIMEOUT_MS,
+    Binding,
+    BuiltinModule,
+    Connection,
+    EngineError,
+    ErrorBody,
+    Host,
+    LoopScheduler,
+    Provider,
+    Scheduler,
+    parse_input,
+)
+from iii.modules._adapters import check_adapter
+from iii.modules._store import STORES, Snapshots, store_settings
+from iii.protocol import WireId
+
+__all__ = ["MODULE", "QueueConfig", "QueueSettings", "install"]
+
+NAME = "iii-queue"
+DEFAULT_QUEUE = "default"
+#: After an engine restart, stored jobs wait this long for their workers to reconnect.
+RESTORED_JOBS_DELAY_S = 5.0
+log = logging.getLogger("iii.modules")
+
+
+class QueueSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """One entry of ``queue_configs``."""
+
+    max_retries: int = 3
+    concurrency: int = 10
+    type: Literal["standard", "fifo"] = "standard"
+    message_group_field: Union[str, None] = None
+    backoff_ms: int = 1000
+    poll_interval_ms: int = 100  # accepted for compatibility: delivery here is pushed, not polled
+    max_priority: Union[int, None] = None  # RabbitMQ only
+    priority_field: Union[str, None] = None  # RabbitMQ only
+
+
+
+class QueueConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The ``iii-queue`` entry's ``config``: the ``builtin`` adapter, in memory or also in a file."""
+
+    queue_configs: dict[str, QueueSettings] = {}
+    adapter: Union[dict[str, Any], None] = None
+    #: The deadline of each delivery (condition and function): one not answered in time is
+    #: retried with backoff, like a failed one.
+    invocation_timeout_ms: int = DEFAULT_INVOCATION_TIMEOUT_MS
+
+    def __post_init__(self) -> None:
+        for name, queue in self.queue_configs.items():
+            if queue.max_retries < 1 or queue.concurrency < 1 or queue.backoff_ms < 0:
+                raise ValueError(f"queue {name!r}: max_retries and concurrency must be at least 1, backoff_ms not negative")
+            if queue.type == "fifo" and not queue.message_group_field:
+                raise ValueError(f"queue {name!r}: a fifo queue needs message_group_field")
+        check_adapter(self.adapter, "builtin", stores=STORES)
+
+
+class EnqueueInput(msgspec.Struct):
+    queue: str
+    function_id: str
+    data: Any = None
+    messageReceiptId: Union[str, None] = None  # noqa: N815 (the wire name)
+    namespace: Union[str, None] = None
+    traceparent: Union[str, None] = None
+    baggage: Union[str, None] = None
+
+
+class QueueInput(msgspec.Struct):
+    queue: Union[str, None] = None
+    topic: Union[str, None] = None  # an alias of queue
+
+
+class MessageInput(msgspec.Struct):
+    queue: Union[str, None] = None
+    message_id: Union[str, None] = None
+
+
+class DlqInput(msgspec.Struct):
+    topic: Union[str, None] = None
+    queue: Union[str, None] = None
+    offset: int = 0
+    limit: int = 50
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+class Job(msgspec.Struct):
+    """A job, as queues hold it and the ``file_based`` store keeps it."""
+
+    id: str
+    function_id: str
+    namespace: str
+    #: The JSON the function is called with.
+    data: msgspec.Raw
+    #: A condition function asked first (durable subscribers): ``false`` acks without a call.
+    condition: Union[str, None] = None
+    attempts: int = 0
+    error: Union[str, None] = None
+    failed_at: Union[str, None] = None
+
+
+class StoredQueue(msgspec.Struct):
+    jobs: list[Job] = []
+    dead: list[Job] = []
+
+
+class Queue:
+    """One named queue: waiting jobs, jobs in delivery, the dead-letter list."""
+
+    def __init__(
+        self, name: str, settings: QueueSettings, host: Host, scheduler: Scheduler, timeout_ms: int,
+        changed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self._host = host
+        self._scheduler = scheduler
+        self._timeout_ms = timeout_ms
+        self._changed = changed
+        self.waiting: collections.deque[Job] = collections.deque()
+        #: Every job not yet acknowledged nor dead (waiting, in delivery or backing off), in order.
+        self.live: dict[str, Job] = {}
+        self.active = 0
+        self.dead: list[Job] = []
+        self.delivered = 0
+        self.failed = 0
+        self._pumping = False
+
+    @property
+    def limit(self) -> int:
+        return 1 if self.settings.type == "fifo" else self.settings.concurrency
+
+    def push(self, job: Job, *, first: bool = False) -> None:
+        if job.id not in self.live:
+            self.live[job.id] = job
+            self._changed()
+        if first:
+            self.waiting.appendleft(job)
+        else:
+            self.waiting.append(job)
+        self.pump()
+
+    def pump(self) -> None:
+        """Start jobs while there is room (a loop, not recursion: in-process calls answer at once)."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self.waiting and self.active < self.limit:
+                self._deliver(self.waiting.popleft())
+        finally:
+            self._pumping = False
+
+    def _deliver(self, job: Job) -> None:
+        self.active += 1
+        job.attempts += 1
+        if job.condition is None:
+            self._call(job)
+            return
+
+        def checked(result: bytes, error: Optional[ErrorBody]) -> None:
+            if error is None and result.strip() != b"false":
+                self._call(job)
+                return
+            if error is not None:
+                log.warning("queue %s: condition %s failed, job %s skipped: %s",
+                            self.name, job.condition, job.id, error.message)
+            self._answered(job, None)
+
+        self._host.invoke(
+            job.namespace, job.condition, bytes(job.data), b"", on_result=checked, timeout_ms=self._timeout_ms
+        )
+
+    def _call(self, job: Job) -> None:
+        self._host.invoke(
+            job.namespace, job.function_id, bytes(job.data), b"",
+            on_result=lambda result, error: self._answered(job, error), timeout_ms=self._timeout_ms,
+        )
+
+    def _answered(self, job: Job, error: Optional[ErrorBody]) -> None:
+        if error is None:
+            self.delivered += 1
+            self.active -= 1
+            self.live.pop(job.id, None)
+            self._changed()
+            self.pump()
+            return
+        job.error = f"{error.code}: {error.message}"
+        if job.attempts >= self.settings.max_retries:
+            self.failed += 1
+            job.failed_at = _now_iso()
+            self.dead.append(job)
+            self.live.pop(job.id, None)
+            self._changed()
+            log.warning("queue %s: job %s to %s failed %d times, moved to the DLQ: %s",
+                        self.name, job.id, job.function_id, job.attempts, job.error)
+            self.active -= 1
+            self.pump()
+            return
+        delay = self.settings.backoff_ms * 2 ** (job.attempts - 1) / 1000
+        if self.settings.type == "fifo":  # keep the slot: nothing overtakes the job being retried
+            self._scheduler.call_later(delay, lambda: self._retry_in_place(job))
+        else:
+            self.active -= 1
+            self._scheduler.call_later(delay, lambda: self.push(job, first=True))
+            self.pump()
+
+    def _retry_in_place(self, job: Job) -> None:
+        self.active -= 1
+        self._deliver(job)
+
+    def redrive(self, message_id: Optional[str] = None) -> int:
+        """Move dead jobs (all, or one) back to the queue with fresh attempts."""
+        moving = [job for job in self.dead if message_id is None or job.id == message_id]
+        self.dead = [job for job in self.dead if job not in moving]
+        for job in moving:
+            job.attempts, job.error, job.failed_at = 0, None, None
+            self.push(job)
+        self._changed()
+        return len(moving)
+
+    def discard(self, message_id: str) -> int:
+        before = len(self.dead)
+        self.dead = [job for job in self.dead if job.id != message_id]
+        self._changed()
+        return before - len(self.dead)
+
+    def stored(self) -> StoredQueue:
+        return StoredQueue(list(self.live.values()), self.dead)
+
+    def restore(self, stored: StoredQueue) -> None:
+        """Put back what the store kept, without starting it (see :meth:`Queues.start`); jobs
+        that were in delivery run again (at least once)."""
+        self.dead = stored.dead
+        for job in stored.jobs:
+            self.live[job.id] = job
+            self.waiting.append(job)
+
+
+class SubscriberQueueConfig(msgspec.Struct):
+    """``queue_config`` of a ``durable:subscriber`` binding."""
+
+    type: Literal["concurrent", "fifo"] = "concurrent"
+    concurrency: int = 10  # 0 pauses delivery
+    maxRetries: int = 3  # noqa: N815 (the wire names)
+    backoffDelayMs: int = 1000  # noqa: N815
+    backoffType: Union[str, None] = None  # noqa: N815 (exponential is the only kind here)
+    visibilityTimeout: Union[int, None] = None  # noqa: N815
+    delaySeconds: Union[int, None] = None  # noqa: N815
+    maxPriority: Union[int, None] = None  # noqa: N815
+
+    def settings(self) -> QueueSettings:
+        return QueueSettings(
+            max_retries=max(1, self.maxRetries),
+            concurrency=max(0, self.concurrency),
+            type="fifo" if self.type == "fifo" else "standard",
+            backoff_ms=max(0, self.backoffDelayMs),
+        )
+
+
+class SubscriberConfig(msgspec.Struct):
+    topic: Union[str, None] = None
+    queue: Union[str, None] = None  # an alias of topic
+    condition_function_id: Union[str, None] = None
+    queue_config: SubscriberQueueConfig = msgspec.field(default_factory=SubscriberQueueConfig)
+
+    @property
+    def name(self) -> Optional[str]:
+        return self.topic or self.queue
+
+
+class PublishInput(msgspec.Struct):
+    topic: Union[str, None] = None
+    data: Any = None
+
+
+class Subscription:
+    """One ``(namespace, function_id)`` subscribed to a topic: its own queue, shared by every
+    binding naming it (replicas compete on it)."""
+
+    def __init__(self, queue: Queue, condition: Optional[str]) -> None:
+        self.queue = queue
+        self.condition = condition
+        self.bindings: set[str] = set()
+
+
+class Topics(Provider[SubscriberConfig]):
+    """Durable topics: the ``durable:subscriber`` trigger type and ``iii::durable::publish``."""
+
+    def __init__(self, host: Host, scheduler: Scheduler, timeout_ms: int) -> None:
+        super().__init__(host, SubscriberConfig, timeout_ms, self._check)
+        self._scheduler = scheduler
+        #: topic -> (namespace, function_id) -> subscription
+        self.topics: dict[str, dict[tuple[str, str], Subscription]] = {}
+
+    @staticmethod
+    def _check(config: SubscriberConfig) -> Optional[str]:
+        return None if config.name else "Topic is not set: a durable:subscriber trigger needs {\"topic\": \"<name>\"}"
+
+    def register(self, binding: Binding) -> Optional[str]:
+        self.unregister(binding)  # a re-registered id may have changed topic or function
+        refusal = super().register(binding)
+        if refusal is None:
+            config = self.bindings[binding.id][1]
+            topic = config.name
+            subscribers = self.topics.setdefault(topic, {})  # type: ignore[arg-type]
+            key = (binding.namespace, binding.function_id)
+            subscription = subscribers.get(key)
+            if subscription is None:
+                queue = Queue(
+                    f"{topic}::{binding.function_id}", config.queue_config.settings(),
+                    self.host, self._scheduler, self.timeout_ms,
+                )
+                subscription = subscribers[key] = Subscription(queue, config.condition_function_id)
+            subscription.bindings.add(binding.id)
+        return refusal
+
+    def unregister(self, binding: Binding) -> None:
+        entry = self.bindings.get(binding.id)
+        super().unregister(binding)
+        if entry is None:
+            return
+        topic = entry[1].name
+        subscribers = self.topics.get(topic, {})  # type: ignore[arg-type]
+        key = (entry[0].namespace, entry[0].function_id)
+        subscription = subscribers.get(key)
+        if subscription is not None:
+            subscription.bindings.discard(binding.id)
+            if not subscription.bindings:
+                del subscribers[key]
+                if not subscribers:
+                    del self.topics[topic]  # type: ignore[arg-type]
+
+    def publish(self, host: Host, caller: Optional[Connection], data: Any) -> None:
+        request = parse_input("iii::durable::publish", data, PublishInput)
+        if not request.topic:
+            raise EngineError("topic_not_set", "Topic is not set")
+        payload = codec.encode_json(request.data)
+        for (namespace, function_id), subscription in self.topics.get(request.topic, {}).items():
+            subscription.queue.push(
+                Job(self.host.new_id(), function_id, namespace, msgspec.Raw(payload), subscription.condition)
+            )
+        return None
+
+
+class Queues:
+    """The module: its named queues, its durable topics and its functions."""
+
+    def __init__(self, host: Host, config: QueueConfig, scheduler: Scheduler) -> None:
+        self._host = host
+        path, interval_s = store_settings(config.adapter, "./data/queue_store", None)
+        self.snapshots = Snapshots(path, interval_s, self._dump, self._load)
+        settings = {DEFAULT_QUEUE: QueueSettings(), **config.queue_configs}
+        timeout_ms = config.invocation_timeout_ms
+        self.queues = {
+            name: Queue(name, queue_settings, host, scheduler, timeout_ms, self.snapshots.changed)
+            for name, queue_settings in settings.items()
+        }
+        self.topics = Topics(host, scheduler, timeout_ms)
+        self._scheduler = scheduler
+
+    async def start(self) -> None:
+        """Load the stored jobs; they start once their workers have had time to reconnect."""
+        self.snapshots.start()
+        for queue in self.queues.values():
+            if queue.waiting:
+                self._scheduler.call_later(RESTORED_JOBS_DELAY_S, queue.pump)
+
+    async def stop(self) -> None:
+        self.snapshots.stop()
+
+    def _dump(self) -> bytes:
+        """The named queues' jobs (durable subscribers' queues live with their bindings)."""
+        return msgspec.json.encode({name: queue.stored() for name, queue in self.queues.items()})
+
+    def _load(self, data: bytes) -> None:
+        for name, stored in msgspec.json.decode(data, type=dict[str, StoredQueue]).items():
+            queue = self.queues.get(name)
+            if queue is None:
+                log.warning("queue %s is no longer configured: its %d stored jobs are dropped", name, len(stored.jobs))
+            else:
+                queue.restore(stored)
+
+    def _all_queues(self) -> list[Queue]:
+        """Named queues, then every durable subscriber's queue."""
+        return list(self.queues.values()) + [
+            subscription.queue for subscribers in self.topics.topics.values() for subscription in subscribers.values()
+        ]
+
+    def _queue(self, name: Optional[str], code: str = "queue_not_set", *, named_only: bool = False) -> Queue:
+        if not name:
+            raise EngineError(code, "Queue is not set")
+        queues = self.queues.values() if named_only else self._all_queues()
+        for queue in queues:
+            if queue.name == name:
+                return queue
+        raise EngineError("queue_not_found", f"Queue '{name}' not found")
+
+    def enqueue(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input(WireId.QUEUE_ENQUEUE, data, EnqueueInput)
+        queue = self._queue(request.queue, named_only=True)
+        group_field = queue.settings.message_group_field
+        if queue.settings.type == "fifo" and (
+            not isinstance(request.data, dict) or request.data.get(group_field) is None  # type: ignore[arg-type]
+        ):
+            raise EngineError(
+                "message_group_missing",
+                f"FIFO queue '{queue.name}' requires field '{group_field}' in data, but it was not found",
+            )
+        job_id = request.messageReceiptId or self._host.new_id()
+        data = msgspec.Raw(codec.encode_json(request.data))
+        queue.push(Job(job_id, request.function_id, request.namespace or "default", data))
+        return {"messageReceiptId": job_id}
+
+    def list_topics(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        topics = [
+            {"name": topic, "broker_type": "builtin", "subscriber_count": len(subscribers)}
+            for topic, subscribers in self.topics.topics.items()
+        ]
+        return topics + [
+            {"name": q.name, "broker_type": "function_queue", "subscriber_count": q.limit}
+            for q in self.queues.values()
+        ]
+
+    def topic_stats(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("engine::queue::topic_stats", data, QueueInput)
+        queue = self._queue(request.queue or request.topic, "topic_required")
+        return {
+            "depth": len(queue.waiting) + queue.active,
+            "consumer_count": queue.limit,
+            "dlq_depth": len(queue.dead),
+            "config": msgspec.to_builtins(queue.settings),
+            "delivered": queue.delivered,
+            "failed": queue.failed,
+        }
+
+    def dlq_topics(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        return [
+            {"topic": q.name, "broker_type": "function_queue", "message_count": len(q.dead)}
+            for q in self._all_queues() if q.dead
+        ]
+
+    def dlq_messages(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("engine::queue::dlq_messages", data, DlqInput)
+        queue = self._queue(request.topic or request.queue, "topic_required")
+        window = queue.dead[max(0, request.offset): max(0, request.offset) + max(0, request.limit)]
+        return [
+            {"id": job.id, "payload": job.data, "error": job.error, "failed_at": job.failed_at,
+             "retries": job.attempts, "size_bytes": len(job.data)}
+            for job in window
+        ]
+
+    def redrive(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("iii::queue::redrive", data, QueueInput)
+        queue = self._queue(request.queue or request.topic)
+        return {"queue": queue.name, "redriven": queue.redrive()}
+
+    def _dead_letter(self, function_id: str, data: Any) -> tuple[Queue, str]:
+        request = parse_input(function_id, data, MessageInput)
+        queue = self._queue(request.queue)
+        if not request.message_id:
+            raise EngineError("message_id_not_set", "Message id is not set")
+        return queue, request.message_id
+
+    def redrive_message(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        queue, message_id = self._dead_letter("iii::queue::redrive_message", data)
+        return {"queue": queue.name, "message_id": message_id, "redriven": queue.redrive(message_id)}
+
+    def discard_message(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        queue, message_id = self._dead_letter("iii::queue::discard_message", data)
+        return {"queue": queue.name, "message_id": message_id, "redriven": queue.discard(message_id)}
+
+
+_SUBSCRIBER_FORMAT = {
+    "type": "object",
+    "properties": {
+        "topic": {"type": "string"},
+        "condition_function_id": {"type": "string"},
+        "queue_config": {"type": "object"},
+    },
+    "required": ["topic"],
+}
+
+
+def install(host: Host, config: Optional[QueueConfig] = None, scheduler: Optional[Scheduler] = None) -> Queues:
+    """Register ``engine::queue::enqueue``, the queue inspection functions and durable topics."""
+    queues = Queues(host, config or QueueConfig(), scheduler or LoopScheduler())
+    for function_id, handler, description in (
+        (WireId.QUEUE_ENQUEUE, queues.enqueue, "Accept a job for a named queue (TriggerAction.Enqueue)"),
+        ("engine::queue::list_topics", queues.list_topics, "The queues"),
+        ("engine::queue::topic_stats", queues.topic_stats, "Depth, consumers and dead letters of a queue"),
+        ("engine::queue::dlq_topics", queues.dlq_topics, "Queues holding dead letters"),
+        ("engine::queue::dlq_messages", queues.dlq_messages, "The dead letters of a queue"),
+        ("iii::queue::redrive", queues.redrive, "Put every dead letter of a queue back in it"),
+        ("iii::queue::redrive_message", queues.redrive_message, "Put one dead letter back in its queue"),
+        ("iii::queue::discard_message", queues.discard_message, "Drop one dead letter"),
+    ):
+        host.add_function(function_id, handler, module=NAME, description=description)
+    host.add_function(
+        "iii::durable::publish", queues.topics.publish, module=NAME,
+        description="Publish data to a durable topic: every subscribing function gets it, with retries",
+    )
+    host.add_trigger_type(
+        "durable:subscriber",
+        queues.topics,
+        module=NAME,
+        description="Called with every message published to the topic (own queue per function)",
+        trigger_request_format=_SUBSCRIBER_FORMAT,
+    )
+    return queues
+
+
+MODULE = BuiltinModule(
+    NAME, "Named job queues with retries and dead letters (in memory)", QueueConfig, install
+)

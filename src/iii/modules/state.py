@@ -1,0 +1,240 @@
+"""State (``iii-state``): ``state::set|get|delete|update|list|list_groups`` on ``(scope, key)``
+and the ``state`` trigger type, on the embedded ``kv`` store (in memory, or also in a file).
+
+Values are kept as the JSON bytes they arrived as, so reads answer without decoding; only
+``state::update`` decodes the value it edits. Every successful set, update and delete (also of a
+missing key) fires the matching ``state`` bindings, in registration order, after the write.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import msgspec
+
+from iii import codec
+from iii.engine.host import (
+    DEFAULT_INVOCATION_TIMEOUT_MS,
+    BuiltinModule,
+    Connection,
+    EngineError,
+    Host,
+    Provider,
+    parse_input,
+)
+from iii.modules._adapters import check_adapter
+from iii.modules._store import STORES, Snapshots, store_settings
+from iii.modules.update_ops import apply_ops
+
+__all__ = ["MODULE", "StateConfig", "install"]
+
+NAME = "iii-state"
+_NULL = msgspec.Raw(b"null")
+
+
+class StateConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The ``iii-state`` entry's ``config`` in ``config.yaml``."""
+
+    triggers_enabled: bool = True
+    #: Largest JSON-encoded value accepted, in bytes (``None``: no limit).
+    max_value_bytes: Union[int, None] = None
+    #: ``{name: kv, config: {store_method: in_memory | file_based, file_path?, save_interval_ms?}}``
+    adapter: Union[dict[str, Any], None] = None
+    save_interval_ms: Union[int, None] = None
+    #: The deadline of each call to a bound function (and its condition function).
+    invocation_timeout_ms: int = DEFAULT_INVOCATION_TIMEOUT_MS
+
+    def __post_init__(self) -> None:
+        check_adapter(self.adapter, "kv", stores=STORES)
+
+
+class KeyInput(msgspec.Struct):
+    scope: str
+    key: str
+
+
+class SetInput(msgspec.Struct):
+    scope: str
+    key: str
+    value: Any = msgspec.UNSET
+    data: Any = msgspec.UNSET  # an alias of value
+
+
+class UpdateInput(msgspec.Struct):
+    scope: str
+    key: str
+    ops: list[Any]
+
+
+class ScopeInput(msgspec.Struct):
+    scope: str
+
+
+class StateTriggerConfig(msgspec.Struct):
+    scope: Union[str, None] = None
+    key: Union[str, None] = None
+    condition_function_id: Union[str, None] = None
+
+
+_KEY_FORMAT = {
+    "type": "object",
+    "properties": {"scope": {"type": "string"}, "key": {"type": "string"}},
+    "required": ["scope", "key"],
+}
+_TRIGGER_FORMAT = {
+    "type": "object",
+    "properties": {
+        "scope": {"type": "string"},
+        "key": {"type": "string"},
+        "condition_function_id": {"type": "string"},
+    },
+}
+
+
+class State:
+    """The store and the functions over it."""
+
+    def __init__(self, host: Host, config: StateConfig) -> None:
+        self._host = host
+        self._config = config
+        #: scope -> key -> the value's JSON
+        self.scopes: dict[str, dict[str, bytes]] = {}
+        self.watchers = Provider(host, StateTriggerConfig, config.invocation_timeout_ms)
+        path, interval_s = store_settings(config.adapter, "./data/state_store", config.save_interval_ms)
+        self.snapshots = Snapshots(path, interval_s, self._dump, self._load)
+
+    async def start(self) -> None:
+        self.snapshots.start()
+
+    async def stop(self) -> None:
+        self.snapshots.stop()
+
+    def _dump(self) -> bytes:
+        return codec.encode_json({scope: {key: msgspec.Raw(raw) for key, raw in keys.items()} for scope, keys in self.scopes.items()})
+
+    def _load(self, data: bytes) -> None:
+        stored = msgspec.json.decode(data, type=dict[str, dict[str, msgspec.Raw]])
+        self.scopes = {scope: {key: bytes(raw) for key, raw in keys.items()} for scope, keys in stored.items() if keys}
+
+    def _encoded(self, value: Any) -> bytes:
+        raw = codec.encode_json(value)
+        limit = self._config.max_value_bytes
+        if limit is not None and len(raw) > limit:
+            raise EngineError(
+                "VALUE_TOO_LARGE",
+                f"value of {len(raw)} bytes exceeds the configured max_value_bytes limit of {limit}",
+            )
+        return raw
+
+    def set(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("state::set", data, SetInput)
+        value = request.value if request.value is not msgspec.UNSET else request.data
+        if value is msgspec.UNSET:
+            raise EngineError("deserialization_error", "Failed to deserialize input for state::set: `value` is required")
+        raw = self._encoded(value)
+        old = self._write(request.scope, request.key, raw)
+        return self._changed(request.scope, request.key, old, raw)
+
+    def get(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("state::get", data, KeyInput)
+        raw = self.scopes.get(request.scope, {}).get(request.key)
+        return _NULL if raw is None else msgspec.Raw(raw)
+
+    def delete(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("state::delete", data, KeyInput)
+        old = self._write(request.scope, request.key, None)
+        self._notify("state:deleted", request.scope, request.key, old, None)
+        return _NULL if old is None else msgspec.Raw(old)
+
+    def update(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("state::update", data, UpdateInput)
+        old = self.scopes.get(request.scope, {}).get(request.key)
+        value, errors = apply_ops(None if old is None else codec.decode_json(old), request.ops)
+        raw = self._encoded(value)
+        self._write(request.scope, request.key, raw)
+        result = self._changed(request.scope, request.key, old, raw)
+        if errors:
+            result["errors"] = errors
+        return result
+
+    def list(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("state::list", data, ScopeInput)
+        return [msgspec.Raw(raw) for raw in self.scopes.get(request.scope, {}).values()]
+
+    def list_groups(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        return {"groups": sorted(scope for scope, keys in self.scopes.items() if keys)}
+
+    def _write(self, scope: str, key: str, raw: Optional[bytes]) -> Optional[bytes]:
+        """Store (or, with ``None``, delete) a value; returns the previous one."""
+        self.snapshots.changed()
+        keys = self.scopes.get(scope)
+        if raw is None:
+            if keys is None:
+                return None
+            old = keys.pop(key, None)
+            if not keys:
+                del self.scopes[scope]
+            return old
+        if keys is None:
+            keys = self.scopes[scope] = {}
+        old = keys.get(key)
+        keys[key] = raw
+        return old
+
+    def _changed(self, scope: str, key: str, old: Optional[bytes], new: bytes) -> dict[str, Any]:
+        self._notify("state:created" if old is None else "state:updated", scope, key, old, new)
+        return {"old_value": _NULL if old is None else msgspec.Raw(old), "new_value": msgspec.Raw(new)}
+
+    def _notify(self, event_type: str, scope: str, key: str, old: Optional[bytes], new: Optional[bytes]) -> None:
+        if not self._config.triggers_enabled or not self.watchers.bindings:
+            return
+        payload = codec.encode_json({
+            "type": "state",
+            "event_type": event_type,
+            "scope": scope,
+            "key": key,
+            "old_value": _NULL if old is None else msgspec.Raw(old),
+            "new_value": _NULL if new is None else msgspec.Raw(new),
+        })
+        matching = [
+            (binding, watch.condition_function_id)
+            for binding, watch in self.watchers.bindings.values()
+            if (watch.scope is None or watch.scope == scope) and (watch.key is None or watch.key == key)
+        ]
+        if not matching:
+            return
+
+        def fan_out() -> None:
+            for binding, condition_function_id in matching:
+                self.watchers.fire(binding, payload, condition_function_id)
+
+        self._host.later(fan_out)
+
+
+def install(host: Host, config: Optional[StateConfig] = None) -> State:
+    """Register the ``state::*`` functions and the ``state`` trigger type."""
+    state = State(host, config or StateConfig())
+    for name, handler, description, request_format in (
+        ("set", state.set, "Store a value under (scope, key)", _KEY_FORMAT),
+        ("get", state.get, "The value under (scope, key), or null", _KEY_FORMAT),
+        ("delete", state.delete, "Delete (scope, key); returns the deleted value", _KEY_FORMAT),
+        ("update", state.update, "Apply update ops to the value under (scope, key)", _KEY_FORMAT),
+        ("list", state.list, "Every value in a scope", None),
+        ("list_groups", state.list_groups, "The scopes holding values", None),
+    ):
+        host.add_function(
+            f"state::{name}", handler, module=NAME, description=description, request_format=request_format
+        )
+    host.add_trigger_type(
+        "state",
+        state.watchers,
+        module=NAME,
+        description="Called after every set, update and delete matching the scope and key",
+        trigger_request_format=_TRIGGER_FORMAT,
+    )
+    return state
+
+
+MODULE = BuiltinModule(
+    NAME, "Key-value state in scopes, with the state trigger (in memory)", StateConfig, install
+)

@@ -1,0 +1,457 @@
+"""Stream (``iii-stream``): items in ``(stream_name, group_id, item_id)``, their change events to
+``stream`` bindings and to WebSocket clients (port 3112), and the ``stream:join`` /
+``stream:leave`` trigger types.
+
+Clients send ``{"type": "join"|"leave", "data": {subscriptionId, streamName, groupId, id?}}``.
+A join runs every ``stream:join`` binding (any answering ``{"unauthorized": true}`` refuses it),
+then subscribes and sends a ``sync`` event with the item or the group's items. Items live in
+memory (and in a file with the ``file_based`` store). Custom stream backends
+(``stream::get(<name>)`` functions) are not consulted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Optional, Union
+
+import msgspec
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
+
+from iii import codec
+from iii.engine.host import (
+    DEFAULT_INVOCATION_TIMEOUT_MS,
+    BuiltinModule,
+    Connection,
+    Host,
+    Provider,
+    call,
+    parse_input,
+)
+from iii.modules._adapters import check_adapter
+from iii.modules._store import STORES, Snapshots, store_settings
+from iii.modules.update_ops import apply_ops
+from iii.protocol import DEFAULT_NAMESPACE, ErrorCode
+
+__all__ = ["MODULE", "StreamConfig", "install"]
+
+NAME = "iii-stream"
+log = logging.getLogger("iii.modules")
+_NULL = msgspec.Raw(b"null")
+
+
+class StreamConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The ``iii-stream`` entry's ``config``."""
+
+    port: int = 3112
+    host: str = "0.0.0.0"
+    #: Called once per client with ``{headers, path, query_params, addr}``; returns ``{context}``.
+    auth_function: Union[str, None] = None
+    adapter: Union[dict[str, Any], None] = None
+    #: The deadline of each call it makes (bound functions, join/leave handlers, auth_function);
+    #: a join handler that does not answer in time refuses the join.
+    invocation_timeout_ms: int = DEFAULT_INVOCATION_TIMEOUT_MS
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be 0-65535")
+        check_adapter(self.adapter, "kv", stores=STORES)
+
+
+class ItemInput(msgspec.Struct):
+    stream_name: str
+    group_id: str
+    item_id: str
+
+
+class SetInput(ItemInput):
+    data: Any = None
+
+
+class UpdateInput(ItemInput):
+    ops: list[Any] = []
+
+
+class GroupInput(msgspec.Struct):
+    stream_name: str
+    group_id: str
+
+
+class StreamInput(msgspec.Struct):
+    stream_name: str
+
+
+class SendInput(msgspec.Struct):
+    stream_name: str
+    group_id: str
+    type: str
+    data: Any = None
+    id: Union[str, None] = None
+
+
+class StreamTriggerConfig(msgspec.Struct):
+    stream_name: Union[str, None] = None
+    group_id: Union[str, None] = None
+    item_id: Union[str, None] = None
+    condition_function_id: Union[str, None] = None
+
+
+class AnyConfig(msgspec.Struct):
+    """``stream:join`` / ``stream:leave`` take no config."""
+
+
+class Subscription(msgspec.Struct):
+    id: str
+    stream_name: str
+    group_id: str
+    item_id: Union[str, None]
+
+
+class Streams:
+    """The store, the functions over it and the fan-out of its events."""
+
+    def __init__(self, host: Host, config: StreamConfig) -> None:
+        self._host = host
+        self.config = config
+        #: stream -> group -> item -> the item's JSON
+        self.items: dict[str, dict[str, dict[str, bytes]]] = {}
+        timeout_ms = config.invocation_timeout_ms
+        self.watchers = Provider(host, StreamTriggerConfig, timeout_ms)
+        self.joins = Provider(host, AnyConfig, timeout_ms)
+        self.leaves = Provider(host, AnyConfig, timeout_ms)
+        self.clients: set[StreamClient] = set()
+        self._server: Optional[asyncio.AbstractServer] = None
+        self.url: Optional[str] = None
+        path, interval_s = store_settings(config.adapter, "./data/stream_store", None)
+        self.snapshots = Snapshots(path, interval_s, self._dump, self._load)
+
+    def _dump(self) -> bytes:
+        return codec.encode_json({
+            stream: {group: {item: msgspec.Raw(raw) for item, raw in items.items()} for group, items in groups.items()}
+            for stream, groups in self.items.items()
+        })
+
+    def _load(self, data: bytes) -> None:
+        stored = msgspec.json.decode(data, type=dict[str, dict[str, dict[str, msgspec.Raw]]])
+        self.items = {
+            stream: {group: {item: bytes(raw) for item, raw in items.items()} for group, items in groups.items() if items}
+            for stream, groups in stored.items() if groups
+        }
+
+    # ------------------------------------------------------------------ functions
+
+    def _group(self, stream: str, group: str) -> dict[str, bytes]:
+        return self.items.get(stream, {}).get(group, {})
+
+    def _write(self, stream: str, group: str, item: str, raw: Optional[bytes]) -> Optional[bytes]:
+        self.snapshots.changed()
+        groups = self.items.setdefault(stream, {})
+        items = groups.setdefault(group, {})
+        old = items.pop(item, None) if raw is None else items.get(item)
+        if raw is not None:
+            items[item] = raw
+        if not items:
+            del groups[group]
+            if not groups:
+                del self.items[stream]
+        return old
+
+    def set(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("stream::set", data, SetInput)
+        raw = codec.encode_json(request.data)
+        old = self._write(request.stream_name, request.group_id, request.item_id, raw)
+        self._emit(request.stream_name, request.group_id, request.item_id,
+                   {"type": "create" if old is None else "update", "data": msgspec.Raw(raw)})
+        return {"old_value": _raw(old), "new_value": msgspec.Raw(raw)}
+
+    def get(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("stream::get", data, ItemInput)
+        return _raw(self._group(request.stream_name, request.group_id).get(request.item_id))
+
+    def delete(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("stream::delete", data, ItemInput)
+        old = self._write(request.stream_name, request.group_id, request.item_id, None)
+        if old is not None:
+            self._emit(request.stream_name, request.group_id, request.item_id, {"type": "delete", "data": msgspec.Raw(old)})
+        return {"old_value": _raw(old)}
+
+    def update(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("stream::update", data, UpdateInput)
+        old = self._group(request.stream_name, request.group_id).get(request.item_id)
+        value, errors = apply_ops(None if old is None else codec.decode_json(old), request.ops)
+        raw = codec.encode_json(value)
+        self._write(request.stream_name, request.group_id, request.item_id, raw)
+        self._emit(request.stream_name, request.group_id, request.item_id,
+                   {"type": "create" if old is None else "update", "data": msgspec.Raw(raw)})
+        result = {"old_value": _raw(old), "new_value": msgspec.Raw(raw)}
+        if errors:
+            result["errors"] = errors
+        return result
+
+    def list(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("stream::list", data, GroupInput)
+        return [msgspec.Raw(raw) for raw in self._group(request.stream_name, request.group_id).values()]
+
+    def list_groups(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("stream::list_groups", data, StreamInput)
+        return sorted(self.items.get(request.stream_name, {}))
+
+    def list_all(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        streams = [{"id": name, "groups": sorted(groups)} for name, groups in sorted(self.items.items())]
+        return {"stream": streams, "count": len(streams)}
+
+    def send(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("stream::send", data, SendInput)
+        self._emit(request.stream_name, request.group_id, request.id,
+                   {"type": "event", "event": {"type": request.type, "data": request.data}})
+        return None
+
+    # ------------------------------------------------------------------ events
+
+    def _emit(self, stream: str, group: str, item: Optional[str], event: dict[str, Any]) -> None:
+        message = codec.encode_json(_message(stream, group, item, event))
+        for client in list(self.clients):
+            client.deliver(stream, group, item, message)
+        matching = [
+            (binding, watch.condition_function_id)
+            for binding, watch in self.watchers.bindings.values()
+            if watch.stream_name == stream
+            and (watch.group_id is None or watch.group_id == group)
+            and (watch.item_id is None or watch.item_id == item)
+        ]
+        if matching:
+            def fan_out() -> None:
+                for binding, condition_function_id in matching:
+                    self.watchers.fire(binding, message, condition_function_id)
+
+            self._host.later(fan_out)
+
+    def snapshot(self, subscription: Subscription) -> bytes:
+        """The ``sync`` message a new subscription starts with."""
+        items = self._group(subscription.stream_name, subscription.group_id)
+        data: Any = (
+            _raw(items.get(subscription.item_id)) if subscription.item_id is not None
+            else [msgspec.Raw(raw) for raw in items.values()]
+        )
+        event = {"type": "sync", "data": data}
+        return codec.encode_json(_message(subscription.stream_name, subscription.group_id, subscription.item_id, event))
+
+    async def joined(self, subscription: Subscription, context: Any) -> bool:
+        """Run every ``stream:join`` binding; ``False`` when one refuses the subscription (or does
+        not answer in time)."""
+        payload = codec.encode_json(_membership(subscription, context))
+        answers = await asyncio.gather(*(
+            call(
+                self._host, binding.namespace, binding.function_id, payload, binding.metadata or b"",
+                timeout_ms=self.joins.timeout_ms,
+            )
+            for binding, _ in list(self.joins.bindings.values())
+        ))
+        return not any(
+            (isinstance(result, dict) and result.get("unauthorized") is True)
+            or (error is not None and error.code == ErrorCode.TIMEOUT)
+            for result, error in answers
+        )
+
+    def left(self, subscription: Subscription, context: Any) -> None:
+        payload = codec.encode_json(_membership(subscription, context))
+        for binding, _ in list(self.leaves.bindings.values()):
+            self.leaves.fire(binding, payload)
+
+    async def authenticate(self, request: WSUpgradeRequest, addr: Optional[str]) -> tuple[bool, Any]:
+        """``(allowed, context)`` for a new client, from the ``auth_function`` if there is one."""
+        if not self.config.auth_function:
+            return True, None
+        path, _, query = request.path.decode("latin-1").partition("?")
+        query_params: dict[str, list[str]] = {}
+        for pair in filter(None, query.split("&")):
+            name, _, value = pair.partition("=")
+            query_params.setdefault(name, []).append(value)
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        payload = codec.encode_json({"headers": headers, "path": path, "query_params": query_params, "addr": addr})
+        result, error = await call(
+            self._host, DEFAULT_NAMESPACE, self.config.auth_function, payload,
+            timeout_ms=self.config.invocation_timeout_ms,
+        )
+        if error is not None:
+            log.warning("iii-stream: auth function %s failed: %s", self.config.auth_function, error.message)
+            return False, None
+        return True, result.get("context") if isinstance(result, dict) else None
+
+    # ------------------------------------------------------------------ server
+
+    async def start(self) -> None:
+        self.snapshots.start()
+        try:
+            self._server = await ws_create_server(
+                lambda request: StreamClient(self, request), self.config.host, self.config.port,
+                reuse_address=True, enable_auto_pong=True,
+            )
+        except OSError as exc:  # the engine serves its workers even when this port is taken
+            log.error("iii-stream: cannot listen on %s:%s (%s): stream clients are not served",
+                      self.config.host, self.config.port, exc.strerror)
+            return
+        host, port = self._server.sockets[0].getsockname()[:2]
+        self.url = f"ws://{host}:{port}"
+        log.info("iii-stream listening on %s", self.url)
+
+    async def stop(self) -> None:
+        self.snapshots.stop()
+        if self._server is not None:
+            self._server.close()
+            for client in list(self.clients):
+                client.close()
+            await self._server.wait_closed()
+
+
+def _raw(value: Optional[bytes]) -> msgspec.Raw:
+    return _NULL if value is None else msgspec.Raw(value)
+
+
+def _message(stream: str, group: str, item: Optional[str], event: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "stream", "timestamp": int(time.time() * 1000), "streamName": stream,
+            "groupId": group, "id": item, "event": event}
+
+
+def _membership(subscription: Subscription, context: Any) -> dict[str, Any]:
+    return {"subscription_id": subscription.id, "stream_name": subscription.stream_name,
+            "group_id": subscription.group_id, "id": subscription.item_id, "context": context}
+
+
+class JoinData(msgspec.Struct):
+    subscriptionId: str  # noqa: N815 (the wire names)
+    streamName: str  # noqa: N815
+    groupId: str  # noqa: N815
+    id: Union[str, None] = None
+
+
+class ClientMessage(msgspec.Struct):
+    type: str
+    data: JoinData
+
+
+_client_decoder = msgspec.json.Decoder(ClientMessage)
+
+
+class StreamClient(WSListener):
+    """One WebSocket client on port 3112: its subscriptions, joins and leaves in order."""
+
+    def __init__(self, streams: Streams, request: WSUpgradeRequest) -> None:
+        self._streams = streams
+        self._request = request
+        self._transport: Optional[WSTransport] = None
+        self.subscriptions: dict[str, Subscription] = {}
+        self._context: Any = None
+        self._inbox: asyncio.Queue = asyncio.Queue()
+        self._worker: Optional[asyncio.Task] = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._transport = transport
+        self._streams.clients.add(self)
+        peer = transport.underlying_transport.get_extra_info("peername")
+        self._worker = asyncio.ensure_future(self._work(peer[0] if peer else None))
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is WSMsgType.TEXT:
+            try:
+                self._inbox.put_nowait(_client_decoder.decode(frame.get_payload_as_bytes()))
+            except msgspec.DecodeError as exc:
+                log.info("iii-stream: ignored a client message: %s", exc)
+        elif frame.msg_type is WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+
+    async def _work(self, addr: Optional[str]) -> None:
+        """Authenticate, then handle joins and leaves one at a time (a join awaits its handlers)."""
+        allowed, self._context = await self._streams.authenticate(self._request, addr)
+        if not allowed:
+            self.close()
+            return
+        while True:
+            message = await self._inbox.get()
+            try:
+                await self._handle(message)
+            except Exception:  # one bad message must not stop this client's others
+                log.exception("iii-stream: a client message failed")
+
+    async def _handle(self, message: ClientMessage) -> None:
+        data = message.data
+        subscription = Subscription(data.subscriptionId, data.streamName, data.groupId, data.id)
+        if message.type == "join":
+            if await self._streams.joined(subscription, self._context):
+                self.subscriptions[subscription.id] = subscription
+                self._send(self._streams.snapshot(subscription))
+            else:
+                event = _message(subscription.stream_name, subscription.group_id, subscription.item_id, {"type": "unauthorized"})
+                self._send(codec.encode_json(event))
+        elif message.type == "leave" and self.subscriptions.pop(subscription.id, None) is not None:
+            self._streams.left(subscription, self._context)
+
+    def deliver(self, stream: str, group: str, item: Optional[str], message: bytes) -> None:
+        for subscription in self.subscriptions.values():
+            if (subscription.stream_name, subscription.group_id) == (stream, group) and (
+                subscription.item_id is None or subscription.item_id == item
+            ):
+                self._send(message)
+                return
+
+    def _send(self, message: bytes) -> None:
+        if self._transport is not None and not self._transport.is_disconnected:
+            self._transport.send(WSMsgType.TEXT, message)
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_disconnected:
+            self._transport.send_close()
+            self._transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._streams.clients.discard(self)
+        if self._worker is not None:
+            self._worker.cancel()
+        for subscription in self.subscriptions.values():
+            self._streams.left(subscription, self._context)
+        self.subscriptions.clear()
+
+
+_TRIGGER_FORMAT = {
+    "type": "object",
+    "properties": {
+        "stream_name": {"type": "string"}, "group_id": {"type": "string"}, "item_id": {"type": "string"},
+        "condition_function_id": {"type": "string"},
+    },
+    "required": ["stream_name"],
+}
+
+
+def install(host: Host, config: Optional[StreamConfig] = None) -> Streams:
+    """Register the ``stream::*`` functions and the stream trigger types; the engine then awaits
+    ``start()`` (the client WebSocket server)."""
+    streams = Streams(host, config or StreamConfig())
+    for name, description in (
+        ("set", "Store an item; subscribers get create/update"),
+        ("get", "An item, or null"),
+        ("delete", "Delete an item; subscribers get delete"),
+        ("update", "Apply update ops to an item"),
+        ("list", "The items of a group"),
+        ("list_groups", "The groups of a stream"),
+        ("list_all", "Every stream with its groups"),
+        ("send", "Send a custom event to a group's subscribers"),
+    ):
+        host.add_function(f"stream::{name}", getattr(streams, name), module=NAME, description=description)
+    host.add_trigger_type("stream", streams.watchers, module=NAME,
+                          description="Called with every change event of a stream",
+                          trigger_request_format=_TRIGGER_FORMAT)
+    host.add_trigger_type("stream:join", streams.joins, module=NAME,
+                          description="Called when a client joins a stream (may refuse it)")
+    host.add_trigger_type("stream:leave", streams.leaves, module=NAME,
+                          description="Called when a client leaves a stream")
+    return streams
+
+
+MODULE = BuiltinModule(
+    NAME,
+    "Live items pushed to WebSocket clients, with the stream triggers (in memory)",
+    StreamConfig,
+    install,
+)
