@@ -305,11 +305,11 @@ def make_router(modules: Optional[dict[str, Any]] = None, *, numbered_ids: bool 
 class Peer:
     """A fake connection to a :class:`~iii.engine.router.Router`: records what it is sent."""
 
-    def __init__(self, router: Any, now_ms: int = 1_000) -> None:
+    def __init__(self, router: Any, now_ms: int = 1_000, ip: str = "127.0.0.1") -> None:
         self.router = router
         self.outbox: list[bytes] = []
         self.closed = False
-        self.conn = router.connect(self.outbox.append, self._close, "127.0.0.1", now_ms)
+        self.conn = router.connect(self.outbox.append, self._close, ip, now_ms)
         welcome = self.take()
         assert welcome == [
             {"type": "workerregistered", "worker_id": self.conn.id, "reattach_token": self.conn.token}
@@ -362,6 +362,18 @@ def connected(router: Any, name: str, *functions: str) -> Peer:
         peer.function(function_id)
     router.flush_events()
     return peer
+
+
+def clocked_router(clock: "FakeClock", modules: Optional[dict[str, Any]] = None) -> Any:
+    """:func:`make_router` on a :class:`FakeClock`: the deadlines of the engine's calls fall due as
+    the test moves the clock."""
+    router: Any = None
+
+    def wake(deadline_ms: int) -> None:
+        clock.call_later(max(0.0, deadline_ms / 1000 - clock.now), router.expire_calls)
+
+    router = make_router(modules, clock=lambda: int(clock.now * 1000), wake=wake)
+    return router
 
 
 class FakeClock:

@@ -20,7 +20,6 @@ import yaml
 
 from iii import __version__
 from iii.engine.server import ListenerConfig
-from iii.modules import by_entry_name
 from iii.protocol import DEFAULT_GRACE_MS, WireId
 
 __all__ = [
@@ -124,12 +123,15 @@ def _integer(value: Any, where: str, path: Path, minimum: int, maximum: int) -> 
     return value
 
 
-def _convert(value: Any, config_type: type, where: str, path: Path) -> Any:
-    """``value`` as ``config_type`` (msgspec's message names the key, as ``$.key``)."""
+def _convert(value: Any, config_type: type, where: str, path: Path, what: str = "") -> Any:
+    """``value`` (the entry's ``config`` at ``where``) as ``config_type``; an error names the key
+    in full (msgspec says ``… - at `$.adapter.config.x```: that becomes ``where.adapter.config.x``)."""
     try:
         return msgspec.convert({} if value is None else value, config_type)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {where}: {exc}") from None
+        reason, _, at = str(exc).partition(" - at `$")
+        key = where + at.rstrip("`")
+        raise ConfigError(f"{path}: {key}{f' ({what})' if what else ''}: {reason}") from None
 
 
 def _listener(entry_config: Any, where: str, path: Path) -> ListenerConfig:
@@ -174,6 +176,10 @@ def parse_config(text: str, path: Path) -> EngineConfig:
             config.grace_ms = int(env_grace)
         except ValueError:
             raise ConfigError(f"III_NAMESPACE_GRACE_MS must be an integer, got {env_grace!r}") from None
+    # Imported here, not at the top: the modules pull in aiohttp and croniter, which commands
+    # that never read a config (`iii trigger`) should not pay for at start-up.
+    from iii.modules import by_entry_name
+
     modules = by_entry_name()
     #: module name -> the entry that configured it (two entries for one module are an error)
     configured_by: dict[str, str] = {}
@@ -208,7 +214,7 @@ def parse_config(text: str, path: Path) -> EngineConfig:
                     )
                 configured_by[module.name] = name
                 config.modules[module.name] = _convert(
-                    entry.get("config"), module.config_type, f"{where}.config ({module.name})", path
+                    entry.get("config"), module.config_type, f"{where}.config", path, module.name
                 )
                 continue
             worker_path = entry.get("worker_path")

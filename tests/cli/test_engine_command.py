@@ -36,6 +36,14 @@ def run_iii(*args: str, cwd: Path, timeout: float = 20) -> subprocess.CompletedP
         ("workers:\n  - name: iii-pubsub\n    config:\n      adapter: {name: redis}\n", "not available here"),
         ("workers:\n  - name: cron\n    config:\n      adapter: {name: redis}\n", "not available here"),
         ("workers:\n  - name: queue\n    config:\n      queue_configs: {pay: {type: fifo}}\n", "message_group_field"),
+        # What this engine does not do is refused, never silently ignored.
+        ("workers:\n  - name: iii-worker-manager\n    config:\n      rbac: {auth_function_id: a::b}\n",
+         "workers[0].config.rbac: RBAC is not implemented"),
+        ("workers:\n  - name: iii-worker-manager\n    config:\n      middleware_function_id: m::w\n",
+         "workers[0].config.middleware_function_id: invocation middleware is not implemented"),
+        ("workers:\n  - name: http\n  - name: iii-http\n    config: {port: 1}\n", "a second entry for the iii-http module"),
+        ("workers:\n  - name: cron\n  - name: cron\n", "a second entry for the iii-cron module"),
+        ("workers:\n  - name: iii-worker-manager\n    config:\n      idle_timeout_ms: 5\n", "workers[0].config.idle_timeout_ms"),
     ],
 )
 def test_bad_config_exits_1_naming_the_file_and_key(tmp_path, text, named):

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import Peer, connected, make_router
+from iii.engine.registry import EngineError
 from iii.engine.router import Router
 
 
@@ -122,6 +123,87 @@ def test_caller_disconnect_forgets_its_calls_and_late_results_are_ignored(router
     owner.send(type="invocationresult", invocation_id="a", function_id="slow::x", result=1)
     owner.send(type="invocationresult", invocation_id="never-seen", function_id="slow::x")
     assert caller.take() == [] and owner.take() == []
+
+
+def test_a_worker_that_leaves_while_calling_itself_is_cleaned_up(router):
+    """Its own call is both to it and by it: cleanup must not trip over that (it once raised
+    "set changed size during iteration" and left its triggers and types behind)."""
+    watcher = connected(router, "watcher", "w::on")
+    watcher.send(type="registertrigger", id="w", trigger_type="engine::workers-available", function_id="w::on")
+    loner = connected(router, "loner", "loner::echo")
+    loner.send(type="registertriggertype", id="loner-type", description="d")
+    loner.send(type="registertrigger", id="t", trigger_type="loner-type", function_id="loner::echo")
+    loner.call("loner::echo", {}, invocation_id="self")
+    loner.call("loner::echo", {}, invocation_id="self-2")
+    watcher.take()
+    router.disconnect(loner.conn)
+    assert "self" not in router.pending and "self-2" not in router.pending
+    assert router.bindings.keys() == {"w"} and router.parked == {}
+    assert ("default", "loner-type") not in router.trigger_types
+    assert [f["data"]["event"] for f in watcher.take()] == ["worker_disconnected"]
+
+
+def test_engine_calls_time_out_and_free_the_worker(codec):
+    now = [1_000_000]
+    wakes = []
+    router = make_router(clock=lambda: now[0], wake=wakes.append)
+    owner = connected(router, "owner", "slow::x")
+    answers = []
+    router.invoke("default", "slow::x", b"{}", on_result=lambda result, error: answers.append(error), timeout_ms=500)
+    router.invoke("default", "slow::x", b"{}", on_result=lambda result, error: answers.append(error), timeout_ms=900)
+    assert wakes == [now[0] + 500]  # the later deadline does not move the timer
+    first, second = owner.take()
+    assert owner.conn.status == "busy"
+    now[0] += 499
+    assert router.expire_calls() == now[0] + 1 and answers == []
+    now[0] += 1
+    assert router.expire_calls() == now[0] + 400
+    assert [(e.code, e.message) for e in answers] == [("TIMEOUT", "Invocation of slow::x timed out")]
+    owner.send(type="invocationresult", invocation_id=first["invocation_id"], function_id="slow::x", result=1)
+    owner.send(type="invocationresult", invocation_id=second["invocation_id"], function_id="slow::x", result=2)
+    assert len(answers) == 2 and answers[1] is None  # the late answer was dropped, the other one counts
+    now[0] += 1000
+    assert router.expire_calls() is None and len(answers) == 2
+    assert router.pending == {} and owner.conn.status == "available" and owner.conn.inbound_active == 0
+
+
+def test_a_builtin_may_answer_later_with_a_future(codec):
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        router = make_router()
+        pending: list[asyncio.Future] = []
+
+        def later(host, caller, data):
+            pending.append(loop.create_future())
+            return pending[-1]
+
+        router.add_function("later::fn", later, module="test")
+        caller = connected(router, "caller")
+        caller.call("later::fn", {}, invocation_id="a")
+        caller.call("later::fn", {}, invocation_id="b")
+        assert caller.take() == []
+        pending[0].set_result({"ok": True})
+        pending[1].set_exception(EngineError("NOPE", "refused"))
+        loop.run_until_complete(asyncio.sleep(0))
+        answers = {f["invocation_id"]: f.get("result", f.get("error")) for f in caller.take()}
+        assert answers == {"a": {"ok": True}, "b": {"code": "NOPE", "message": "refused"}}
+    finally:
+        loop.close()
+
+
+def test_engine_trigger_types_cannot_be_taken_over_by_a_worker(router):
+    router.add_trigger_type("http", object(), module="test", description="the engine's own")
+    thief = connected(router, "thief")
+    for type_id in ("http", "engine::workers-available"):
+        thief.send(type="registertriggertype", id=type_id, description="mine now")
+        assert thief.take() == [
+            {"type": "registrationrejected", "code": "TRIGGER_TYPE_RESERVED", "namespace": "default", "owner_worker_id": ""}
+        ]
+    assert router.trigger_types[("default", "http")].owner is None
+    thief.send(type="registertriggertype", id="webhook", description="a new type is fine")
+    assert thief.take() == [] and ("default", "webhook") in router.trigger_types
 
 
 def test_only_the_target_can_answer_an_invocation(router):

@@ -17,7 +17,7 @@ IN_PROCESS_CONFIG = "workers:\n" + LOCAL_MODULES
 
 
 @pytest.fixture(params=["c", "py"])
-async def engine(request, procs, tmp_path):
+def build_env(request) -> dict[str, str]:
     """Every test here runs on both builds: compiled frame path and codec, and pure Python."""
     if request.param == "c":
         try:
@@ -26,8 +26,12 @@ async def engine(request, procs, tmp_path):
             if os.environ.get("CI"):
                 pytest.fail("the compiled iii.engine._frames extension is required in CI")
             pytest.skip("the compiled iii.engine._frames extension is not installed")
-    env = {"III_NO_EXTENSIONS": "1"} if request.param == "py" else {}
-    return await procs.engine(tmp=tmp_path, extra_env=env)
+    return {"III_NO_EXTENSIONS": "1"} if request.param == "py" else {}
+
+
+@pytest.fixture
+async def engine(build_env, procs, tmp_path):
+    return await procs.engine(tmp=tmp_path, extra_env=build_env)
 
 
 async def worker(url: str, name: str, *functions: str) -> RawClient:
@@ -241,3 +245,24 @@ async def test_a_frame_the_router_fails_on_costs_that_frame_only(tmp_path, caplo
         assert "frame handling failed" in caplog.text and "planted bug" in caplog.text
     finally:
         await engine.stop()
+
+
+async def test_a_silent_worker_is_dropped_and_its_callers_told(build_env, procs, tmp_path):
+    """A worker whose process stopped without closing its socket (it neither reads nor answers
+    pings) is noticed: it is dropped after idle_timeout_ms and calls to it fail at once."""
+    config = (
+        "workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+        "      ping_interval_ms: 100\n      idle_timeout_ms: 500\n" + LOCAL_MODULES
+    )
+    engine = await procs.engine(config=config, tmp=tmp_path, extra_env=build_env)
+    frozen = await worker(engine.url, "frozen", "frozen::fn")
+    caller = await worker(engine.url, "caller")
+    caller.send(type="invokefunction", invocation_id="stuck", function_id="frozen::fn", data={})
+    await frozen.recv_until(lambda f: f.get("invocation_id") == "stuck")
+    frozen.transport.underlying_transport.pause_reading()  # as good as a stopped process
+    stopped = await caller.recv_until(lambda f: f.get("invocation_id") == "stuck", timeout=10)
+    assert stopped["error"] == {"code": "invocation_stopped", "message": "Invocation stopped"}
+    listed = await caller.call("engine::workers::list", {})
+    names = {row.get("name") for row in listed["result"]["workers"]}
+    assert "frozen" not in names and "caller" in names  # the caller answered every ping
+    assert any("sent nothing for 500 ms" in str(line) for line in engine.proc.lines)

@@ -7,7 +7,7 @@ from typing import Callable
 
 import pytest
 
-from helpers import FakeClock, Peer, connected, make_router
+from helpers import FakeClock, Peer, clocked_router, connected, make_router
 from iii.engine.router import Router
 from iii.modules import cron
 
@@ -21,6 +21,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def router(codec, clock) -> Router:
+    """Deadlines do not fall due here (nothing calls ``expire_calls``): see the test of them."""
     router = make_router(clock=lambda: int(clock.now * 1000))
     cron.install(router, None, clock)
     return router
@@ -152,3 +153,22 @@ def test_a_timer_that_fires_early_neither_runs_early_nor_runs_twice(codec):
     assert seen == [
         ("2026-01-01T08:59:59+00:00", True), ("2026-01-01T09:00:00+00:00", True), ("2026-01-01T09:00:01+00:00", True),
     ]
+
+
+def test_a_run_that_never_answers_is_given_up_and_the_job_goes_on(codec, clock):
+    """A hung function costs one run, not the job: at the deadline the engine forgets the call
+    (the worker is no longer busy) and the job waits for its next instant."""
+    router = clocked_router(clock)
+    cron.install(router, cron.CronConfig(invocation_timeout_ms=2500), clock)
+    peer = connected(router, "peer")
+    schedule(router, peer, "tick", expression="*/5 * * * * *")  # 09:00:00, :05, :10 …
+    clock.advance(2)
+    (hung,) = peer.take()  # 09:00:00, never answered
+    assert peer.conn.status == "busy"
+    clock.advance(2.5)  # 09:00:02.5: the deadline
+    assert peer.conn.status == "available" and peer.take() == []
+    clock.advance(2.5)  # 09:00:05
+    (again,) = peer.take()
+    assert again["data"]["scheduled_time"] == "2026-01-01T09:00:05+00:00"
+    answer(peer, hung)  # too late: dropped, and it does not count as the second run's answer
+    assert peer.conn.status == "busy"
