@@ -31,6 +31,14 @@ class OptionalBuildExt(build_ext):
             print(f"warning: {ext.name} not built ({exc}); its pure-Python twin will be used")
 
 
+#: The C under iii._codec: route_frame's string scan (one file per instruction set), UTF-8 checks.
+SCAN_DIR = "src/iii/_c"
+SCAN_SOURCES = [
+    f"{SCAN_DIR}/{name}.c"
+    for name in ("scan_dispatch", "scan_portable", "scan_sse2", "scan_avx2", "scan_neon", "utf8")
+]
+
+
 def extensions():
     if MODE == "off":
         return []
@@ -39,7 +47,12 @@ def extensions():
 
         return cythonize(
             [
-                Extension("iii._codec", ["src/iii/_codec.pyx"]),
+                Extension(
+                    "iii._codec",
+                    ["src/iii/_codec.pyx", *SCAN_SOURCES],
+                    include_dirs=[SCAN_DIR],
+                    depends=[f"{SCAN_DIR}/scan.h", f"{SCAN_DIR}/scan_scalar.h"],
+                ),
                 Extension("iii.engine._frames", ["src/iii/engine/_frames.pyx"]),
             ],
             compiler_directives={"language_level": "3"},

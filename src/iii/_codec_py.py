@@ -48,6 +48,7 @@ _json_decoder = msgspec.json.Decoder()
 _CALLER_KEY = b'"_caller_worker_id"'
 _JSON_SPACE = b" \t\r\n"
 _TOO_DEEP = "JSON is malformed: nested too deeply"
+_BAD_UTF8 = "JSON is malformed: invalid UTF-8 at byte %d"
 _INVOKE_HEAD = b'{"type":"invokefunction","invocation_id":'
 #: What :func:`route_frame` found: a plain call to forward, or an answer to pass back.
 ROUTE_INVOKE = 1
@@ -96,13 +97,24 @@ def decode_frame(frame: bytes) -> Message:
     """Decode one inbound frame; payload fields stay raw.
 
     Raises:
-        msgspec.DecodeError: malformed JSON, nested too deeply, unknown ``type`` or a field of the
-            wrong type (its message names the JSON path).
+        msgspec.DecodeError: malformed JSON or UTF-8, nested too deeply, unknown ``type`` or a
+            field of the wrong type (its message names the JSON path).
     """
+    # msgspec checks the UTF-8 of the strings it decodes but not of the payloads it keeps raw,
+    # and an SDK handed a forwarded payload that is not UTF-8 drops its connection.
+    if not frame.isascii():
+        _check_utf8(frame)
     try:
         return _frame_decoder.decode(frame)
     except RecursionError:
         raise DecodeError(_TOO_DEEP) from None
+
+
+def _check_utf8(frame: bytes) -> None:
+    try:
+        frame.decode()
+    except UnicodeDecodeError as exc:
+        raise DecodeError(_BAD_UTF8 % exc.start) from None
 
 
 def decode_engine_frame(frame: bytes) -> Message:
