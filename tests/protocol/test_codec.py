@@ -58,6 +58,9 @@ def test_payloads_stay_raw_and_routing_fields_are_read(codec):
         (b'{"type":"invokefunction","function_id":1}', "$.function_id"),
         (b'{"type":"bogus"}', "$.type"),
         (b"{", "truncated"),
+        # msgspec keeps payloads raw without checking their UTF-8; the codec checks it.
+        (b'{"type":"invokefunction","function_id":"f","data":"\xff"}', "invalid UTF-8 at byte 51"),
+        (b'{"type":"invokefunction","function_id":"f","data":{"k\xed\xa0\x80":1}}', "invalid UTF-8 at byte 53"),
     ],
 )
 def test_decode_errors_name_the_problem(codec, raw, where):
