@@ -8,8 +8,9 @@ A module imports this and nothing else of the engine. It gets:
 - :class:`Provider`, the base of an in-process trigger type, with :meth:`Provider.fire` (call a
   binding's function, its condition function first) and :func:`call` (the same, awaited);
 - :class:`Scheduler` / :class:`LoopScheduler` (wall-clock timers; tests pass a fake),
-  :func:`parse_input` and :class:`EngineError` for built-in functions, and :class:`BuiltinModule`,
-  the row a module adds to the engine process's module table.
+  :func:`parse_input` and :class:`EngineError` for built-in functions, :func:`json_schema` (the
+  schemas shown to users, made from the Structs that validate), and :class:`BuiltinModule`, the
+  row a module adds to the engine process's module table.
 
 A built-in function is ``handler(host, caller, data)``: ``data`` is the decoded payload,
 ``caller`` the calling :class:`Connection` (``None`` for calls the engine makes). It returns the
@@ -45,6 +46,7 @@ __all__ = [
     "RunningModule",
     "Scheduler",
     "call",
+    "json_schema",
     "parse_input",
 ]
 
@@ -154,6 +156,20 @@ def parse_input(function_id: str, data: Any, input_type: type) -> Any:
             ErrorCode.DESERIALIZATION_ERROR,
             f"Failed to deserialize input for {function_id}: {exc}",
         ) from None
+
+
+def json_schema(struct_type: type) -> dict[str, Any]:
+    """The JSON schema of what ``struct_type`` validates (a trigger config, a function's input),
+    made by msgspec from the type itself, with the type's own definition at the top."""
+    schema = msgspec.json.schema(struct_type)
+    definitions = schema.pop("$defs", {})
+    reference = schema.pop("$ref", None)
+    if reference is None:
+        return schema
+    top = dict(definitions.pop(reference.rsplit("/", 1)[-1]))
+    if definitions:  # types it refers to stay where their "$ref"s point
+        top["$defs"] = definitions
+    return top
 
 
 class Scheduler(Protocol):
