@@ -16,6 +16,20 @@ def test_route(benchmark, twin, size):
     assert orjson.loads(forwarded)["data"]["_caller_worker_id"]
 
 
+def utf8_frame(size: int) -> bytes:
+    """``invoke_frame(size)`` with mixed-script text (2, 3 and 4-byte UTF-8) for its ASCII blob:
+    the scan checks the UTF-8 of every non-ASCII byte."""
+    text = ("héllo ☃ 🎉 " * size).encode()[: max(0, size - 140)].decode(errors="ignore")
+    return invoke_frame(0).replace(b'"blob":""', b'"blob":"' + text.encode() + b'"')
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("twin", sorted(codec_twins()))
+def test_route_utf8(benchmark, twin, size):
+    forwarded = benchmark(router_of(codec_twins()[twin]), utf8_frame(size))
+    assert orjson.loads(forwarded)["data"]["blob"].startswith("héllo ☃ 🎉")
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_orjson_full(benchmark, size):
     benchmark(orjson_full, invoke_frame(size))
