@@ -1,12 +1,14 @@
-"""Shared fixtures: codec twins, subprocess bookkeeping, the official SDK runtimes."""
+"""Shared fixtures: codec twins, event loops, subprocess bookkeeping, the official SDK runtimes."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from helpers import ROOT, Procs, Workers
 
@@ -18,6 +20,26 @@ def _missing(what: str) -> None:
     if IN_CI:
         pytest.fail(f"{what} is required in CI")
     pytest.skip(f"{what} is not installed")
+
+
+#: The loops an async test marked ``both_loops`` runs on (ids visible in pytest's output).
+BOTH_LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "both_loops: run each async test on asyncio's stdlib loop (the reference) and on uvloop",
+    )
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """pytest-asyncio's way (1.x) to parametrize the loop: both loops where a test module opts in
+    with ``pytestmark = pytest.mark.both_loops``, the stdlib loop elsewhere (so the suite does
+    not double)."""
+    if item.get_closest_marker("both_loops"):
+        return BOTH_LOOPS
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture(params=["py", "c"])

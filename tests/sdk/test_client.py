@@ -1,4 +1,5 @@
-"""Our SDK on its own: the in-loop mode (no thread), calls from handlers, shutdown."""
+"""Our SDK on its own: the in-loop mode (no thread), calls from handlers, shutdown; on the stdlib
+loop and on uvloop."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ import logging
 import threading
 
 import pytest
+import uvloop
 
 import iii
 from helpers import RawClient
 from iii import InitOptions, InvocationError, register_worker_async
 
+pytestmark = pytest.mark.both_loops
 
-async def test_runs_on_the_callers_loop_without_a_thread(engine):
+
+async def test_runs_on_the_callers_loop_without_a_thread(engine, request):
+    on_uvloop = isinstance(asyncio.get_running_loop(), uvloop.Loop)
+    assert on_uvloop == request.node.name.endswith("[uvloop]")  # [asyncio] is the stdlib loop
     threads = threading.active_count()
     worker = await register_worker_async(engine.url, InitOptions(worker_name="in-loop"))
     assert threading.active_count() == threads and worker.get_connection_state() == "connected"

@@ -1,11 +1,15 @@
 """``iii``: runs the engine from ``config.yaml``; ``iii trigger`` and ``iii worker`` subcommands.
 
 Exit codes: 0 ok, 1 failure, 2 usage, 130 interrupted.
+
+Environment: ``III_LOOP`` picks the engine's event loop, ``uvloop`` (the default) or ``asyncio``
+(the stdlib loop: tests run engines on both, the stdlib one being the reference behaviour).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -67,13 +71,18 @@ def _ensure_config(path: Path) -> bool:
 
 
 def _run_engine(config_path: Path) -> int:
+    loop = os.environ.get("III_LOOP") or "uvloop"
+    if loop not in ("uvloop", "asyncio"):
+        return fail(f"III_LOOP={loop!r} names no event loop", fix="set III_LOOP to uvloop or asyncio", code=2)
     if not _ensure_config(config_path):
         return 1
-    import uvloop
-
     from iii.app import serve
 
     try:
+        if loop == "asyncio":
+            return asyncio.run(serve(config_path))
+        import uvloop
+
         return uvloop.run(serve(config_path))
     except ConfigError as exc:
         return fail(str(exc), fix="correct the file and start the engine again")
