@@ -28,7 +28,7 @@ import msgspec
 
 from iii import __version__, codec
 from iii.errors import InvocationError, RegistrationRejectedError, error_from_wire
-from iii.iii_constants import MAX_QUEUE_SIZE, InitOptions, TelemetryOptions
+from iii.iii_constants import MAX_QUEUE_SIZE, EngineFunctions, InitOptions, TelemetryOptions
 from iii.protocol import (
     ABSENT,
     MAX_MESSAGE_SIZE,
@@ -69,9 +69,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("iii")
-
-_REGISTER_WORKER = "engine::workers::register"
-
 
 # ---------------------------------------------------------------------- events
 
@@ -213,7 +210,7 @@ class WorkerProtocol:
         self.rejection: Optional[RegistrationRejectedError] = None
         self._reattach_token: Optional[str] = None
         self._register_frame = codec.encode_message(
-            InvokeFunction(function_id=_REGISTER_WORKER, data=_raw(metadata), action=ActionVoid())
+            InvokeFunction(function_id=EngineFunctions.REGISTER_WORKER, data=_raw(metadata), action=ActionVoid())
         )
         self._functions: dict[str, LocalFunction] = {}
         self._trigger_types: dict[str, _ProvidedType] = {}
@@ -274,31 +271,25 @@ class WorkerProtocol:
         except codec.DecodeError as exc:
             log.debug("[iii] ignored a frame: %s", exc)
             return []
-        msg_type = type(msg)
-        if msg_type is InvocationResult:
-            return self._on_result(msg)  # type: ignore[arg-type]
-        if msg_type is InvokeFunction:
-            return self._on_invoke(msg)  # type: ignore[arg-type]
-        if msg_type is WorkerRegistered:
-            self.worker_id = msg.worker_id  # type: ignore[attr-defined]
-            self._reattach_token = msg.reattach_token  # type: ignore[attr-defined]
-            return [Welcomed(self.worker_id)]
-        if msg_type is RegisterTrigger:
-            return self._on_bind(msg)  # type: ignore[arg-type]
-        if msg_type is UnregisterTrigger:
-            return self._on_unbind(msg)  # type: ignore[arg-type]
-        if msg_type is TriggerRegistrationResult:
-            if msg.error is not None:  # type: ignore[attr-defined]
-                log.error(
-                    "[iii] Trigger registration failed for '%s' (%s): %s",
-                    msg.id,  # type: ignore[attr-defined]
-                    msg.trigger_type,  # type: ignore[attr-defined]
-                    msg.error.message,  # type: ignore[attr-defined]
-                )
-            return []
-        if msg_type is RegistrationRejected:
-            return self._on_rejected(msg)  # type: ignore[arg-type]
-        return []  # ping, pong, error: the official SDK ignores them too
+        match msg:
+            case InvocationResult():
+                return self._on_result(msg)
+            case InvokeFunction():
+                return self._on_invoke(msg)
+            case WorkerRegistered():
+                self.worker_id = msg.worker_id
+                self._reattach_token = msg.reattach_token
+                return [Welcomed(msg.worker_id)]
+            case RegisterTrigger():
+                return self._on_bind(msg)
+            case UnregisterTrigger():
+                return self._on_unbind(msg)
+            case TriggerRegistrationResult(error=ErrorBody() as error):
+                # A binding this worker asked for was refused: as the official SDK, only log it.
+                log.error("[iii] Trigger registration failed for '%s' (%s): %s", msg.id, msg.trigger_type, error.message)
+            case RegistrationRejected():
+                return self._on_rejected(msg)
+        return []  # acks, ping, pong, error: the official SDK ignores them too
 
     def _on_result(self, msg: InvocationResult) -> list[Event]:
         pending = self._pending.pop(msg.invocation_id, None)
@@ -336,7 +327,7 @@ class WorkerProtocol:
             id=msg.id,
             function_id=msg.function_id,
             config=_decode(msg.config) if msg.config else None,
-            metadata=_decode(msg.metadata) if msg.metadata else None,  # type: ignore[arg-type]
+            metadata=_decode(msg.metadata) if msg.metadata else None,
             namespace=None if msg.namespace is msgspec.UNSET else msg.namespace,
         )
         return [BindTrigger(provided.provider, config, msg.trigger_type)]

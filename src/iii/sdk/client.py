@@ -68,7 +68,7 @@ _CONNECT_WAIT_S = 30
 _HANDSHAKE_TIMEOUT_S = 10
 _PING_INTERVAL_S = 20
 
-Resolve = Callable[[Any, Optional[BaseException]], None]
+_Resolve = Callable[[Any, Optional[BaseException]], None]
 
 
 class _Waiter:
@@ -76,7 +76,7 @@ class _Waiter:
 
     __slots__ = ("resolve", "timer")
 
-    def __init__(self, resolve: Resolve) -> None:
+    def __init__(self, resolve: _Resolve) -> None:
         self.resolve = resolve
         self.timer: Optional[asyncio.TimerHandle] = None
 
@@ -244,21 +244,22 @@ class III:
         self._flush()
 
     def _handle(self, event: Event) -> None:
-        if isinstance(event, InvokeHandler):
-            self._run_handler(event)
-        elif isinstance(event, CallResolved):
-            event.waiter.settle(event.result, None)
-        elif isinstance(event, CallFailed):
-            event.waiter.settle(None, event.error)
-        elif isinstance(event, BindTrigger):
-            self._loop.create_task(self._bind(event))
-        elif isinstance(event, UnbindTrigger):
-            self._loop.create_task(self._unbind(event))
-        elif isinstance(event, Welcomed):
-            log.debug("[iii] the engine calls this worker %s", event.worker_id)
-        elif isinstance(event, WorkerRejected):
-            self._set_state("failed")
-            self._connected.set()
+        match event:
+            case InvokeHandler():
+                self._run_handler(event)
+            case CallResolved():
+                event.waiter.settle(event.result, None)
+            case CallFailed():
+                event.waiter.settle(None, event.error)
+            case BindTrigger():
+                self._loop.create_task(self._bind(event))
+            case UnbindTrigger():
+                self._loop.create_task(self._unbind(event))
+            case Welcomed():
+                log.debug("[iii] the engine calls this worker %s", event.worker_id)
+            case WorkerRejected():
+                self._set_state("failed")
+                self._connected.set()
 
     def _run_handler(self, invocation: InvokeHandler) -> None:
         """Async handlers run on the loop, sync ones on the default executor's threads."""
@@ -373,7 +374,7 @@ class III:
 
     # ------------------------------------------------------------------ calls
 
-    def _start_call(self, call: OutboundCall, resolve: Resolve) -> None:
+    def _start_call(self, call: OutboundCall, resolve: _Resolve) -> None:
         """On the loop: send the call, and arm its timeout unless it is settled already."""
         waiter = _Waiter(resolve)
         settled = self._protocol.start_call(call, waiter)
