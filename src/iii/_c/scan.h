@@ -14,6 +14,11 @@
 #define III_SCAN_NEON 1
 #endif
 
+/* Internal to the extension: calls between these files stay direct (no PLT, no GOT). */
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden)
+#endif
+
 /* Returns the first byte in [p, end) that ends a run of plain string bytes: '"', '\\', a control
    character (< 0x20) or the first byte of UTF-8 that is not well formed; end if none. A returned
    byte >= 0x80 is therefore always an encoding error. */
@@ -40,5 +45,9 @@ const unsigned char *iii_string_run_neon(const unsigned char *p, const unsigned 
 /* The first byte of UTF-8 in [p, end) that is not well formed (where Python's decoder would
    report it), or end. */
 const unsigned char *iii_utf8_check(const unsigned char *p, const unsigned char *end);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #endif

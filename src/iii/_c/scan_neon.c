@@ -26,9 +26,12 @@ const unsigned char *iii_string_run_neon(const unsigned char *p, const unsigned 
             p += 16;
             continue;
         }
+        const unsigned char *first = p + (__builtin_ctzll(mask) >> 2);
+        if (*first < 0x80) /* '"', '\\' or a control character: the usual way out */
+            return first;
         uint64_t stop_mask = mask & ~nibble_mask(vcltzq_s8(vreinterpretq_s8_u8(chunk))); /* ASCII ones */
         const unsigned char *until = p + (stop_mask ? __builtin_ctzll(stop_mask) >> 2 : 16);
-        const unsigned char *after = iii_utf8_through(p + (__builtin_ctzll(mask) >> 2), until, end);
+        const unsigned char *after = iii_utf8_through(first, until, end);
         if (stop_mask || after < until) /* the stop, or UTF-8 that is not well formed */
             return after;
         p = after;

@@ -20,9 +20,12 @@ const unsigned char *iii_string_run_sse2(const unsigned char *p, const unsigned 
             p += 16;
             continue;
         }
+        const unsigned char *first = p + __builtin_ctz(mask);
+        if (*first < 0x80) /* '"', '\\' or a control character: the usual way out */
+            return first;
         unsigned int stop_mask = mask & ~(unsigned int)_mm_movemask_epi8(chunk); /* ASCII ones */
         const unsigned char *until = p + (stop_mask ? __builtin_ctz(stop_mask) : 16);
-        const unsigned char *after = iii_utf8_through(p + __builtin_ctz(mask), until, end);
+        const unsigned char *after = iii_utf8_through(first, until, end);
         if (stop_mask || after < until) /* the stop, or UTF-8 that is not well formed */
             return after;
         p = after;
