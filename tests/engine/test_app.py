@@ -54,6 +54,7 @@ def test_worker_processes_cannot_be_driven_from_elsewhere(ip):
     assert supervisor.actions == []
 
 
+@pytest.mark.both_loops
 async def test_unsupported_module_entries_are_named_at_start(tmp_path, caplog):
     config = parse_config(
         "workers:\n"
