@@ -9,10 +9,9 @@ Worker code written for the official package works unchanged::
 The engine lives in :mod:`iii.engine` and runs with the ``iii`` command.
 """
 
-__version__ = "0.1.0"
-
-from iii.errors import IIIError, InvocationError, RegistrationRejectedError  # noqa: E402
-from iii.iii_constants import (  # noqa: E402
+from iii._version import __version__
+from iii.errors import IIIError, InvocationError, RegistrationRejectedError
+from iii.iii_constants import (
     DEFAULT_ENGINE_URL,
     ConnectionStateCallback,
     EngineFunctions,
@@ -22,8 +21,8 @@ from iii.iii_constants import (  # noqa: E402
     ReconnectionConfig,
     TelemetryOptions,
 )
-from iii.logger import Logger  # noqa: E402
-from iii.sdk.client import (  # noqa: E402
+from iii.logger import Logger
+from iii.sdk.client import (
     III,
     EnqueueResult,
     TriggerAction,
@@ -32,7 +31,7 @@ from iii.sdk.client import (  # noqa: E402
     register_worker,
     register_worker_async,
 )
-from iii.triggers import TriggerConfig, TriggerHandler  # noqa: E402
+from iii.triggers import TriggerConfig, TriggerHandler
 
 IIIClient = III
 

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import msgspec
 import yaml
 
-from iii import __version__
+from iii._version import __version__
 from iii.engine.server import ListenerConfig
 from iii.protocol import DEFAULT_GRACE_MS, WireId
 

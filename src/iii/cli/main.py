@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from iii import __version__
+from iii._version import __version__
 from iii.cli import trigger, worker
 from iii.cli.output import fail
 from iii.config import ConfigError, write_starter

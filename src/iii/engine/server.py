@@ -22,7 +22,7 @@ import msgspec
 from msgspec import Meta
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
-from iii import __version__
+from iii._version import __version__
 from iii.engine.frames import FrameListener
 from iii.engine.registry import Connection
 from iii.engine.router import Router

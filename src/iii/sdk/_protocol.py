@@ -26,7 +26,8 @@ from typing import Any, Callable, Optional, Union
 
 import msgspec
 
-from iii import __version__, codec
+from iii import codec
+from iii._version import __version__
 from iii.errors import InvocationError, RegistrationRejectedError, error_from_wire
 from iii.iii_constants import MAX_QUEUE_SIZE, EngineFunctions, InitOptions, TelemetryOptions
 from iii.protocol import (
