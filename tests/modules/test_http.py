@@ -166,3 +166,37 @@ async def test_cors_is_permissive_by_default(web):
     assert status == 204
     assert headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert "POST" in headers["Access-Control-Allow-Methods"] and headers["Access-Control-Allow-Headers"] == "x-token"
+
+
+async def test_a_json_body_that_does_not_parse_is_400_and_reaches_no_function(web):
+    await web.route("items::create", lambda data: {"result": {"body": {"got": data["body"]}}}, api_path="items", http_method="POST")
+    json_type = {"Content-Type": "application/json"}
+    for raw, problem in ((b'{"a": ' + b"[" * 100_000, "nested too deeply"), (b'{"name": ', "truncated"), (b"\xff", "malformed")):
+        status, headers, body = await web.request("POST", "/items", data=raw, headers=json_type)
+        error = json.loads(body)["error"]
+        assert (status, error["code"], headers["Content-Type"]) == (400, "INVALID_JSON", "application/json")
+        assert problem in error["message"]
+    assert web.requests == []
+    status, _, body = await web.request("POST", "/items", data=b"[" * 100_000, headers={"Content-Type": "text/plain"})
+    assert (status, json.loads(body)) == (200, {"got": None})  # not JSON: the function's business
+    status, _, body = await web.request("POST", "/items", data=b"", headers=json_type)
+    assert (status, json.loads(body)) == (200, {"got": None})  # no body at all
+
+
+async def test_a_request_that_times_out_leaves_its_worker_available(web):
+    await web.route("slow::get", lambda data: ..., api_path="slow")
+    status, _, body = await web.request("GET", "/slow")
+    assert (status, json.loads(body)["error"]["code"]) == (504, "TIMEOUT")
+    listed = await web.call("engine::workers::list", {})
+    (row,) = [w for w in listed["result"]["workers"] if w["id"] == web.worker.worker_id]
+    assert row["status"] == "available"  # the engine forgot the call it gave up on
+
+
+async def test_a_middleware_that_does_not_answer_in_time_is_504(web):
+    web.handlers["web::stall"] = lambda data: ...
+    web.worker.send(type="registerfunction", id="web::stall")
+    await web.route("page::get", lambda data: {"result": {"body": {"page": 1}}}, api_path="page", middleware_function_ids=["web::stall"])
+    status, _, body = await web.request("GET", "/page")
+    error = json.loads(body)["error"]
+    assert (status, error["code"], error["message"]) == (504, "MIDDLEWARE_TIMEOUT", "Middleware timeout")
+    assert [r["function_id"] for r in web.requests] == ["web::guard", "web::stall"]  # not the function

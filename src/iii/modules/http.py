@@ -1,11 +1,19 @@
 """HTTP (``iii-http``): the ``http`` trigger type, an HTTP server (aiohttp) calling functions.
 
-A route is ``METHOD + api_path`` (``:name`` segments are path parameters). A request runs the
-global middlewares, the route's condition, its middlewares, then the function, which gets
-``{query_params, path_params, headers, path, method, body, trigger}`` and answers
-``{status_code?, headers?, body?}`` (a buffered response). Engine errors answer
-``{"error": {"code", "message"}}``: 404 no route, 422 condition not met, 500 failed call, 504
-timeout. Streaming through channels (``request_body`` / ``response``) is not provided.
+A route is ``METHOD + api_path`` (``:name`` segments are path parameters). A request's body is
+read first (within ``body_read_timeout_ms``, at most ``max_body_bytes``); only then does the
+request take one of the ``concurrency_request_limit`` slots, so clients trickling their bodies
+hold no slot. It then runs the global middlewares, the route's condition, its middlewares, then
+the function, which gets ``{query_params, path_params, headers, path, method, body, trigger}``
+and answers ``{status_code?, headers?, body?}`` (a buffered response). Every call a request makes
+carries the request's deadline (``default_timeout`` after its body is in), so when it expires
+the engine has already forgotten the call.
+
+Engine errors answer ``{"error": {"code", "message"}}``: 400 a malformed request or a JSON body
+that does not parse, 404 no route, 408 a body not received in time, 413 a body too large, 422
+condition not met, 500 failed call, 504 timeout. Bad client input is logged once per connection
+and kind (then only counted). Streaming through channels (``request_body`` / ``response``) is not
+provided.
 """
 
 from __future__ import annotations
@@ -13,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import Any, Optional, Union
+from http import HTTPStatus
+from typing import Annotated, Any, Optional, Union, cast
 
 import msgspec
 from aiohttp import web
+from msgspec import Meta
 
 from iii import codec
 from iii.engine.host import Binding, BuiltinModule, ErrorBody, Host, Provider, call
@@ -46,12 +56,17 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     port: int = 3111
     host: str = "0.0.0.0"
-    #: Whole-request timeout, ms, and the deadline of every call a request makes.
+    #: Whole-request timeout, ms, counted once the body is in (waiting for a slot included): the
+    #: deadline of every call a request makes.
     default_timeout: int = 30000
     concurrency_request_limit: int = 1024
     #: Absent: any origin, method and header.
     cors: Union[CorsConfig, None] = None
     middleware: list[GlobalMiddleware] = []
+    #: Time allowed to receive a request's body, ms (then 408).
+    body_read_timeout_ms: Annotated[int, Meta(ge=1)] = 10_000
+    #: The largest request body, bytes (a larger one: 413).
+    max_body_bytes: Annotated[int, Meta(ge=0)] = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535 or self.default_timeout < 1:
@@ -74,6 +89,8 @@ class Route:
         self.segments = self.path.split("/")
         #: The route's shape: literal segments kept, parameters as ``None``.
         self.shape = tuple(None if s.startswith(":") else s for s in self.segments)
+        #: The ``trigger`` member of every request it gets.
+        self.trigger = {"type": "http", "path": config.api_path, "method": self.method}
 
     def match(self, segments: list[str]) -> Optional[dict[str, str]]:
         if len(segments) != len(self.segments):
@@ -189,6 +206,75 @@ def buffered_response(value: Any) -> web.Response:
     return web.Response(status=status, body=data, headers=headers)
 
 
+def _refuse(request: web.BaseRequest, status: int, code: str, message: str) -> web.Response:
+    return cast(_Connection, request.protocol).refuse(request, status, code, message)
+
+
+def _too_large(request: web.BaseRequest, limit: int) -> web.Response:
+    return _refuse(request, 413, "BODY_TOO_LARGE", f"The body is larger than {limit} bytes")
+
+
+class _Connection(web.RequestHandler):
+    """One client connection (aiohttp's handler of it), with the bad input it sent."""
+
+    __slots__ = ("bad_input",)
+
+    def __init__(self, manager: _Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        #: kind of bad input -> how many times (the first one was logged); ``None`` until one.
+        self.bad_input: Optional[dict[str, int]] = None
+
+    def refuse(self, request: web.BaseRequest, status: int, code: str, message: str) -> web.Response:
+        """Answer bad client input; a warning the first time this connection sends this kind."""
+        counts = self.bad_input
+        if counts is None:
+            counts = self.bad_input = {}
+        seen = counts.get(code, 0)
+        counts[code] = seen + 1
+        if not seen:
+            log.warning("iii-http: %s from %s: %s (%d); more of the kind on this connection are counted, "
+                        "not logged", code, request.remote, message, status)
+        return _error(status, code, message)
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: Optional[BaseException] = None,
+        message: Optional[str] = None,
+    ) -> web.StreamResponse:
+        if status >= 500:  # a failure of ours, not the client's: aiohttp logs it with its traceback
+            return super().handle_error(request, status, exc, message)
+        # A request aiohttp could not parse (its message may point at the spot over several
+        # lines: one line here); the connection is closed after the answer.
+        phrase = HTTPStatus(status)
+        detail = " ".join((message or str(exc or phrase.phrase)).split())
+        response = self.refuse(request, status, phrase.name, detail)
+        response.force_close()
+        return response
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        super().connection_lost(exc)
+        counts = self.bad_input
+        if counts is not None and (unlogged := sum(counts.values()) - len(counts)):
+            log.warning("iii-http: %d more bad requests on a connection were not logged (%s)", unlogged, counts)
+
+
+class _Server(web.Server):
+    """aiohttp's low-level server: our connections, requests with our body size cap."""
+
+    def __init__(self, handler: Any, max_body_bytes: int) -> None:
+        super().__init__(handler, request_factory=self._request)
+        self._event_loop = asyncio.get_running_loop()
+        self._max_body_bytes = max_body_bytes
+
+    def __call__(self) -> _Connection:
+        # No access log: a line per request costs more than it tells.
+        return _Connection(self, loop=self._event_loop, access_log=None)
+
+    def _request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        return web.BaseRequest(
+            message, payload, protocol, writer, task, self._event_loop, client_max_size=self._max_body_bytes
+        )
+
+
 class HttpServer:
     """The module: the routes and the server that serves them."""
 
@@ -197,11 +283,12 @@ class HttpServer:
         self.config = config
         self.routes = Routes(host, config.default_timeout)
         self._limit = asyncio.Semaphore(max(1, config.concurrency_request_limit))
+        self._middleware = sorted(config.middleware, key=lambda m: m.priority)
         self._runner: Optional[web.ServerRunner] = None
         self.url: Optional[str] = None
 
     async def start(self) -> None:
-        server = web.Server(self._handle, access_log=None)  # a line per request costs more than it tells
+        server = _Server(self._handle, self.config.max_body_bytes)
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
@@ -219,15 +306,8 @@ class HttpServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def _call(self, namespace: str, function_id: str, payload: Any, metadata: bytes = b"") -> asyncio.Future:
-        return call(
-            self._host, namespace, function_id, codec.encode_json(payload), metadata,
-            timeout_ms=self.config.default_timeout,
-        )
-
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        async with self._limit:
-            response = await self._respond(request)
+        response = await self._respond(request)
         self._cors(request, response)
         return response
 
@@ -239,29 +319,19 @@ class HttpServer:
                 return web.Response(status=204)  # a CORS preflight (headers added by _cors)
             return _error(404, "NOT_FOUND", "Not Found")
         route, path_params = found
-        timeout = self.config.default_timeout / 1000
-        try:
-            return await asyncio.wait_for(self._run(request, route, path_params), timeout)
-        except asyncio.TimeoutError:
-            return _error(504, "TIMEOUT", f"The request took longer than {self.config.default_timeout} ms")
-
-    async def _run(self, request: web.BaseRequest, route: Route, path_params: dict[str, str]) -> web.StreamResponse:
-        binding = route.binding
-        namespace = binding.namespace
+        raw = await self._body(request)
+        if not isinstance(raw, bytes):
+            return raw
         headers = {name.lower(): value for name, value in request.headers.items()}
         query = {name: value for name, value in request.query.items()}
-        summary = {"path_params": path_params, "query_params": query, "headers": headers, "method": route.method}
-        for middleware in sorted(self.config.middleware, key=lambda m: m.priority):
-            answer = await self._middleware(namespace, middleware.function_id, summary)
-            if answer is not None:
-                return answer
         body = None
-        raw = await request.read()
-        if "application/json" in request.headers.get("Content-Type", "") and raw:
+        if raw and "application/json" in headers.get("content-type", ""):
             try:
                 body = codec.decode_json(raw)
-            except codec.DecodeError:
-                body = None
+            except codec.DecodeError as exc:
+                return _refuse(request, 400, "INVALID_JSON", f"The body is not valid JSON: {exc}")
+            except RecursionError:
+                return _refuse(request, 400, "INVALID_JSON", "The body's JSON is nested too deeply")
         payload = {
             "query_params": query,
             "path_params": path_params,
@@ -269,30 +339,94 @@ class HttpServer:
             "path": route.config.api_path,
             "method": route.method,
             "body": body,
-            "trigger": {"type": "http", "path": route.config.api_path, "method": route.method},
+            "trigger": route.trigger,
         }
+        try:
+            data = codec.encode_json(payload)  # once, for the condition and the function
+        except RecursionError:  # a body at the decoder's depth limit, one level deeper here
+            return _refuse(request, 400, "INVALID_JSON", "The body's JSON is nested too deeply")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.default_timeout / 1000
+        limit = self._limit
+        if limit.locked():  # wait for a slot, not past the deadline (no timer when one is free)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await limit.acquire()
+            except TimeoutError:
+                return _error(504, "TIMEOUT", f"No request slot was free within {self.config.default_timeout} ms")
+        else:
+            await limit.acquire()
+        try:
+            return await self._run(route, path_params, query, headers, data, deadline)
+        finally:
+            limit.release()
+
+    async def _body(self, request: web.BaseRequest) -> Union[bytes, web.Response]:
+        """The request's body, or the answer when it is too large or does not come in time."""
+        limit = self.config.max_body_bytes
+        length = request.content_length
+        try:
+            if length is not None and length > limit:  # said so up front: not worth reading
+                response = _too_large(request, limit)
+            elif request.content.is_eof():  # already all in (no body, a small one): no timer
+                return await request.read()
+            else:
+                async with asyncio.timeout(self.config.body_read_timeout_ms / 1000):
+                    return await request.read()
+        except web.HTTPRequestEntityTooLarge:  # a chunked body that grew too large
+            response = _too_large(request, limit)
+        except TimeoutError:
+            response = _refuse(
+                request, 408, "BODY_TIMEOUT", f"The body was not received within {self.config.body_read_timeout_ms} ms"
+            )
+        response.force_close()  # the rest of the body is not read: this connection cannot go on
+        return response
+
+    def _remaining_ms(self, deadline: float) -> int:
+        return max(1, int((deadline - asyncio.get_running_loop().time()) * 1000))
+
+    async def _run(
+        self, route: Route, path_params: dict[str, str], query: dict[str, str], headers: dict[str, str],
+        payload: bytes, deadline: float,
+    ) -> web.StreamResponse:
+        binding = route.binding
+        namespace = binding.namespace
+        middleware_payload = b""
+        if self._middleware or route.config.middleware_function_ids:  # the same for each of them
+            middleware_payload = codec.encode_json({
+                "phase": "preHandler",
+                "request": {"path_params": path_params, "query_params": query, "headers": headers, "method": route.method},
+                "context": {},
+            })
+        for middleware in self._middleware:
+            answer = await self._middleware_answer(namespace, middleware.function_id, middleware_payload, deadline)
+            if answer is not None:
+                return answer
         condition = route.config.condition_function_id
         if condition:
-            passed, error = await self._call(namespace, condition, payload)
+            passed, error = await call(self._host, namespace, condition, payload, timeout_ms=self._remaining_ms(deadline))
             if error is not None:
                 return _failure(error)
             if passed is False:
                 return _error(422, "CONDITION_NOT_MET", "Request condition not met", skipped=True)
         for function_id in route.config.middleware_function_ids:
-            answer = await self._middleware(namespace, function_id, summary)
+            answer = await self._middleware_answer(namespace, function_id, middleware_payload, deadline)
             if answer is not None:
                 return answer
-        result, error = await self._call(namespace, binding.function_id, payload, binding.metadata or b"")
+        result, error = await call(
+            self._host, namespace, binding.function_id, payload, binding.metadata or b"",
+            timeout_ms=self._remaining_ms(deadline),
+        )
         return _failure(error) if error is not None else buffered_response(result)
 
-    async def _middleware(self, namespace: str, function_id: str, request: dict[str, Any]) -> Optional[web.Response]:
+    async def _middleware_answer(
+        self, namespace: str, function_id: str, payload: bytes, deadline: float
+    ) -> Optional[web.Response]:
         """Run one middleware; a response when it answers the request itself, else ``None``."""
-        call = self._call(namespace, function_id, {"phase": "preHandler", "request": request, "context": {}})
-        try:
-            result, error = await asyncio.wait_for(call, self.config.default_timeout / 1000)
-        except asyncio.TimeoutError:
-            return _error(504, "MIDDLEWARE_TIMEOUT", "Middleware timeout")
+        result, error = await call(self._host, namespace, function_id, payload, timeout_ms=self._remaining_ms(deadline))
         if error is not None:
+            if error.code == ErrorCode.TIMEOUT:
+                return _error(504, "MIDDLEWARE_TIMEOUT", "Middleware timeout")
             return _failure(error)
         if isinstance(result, dict) and result.get("action") == "respond":
             return buffered_response(result.get("response"))
@@ -333,6 +467,8 @@ _REQUEST_FORMAT = {
         "path": {"type": "string"}, "method": {"type": "string"}, "body": {},
     },
 }
+
+
 def install(host: Host, config: Optional[HttpConfig] = None) -> HttpServer:
     """Register the ``http`` trigger type; the engine then awaits ``start()``."""
     server = HttpServer(host, config or HttpConfig())
