@@ -7,6 +7,11 @@ A join runs every ``stream:join`` binding (any answering ``{"unauthorized": true
 then subscribes and sends a ``sync`` event with the item or the group's items. Items live in
 memory (and in a file with the ``file_based`` store). Custom stream backends
 (``stream::get(<name>)`` functions) are not consulted.
+
+A client that does not read what it is sent is dropped once more than ``max_client_buffer_bytes``
+would wait for it, or once it has stayed behind for ``client_stall_timeout_ms``; a client whose
+joins pile up is not read until they are handled; bad client messages are logged once per client
+and kind, then counted.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 import msgspec
+from msgspec import Meta
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 from iii import codec
@@ -52,6 +58,10 @@ class StreamConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: The deadline of each call it makes (bound functions, join/leave handlers, auth_function);
     #: a join handler that does not answer in time refuses the join.
     invocation_timeout_ms: int = DEFAULT_INVOCATION_TIMEOUT_MS
+    #: A client that does not read what it is sent is dropped once this much waits for it...
+    max_client_buffer_bytes: Annotated[int, Meta(ge=1)] = 64 * 1024 * 1024
+    #: ... or once it has kept the engine waiting (its buffer over the high-water mark) this long.
+    client_stall_timeout_ms: Annotated[int, Meta(ge=1)] = 30_000
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -332,48 +342,100 @@ class ClientMessage(msgspec.Struct):
 
 
 _client_decoder = msgspec.json.Decoder(ClientMessage)
+#: Outbound bytes buffered for a client before the engine watches whether it still reads.
+_HIGH_WATER = 1024 * 1024
+#: Messages from a client waiting their turn (a join awaits its handlers) before its socket is no
+#: longer read; reading resumes once they are handled.
+_INBOX_LIMIT = 64
 
 
 class StreamClient(WSListener):
-    """One WebSocket client on port 3112: its subscriptions, joins and leaves in order."""
+    """One WebSocket client on port 3112: its subscriptions, joins and leaves in order.
+
+    What waits to be sent to it is capped: a client that does not read is disconnected once more
+    than ``max_client_buffer_bytes`` would wait for it, or once it has stayed over the high-water
+    mark for ``client_stall_timeout_ms``. What it sends is capped too (``_INBOX_LIMIT``), and what
+    it should not have sent is logged once per kind, then counted.
+    """
 
     def __init__(self, streams: Streams, request: WSUpgradeRequest) -> None:
         self._streams = streams
         self._request = request
+        #: ``None`` before it is connected and once it is gone (or dropped): nothing is sent then.
         self._transport: Optional[WSTransport] = None
+        self.peer: Optional[str] = None
         self.subscriptions: dict[str, Subscription] = {}
         self._context: Any = None
         self._inbox: asyncio.Queue = asyncio.Queue()
+        self._reading_paused = False
         self._worker: Optional[asyncio.Task] = None
+        #: Drops it unless it catches up in time; set while writing to it is paused.
+        self._stall: Optional[asyncio.TimerHandle] = None
+        #: kind of bad message -> how many (the first one was logged); ``None`` until one.
+        self.bad_input: Optional[dict[str, int]] = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
+        # Under the cap, so that the cap is checked (on each send while paused) before it is reached.
+        high = min(_HIGH_WATER, self._streams.config.max_client_buffer_bytes // 2)
+        transport.underlying_transport.set_write_buffer_limits(high=high)
         self._streams.clients.add(self)
         peer = transport.underlying_transport.get_extra_info("peername")
-        self._worker = asyncio.ensure_future(self._work(peer[0] if peer else None))
+        self.peer = peer[0] if peer else None
+        self._worker = asyncio.ensure_future(self._work())
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if frame.msg_type is WSMsgType.TEXT:
+        msg_type = frame.msg_type
+        if msg_type is WSMsgType.TEXT:
             try:
-                self._inbox.put_nowait(_client_decoder.decode(frame.get_payload_as_bytes()))
+                message = _client_decoder.decode(frame.get_payload_as_bytes())
+            except msgspec.ValidationError as exc:
+                self._bad_input("an invalid message", exc)
             except msgspec.DecodeError as exc:
-                log.info("iii-stream: ignored a client message: %s", exc)
-        elif frame.msg_type is WSMsgType.CLOSE:
+                self._bad_input("malformed JSON", exc)
+            except RecursionError:
+                self._bad_input("malformed JSON", "nested too deeply")
+            else:
+                if message.type != "join" and message.type != "leave":
+                    self._bad_input("an unknown message type", message.type)
+                    return
+                self._inbox.put_nowait(message)
+                if self._inbox.qsize() >= _INBOX_LIMIT and not self._reading_paused:
+                    self._reading_paused = True
+                    transport.underlying_transport.pause_reading()
+        elif msg_type is WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
+        elif msg_type is WSMsgType.BINARY:
+            self._bad_input("a binary frame", frame.payload_size)
 
-    async def _work(self, addr: Optional[str]) -> None:
+    def _bad_input(self, kind: str, detail: Any) -> None:
+        """A message it should not have sent: logged the first time per kind, then counted."""
+        counts = self.bad_input
+        if counts is None:
+            counts = self.bad_input = {}
+        seen = counts.get(kind, 0)
+        counts[kind] = seen + 1
+        if not seen:
+            log.warning("iii-stream: client %s sent %s (%s); more of the kind are counted, not logged",
+                        self.peer, kind, detail)
+
+    async def _work(self) -> None:
         """Authenticate, then handle joins and leaves one at a time (a join awaits its handlers)."""
-        allowed, self._context = await self._streams.authenticate(self._request, addr)
+        allowed, self._context = await self._streams.authenticate(self._request, self.peer)
         if not allowed:
             self.close()
             return
+        inbox = self._inbox
         while True:
-            message = await self._inbox.get()
+            message = await inbox.get()
             try:
                 await self._handle(message)
             except Exception:  # one bad message must not stop this client's others
                 log.exception("iii-stream: a client message failed")
+            if self._reading_paused and inbox.empty() and self._transport is not None:
+                self._reading_paused = False
+                self._transport.underlying_transport.resume_reading()
 
     async def _handle(self, message: ClientMessage) -> None:
         data = message.data
@@ -397,8 +459,45 @@ class StreamClient(WSListener):
                 return
 
     def _send(self, message: bytes) -> None:
-        if self._transport is not None and not self._transport.is_disconnected:
-            self._transport.send(WSMsgType.TEXT, message)
+        transport = self._transport
+        if transport is None or transport.is_disconnected:
+            return
+        if self._stall is not None:  # it is behind: cap what waits for it
+            waiting = transport.underlying_transport.get_write_buffer_size()
+            if waiting + len(message) > self._streams.config.max_client_buffer_bytes:
+                self._drop(f"{waiting} bytes wait for it")
+                return
+        transport.send(WSMsgType.TEXT, message)
+
+    def pause_writing(self) -> None:
+        """It is not reading as fast as it is sent to: it has the stall grace to catch up."""
+        if self._stall is None:
+            self._stall = asyncio.get_running_loop().call_later(
+                self._streams.config.client_stall_timeout_ms / 1000, self._stalled
+            )
+
+    def resume_writing(self) -> None:
+        self._cancel_stall()
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if self._transport is not None:
+            waiting = self._transport.underlying_transport.get_write_buffer_size()
+            self._drop(f"{waiting} bytes still wait for it after {self._streams.config.client_stall_timeout_ms} ms")
+
+    def _drop(self, reason: str) -> None:
+        """Disconnect a client that does not read what it is sent, before that exhausts memory."""
+        transport = self._transport
+        self._transport = None  # nothing more is sent to it, and this is logged once
+        self._streams.clients.discard(self)
+        self._cancel_stall()
+        log.warning("iii-stream: client %s is not reading (%s): disconnecting it", self.peer, reason)
+        transport.disconnect(graceful=False)  # type: ignore[union-attr]
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_disconnected:
@@ -406,12 +505,18 @@ class StreamClient(WSListener):
             self._transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._transport = None
         self._streams.clients.discard(self)
+        self._cancel_stall()
         if self._worker is not None:
             self._worker.cancel()
         for subscription in self.subscriptions.values():
             self._streams.left(subscription, self._context)
         self.subscriptions.clear()
+        counts = self.bad_input
+        if counts is not None and (unlogged := sum(counts.values()) - len(counts)):
+            log.warning("iii-stream: client %s sent %d more bad messages that were not logged (%s)",
+                        self.peer, unlogged, counts)
 
 
 _TRIGGER_FORMAT = {
