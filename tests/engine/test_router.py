@@ -206,6 +206,18 @@ def test_engine_trigger_types_cannot_be_taken_over_by_a_worker(router):
     assert thief.take() == [] and ("default", "webhook") in router.trigger_types
 
 
+def test_an_answer_that_cannot_be_relayed_fails_the_call_at_once(router):
+    owner = connected(router, "owner", "f::x")
+    caller = connected(router, "caller")
+    caller.call("f::x", {}, invocation_id="a")
+    owner.take()
+    owner.send_raw(b'{"type":"invocationresult","invocation_id":"a","function_id":"f::x","result":"\xff"}')
+    (failed,) = caller.take()
+    assert failed["invocation_id"] == "a" and failed["error"]["code"] == "deserialization_error"
+    assert "invalid UTF-8" in failed["error"]["message"] and "f::x" in failed["error"]["message"]
+    assert router.pending == {} and owner.conn.status == "available"
+
+
 def test_only_the_target_can_answer_an_invocation(router):
     connected(router, "owner", "f::x")
     caller = connected(router, "caller")

@@ -309,6 +309,16 @@ class Router:
                     ErrorBody(ErrorCode.DESERIALIZATION_ERROR, f"Invalid invokefunction: {exc}"),
                 )
             )
+        # So does the caller of an answer that cannot be relayed (invalid UTF-8, say).
+        elif probe.type == "invocationresult" and probe.invocation_id:
+            pending = self.pending.get(probe.invocation_id)
+            if pending is not None and pending.target is conn:
+                self.invocations.settle(probe.invocation_id)
+                conn.invocations_failed += 1
+                self._fail_call(probe.invocation_id, pending, ErrorBody(
+                    ErrorCode.DESERIALIZATION_ERROR,
+                    f"The answer of {pending.function_id} could not be relayed: {exc}",
+                ))
 
     def _on_reattach(self, conn: Connection, msg: Reattach, frame: bytes) -> None:
         old = self.connections.get(msg.previous_worker_id)
@@ -709,22 +719,26 @@ class Router:
                 "call %s to %s timed out (worker %s did not answer in time)",
                 key, pending.function_id, pending.target.id,
             )
-            if pending.on_result is not None:
-                pending.on_result(b"null", ErrorBody(
-                    ErrorCode.TIMEOUT, f"Invocation of {pending.function_id} timed out"
-                ))
+            self._fail_call(key, pending, ErrorBody(
+                ErrorCode.TIMEOUT, f"Invocation of {pending.function_id} timed out"
+            ))
         return self.invocations.next_deadline()
 
     def _halt_invocations(self, conn: Connection) -> None:
         """Fail calls to ``conn`` with ``invocation_stopped``; forget calls it made."""
         stopped = ErrorBody(ErrorCode.INVOCATION_STOPPED, "Invocation stopped")
         for key, pending in self.invocations.halt(conn):
-            caller = pending.caller
-            if caller is not None:
-                if caller.state != ABORTED:
-                    caller.send(codec.encode_error_result(key, pending.function_id, stopped))
-            elif pending.on_result is not None:
-                pending.on_result(b"null", stopped)
+            self._fail_call(key, pending, stopped)
+
+    @staticmethod
+    def _fail_call(key: str, pending: Pending, error: ErrorBody) -> None:
+        """Tell whoever waits for a call (settled already) that it failed with ``error``."""
+        caller = pending.caller
+        if caller is not None:
+            if caller.state != ABORTED:
+                caller.send(codec.encode_error_result(key, pending.function_id, error))
+        elif pending.on_result is not None:
+            pending.on_result(b"null", error)
 
     # ------------------------------------------------------------------ trigger types
 
