@@ -36,17 +36,19 @@ __all__ = [
 STARTER_CONFIG = """\
 # iii engine configuration.
 # Add workers with `iii worker add <name>`; a running engine reloads on save.
-# State, streams and queues are kept in ./data (durable across restarts).
+# State, stream items and queued jobs are kept in SQLite files under ./data: a write is
+# answered once it is in its file, so what was acknowledged survives a crash or a restart.
+# (store_method: in_memory keeps them in memory only: faster, lost when the engine stops.)
 workers:
   - name: iii-state
     config:
-      adapter: {name: kv, config: {store_method: file_based, file_path: ./data/state_store}}
+      adapter: {name: kv, config: {store_method: file_based, file_path: ./data/state_store.db}}
   - name: iii-stream
     config:
-      adapter: {name: kv, config: {store_method: file_based, file_path: ./data/stream_store}}
+      adapter: {name: kv, config: {store_method: file_based, file_path: ./data/stream_store.db}}
   - name: iii-queue
     config:
-      adapter: {name: builtin, config: {store_method: file_based, file_path: ./data/queue_store}}
+      adapter: {name: builtin, config: {store_method: file_based, file_path: ./data/queue_store.db}}
 """
 
 _TOP_LEVEL_KEYS = {"workers", "modules", "registration_namespace_grace_ms"}

@@ -13,6 +13,7 @@ import pytest
 from helpers import RawClient
 from iii import __version__
 from iii.config import STARTER_CONFIG, ConfigError, parse_config
+from iii.modules._adapters import LocalAdapter
 
 
 def run_iii(*args: str, cwd: Path, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -79,7 +80,7 @@ def test_module_entries_configure_the_built_in_modules(tmp_path):
     )
     assert [w.name for w in config.workers] == ["my-worker"]
     assert (config.modules["iii-state"].max_value_bytes, config.modules["iii-state"].triggers_enabled) == (100, False)
-    assert config.modules["iii-pubsub"].adapter == {"name": "local"}
+    assert config.modules["iii-pubsub"].adapter == LocalAdapter()
     assert config.modules["iii-cron"].adapter is None
     assert config.modules["iii-queue"].queue_configs["emails"].concurrency == 2
 

@@ -1,8 +1,12 @@
-"""The iii-queue module without sockets: enqueue, delivery, retries, dead letters (both codecs)."""
+"""The iii-queue module without sockets: enqueue, delivery, retries, dead letters, the file_based
+store and its failures (both codecs)."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Callable
 
+import msgspec
 import pytest
 
 from helpers import FakeClock, Peer, connected, make_router
@@ -153,14 +157,61 @@ def test_without_an_id_the_job_is_still_enqueued(router):
 
 
 @pytest.mark.parametrize(
-    "settings, message",
-    [({"concurrency": 0}, "at least 1"), ({"type": "fifo"}, "message_group_field"), ({"type": "lifo"}, "type")],
+    "config, message",
+    [
+        ({"queue_configs": {"q": {"concurrency": 0}}}, "Expected `int` >= 1 - at `$.queue_configs[...].concurrency`"),
+        ({"queue_configs": {"q": {"max_retries": -1}}}, "Expected `int` >= 0 - at `$.queue_configs[...].max_retries`"),
+        ({"queue_configs": {"q": {"backoff_ms": -5}}}, "at `$.queue_configs[...].backoff_ms`"),
+        ({"queue_configs": {"q": {"type": "fifo"}}}, "queue 'q': a fifo queue needs message_group_field"),
+        ({"queue_configs": {"q": {"type": "lifo"}}}, "at `$.queue_configs[...].type`"),
+        ({"adapter": {"name": "builtin", "config": {"store_method": "file_based", "save_interval_ms": "soon"}}},
+         "at `$.adapter.config.save_interval_ms`"),
+        ({"adapter": {"name": "rabbitmq", "config": {"amqp_url": "amqp://x"}}}, "adapter 'rabbitmq' is not available here"),
+        ({"adapter": {"name": "kv"}}, "Invalid value 'kv' - at `$.adapter.name`"),
+    ],
 )
-def test_bad_queue_settings_are_refused(settings, message):
-    import msgspec
+def test_bad_queue_settings_are_refused(config, message):
+    with pytest.raises(msgspec.ValidationError) as refused:
+        msgspec.convert(config, QueueConfig)
+    assert message in str(refused.value)
 
-    with pytest.raises(msgspec.ValidationError, match=message):
-        msgspec.convert({"queue_configs": {"q": settings}}, QueueConfig)
+
+def attempts_until_dead(worker: Peer, clock: FakeClock, limit: int = 20) -> int:
+    """Fail every delivery of the one job in flight until it stops coming; returns how many came."""
+    attempts = 0
+    while attempts < limit:
+        calls = deliveries(worker)
+        if not calls:
+            return attempts
+        (call,) = calls
+        attempts += 1
+        reply(worker, call, error=True)
+        clock.advance(3600)
+    raise AssertionError(f"still delivered after {limit} attempts")
+
+
+@pytest.mark.parametrize("max_retries, attempts", [(0, 1), (1, 1), (2, 2), (3, 3)])
+def test_a_named_queues_max_retries_counts_every_attempt(codec, clock, max_retries, attempts):
+    """As the original's builtin adapter: ``max_retries`` is the number of attempts in all, and 0
+    still makes the one attempt."""
+    router = queue_router(clock, jobs=QueueSettings(max_retries=max_retries))
+    worker = connected(router, "worker", "jobs::fail")
+    caller = connected(router, "caller")
+    enqueue(caller, "jobs::fail", 1, "jobs")
+    assert attempts_until_dead(worker, clock) == attempts
+    assert stats(caller, "jobs")["dlq_depth"] == 1
+
+
+@pytest.mark.parametrize("max_retries, attempts", [(None, 3), (0, 1), (1, 2), (2, 3), (4, 5)])
+def test_a_durable_subscribers_max_retries_counts_retries_after_the_first_attempt(router, clock, max_retries, attempts):
+    """As the original: ``maxRetries: N`` is the first attempt and N retries; absent, 3 attempts."""
+    worker = connected(router, "worker", "t::fail")
+    queue_config = {} if max_retries is None else {"maxRetries": max_retries}
+    subscribe(router, worker, "f", "t::fail", topic="t", queue_config=queue_config)
+    publisher = connected(router, "publisher")
+    publisher.result_of("iii::durable::publish", {"topic": "t", "data": 1})
+    assert attempts_until_dead(worker, clock) == attempts
+    assert stats(publisher, "t::t::fail")["dlq_depth"] == 1
 
 
 def subscribe(router: Router, peer: Peer, binding_id: str, function_id: str, **config) -> list:
@@ -206,36 +257,173 @@ def test_durable_subscriber_conditions_and_unsubscribing(router):
     assert publisher.result_of("iii::durable::publish", {"data": 1})["error"]["code"] == "topic_not_set"
 
 
+def file_based(path, **queues) -> QueueConfig:
+    return msgspec.convert(
+        {"queue_configs": queues, "adapter": {"name": "builtin", "config": {"store_method": "file_based", "file_path": str(path)}}},
+        QueueConfig,
+    )
+
+
+async def started(config: QueueConfig, clock: FakeClock) -> tuple[Router, queue.Queues]:
+    router = make_router(clock=lambda: int(clock.now * 1000))
+    queues = queue.install(router, config, clock)
+    await queues.start()
+    return router, queues
+
+
+async def turns(count: int = 4) -> None:
+    """Let the store commit and the answers that waited for it go out."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
 async def test_the_file_based_store_keeps_jobs_and_dead_letters_across_restarts(codec, clock, tmp_path):
-    path = tmp_path / "queues.json"
-    config = QueueConfig(adapter={"name": "builtin", "config": {"store_method": "file_based", "file_path": str(path)}})
-
-    async def started() -> tuple[Router, queue.Queues]:
-        router = make_router()
-        queues = queue.install(router, config, clock)
-        await queues.start()
-        return router, queues
-
-    router, queues = await started()
+    path = tmp_path / "queues.db"
+    router, queues = await started(file_based(path), clock)
     worker = connected(router, "worker", "jobs::run")
     caller = connected(router, "caller")
-    enqueue(caller, "jobs::run", {"n": 1}, invocation_id="a")
-    enqueue(caller, "jobs::run", {"n": 2}, invocation_id="b")
-    dead_receipt = enqueue(caller, "jobs::run", {"n": 3}, invocation_id="c")["result"]["messageReceiptId"]
+    for index, invocation_id in enumerate("abc", 1):
+        caller.send(type="invokefunction", invocation_id=invocation_id, function_id="jobs::run", data={"n": index},
+                    action={"type": "enqueue", "queue": "default"})
+    assert caller.take() == [] and deliveries(worker) == []  # neither receipt nor delivery before the commit
+    await turns()
+    receipts = {f["invocation_id"]: f["result"]["messageReceiptId"] for f in caller.take()}
+    assert sorted(receipts) == ["a", "b", "c"]
     first, second, third = deliveries(worker)
-    reply(worker, first)  # acked: gone for good
+    reply(worker, first)  # acked: gone for good once committed
     for _ in range(3):  # the third dies
         reply(worker, third, error=True)
+        await turns()
         clock.advance(10)
         third = next(iter(deliveries(worker)), third)
-    await queues.stop()  # the second is still in delivery: it runs again after the restart
+    await turns()
+    # Not stopped: the second is still in delivery and runs again after the restart.
 
-    router, queues = await started()
+    router, restarted = await started(file_based(path), clock)
     worker = connected(router, "worker", "jobs::run")
     caller = connected(router, "caller")
     assert deliveries(worker) == []  # restored jobs give their workers time to come back
     clock.advance(queue.RESTORED_JOBS_DELAY_S)
     assert [job["data"] for job in deliveries(worker)] == [{"n": 2}]
     (dead,) = caller.result_of("engine::queue::dlq_messages", {"topic": "default"})["result"]
-    assert (dead["id"], dead["payload"], dead["retries"]) == (dead_receipt, {"n": 3}, 3)
+    assert (dead["id"], dead["payload"], dead["retries"]) == (receipts["c"], {"n": 3}, 3)
+    caller.call("iii::queue::redrive", {"queue": "default"}, invocation_id="r")
+    await turns()
+    assert [f["result"] for f in caller.take()] == [{"queue": "default", "redriven": 1}]
+    assert [job["data"] for job in deliveries(worker)] == [{"n": 3}]
+    await restarted.stop()
+    await queues.stop()
+
+
+async def test_durable_topic_messages_are_kept_and_wait_for_their_subscriber(codec, clock, tmp_path):
+    path = tmp_path / "queues.db"
+    router, queues = await started(file_based(path), clock)
+    worker = connected(router, "worker", "orders::bill")
+    subscribe(router, worker, "b1", "orders::bill", topic="orders", queue_config={"maxRetries": 0})
+    publisher = connected(router, "publisher")
+    publisher.call("iii::durable::publish", {"topic": "orders", "data": {"id": 1}}, invocation_id="p")
+    assert publisher.take() == []
+    await turns()
+    (answer,) = publisher.take()
+    assert answer["invocation_id"] == "p" and "error" not in answer
+    assert [c["data"] for c in deliveries(worker)] == [{"id": 1}]  # in delivery when the engine dies
+
+    router, restarted = await started(file_based(path), clock)
+    worker = connected(router, "worker", "orders::bill")
+    clock.advance(60)
+    assert deliveries(worker) == []  # no binding yet: it waits
+    frames = subscribe(router, worker, "b1", "orders::bill", topic="orders", queue_config={"maxRetries": 0})
+    (again,) = [f for f in frames if f["type"] == "invokefunction"]  # at once: the subscriber is back
+    assert again["data"] == {"id": 1}
+    worker.send(type="unregistertrigger", id="b1")
+    reply(worker, again, error=True)  # one attempt (maxRetries 0): dead, and kept so
+    await turns()
+    stats_ = worker.result_of("engine::queue::topic_stats", {"topic": "orders::orders::bill"})["result"]
+    assert (stats_["depth"], stats_["dlq_depth"]) == (0, 1)
+    await restarted.stop()
+    await queues.stop()
+
+
+def fill(queues: queue.Queues) -> Callable[[], None]:
+    """Make the file full (a real SQLITE_FULL for the next write that needs a page); returns what
+    gives it room again."""
+    database = queues.store.journal._db
+    pages = database.execute("PRAGMA page_count").fetchone()[0]
+    database.execute(f"PRAGMA max_page_count = {pages}")
+    return lambda: database.execute("PRAGMA max_page_count = 1073741823")
+
+
+async def test_what_the_file_cannot_keep_is_refused_or_done_again(codec, clock, tmp_path):
+    router, queues = await started(file_based(tmp_path / "queues.db"), clock)
+    worker = connected(router, "worker", "jobs::run")
+    caller = connected(router, "caller")
+    big = "x" * 100_000
+    # An enqueue the file cannot keep is an enqueue error, and nothing is delivered.
+    make_room = fill(queues)
+    caller.send(type="invokefunction", invocation_id="e", function_id="jobs::run", data=big,
+                action={"type": "enqueue", "queue": "default"})
+    await turns()
+    (refused,) = caller.take()
+    assert refused["error"]["code"] == "enqueue_error" and "STORE_ERROR" in refused["error"]["message"]
+    assert deliveries(worker) == [] and stats(caller)["depth"] == 0
+    make_room()
+    # A job whose completion the file cannot record is delivered again (the file still has it).
+    caller.send(type="invokefunction", invocation_id="k", function_id="jobs::run", data=big,
+                action={"type": "enqueue", "queue": "default"})
+    await turns()
+    (job,) = deliveries(worker)
+    database = queues.store.journal._db
+    database.execute("CREATE TRIGGER no_deletes BEFORE DELETE ON queue_jobs BEGIN SELECT RAISE(FAIL, 'disk trouble'); END")
+    reply(worker, job)
+    await turns()
+    (again,) = deliveries(worker)
+    assert again["data"] == big
+    database.execute("DROP TRIGGER no_deletes")
+    reply(worker, again)
+    await turns()
+    assert database.execute("SELECT count(*) FROM queue_jobs").fetchone()[0] == 0
+    await queues.stop()
+
+
+async def test_dead_letter_moves_the_file_cannot_keep_are_undone(codec, clock, tmp_path):
+    router, queues = await started(file_based(tmp_path / "queues.db", once={"max_retries": 1}), clock)
+    worker = connected(router, "worker", "jobs::run")
+    caller = connected(router, "caller")
+    database = queues.store.journal._db
+
+    def refuse(operation: str) -> None:
+        database.execute(f"CREATE TRIGGER refused BEFORE {operation} ON queue_jobs BEGIN SELECT RAISE(FAIL, 'disk trouble'); END")
+
+    async def answer(function_id: str, data) -> dict:
+        caller.call(function_id, data, invocation_id="q")
+        await turns()
+        (frame,) = caller.take()
+        return frame
+
+    caller.send(type="invokefunction", invocation_id="e", function_id="jobs::run", data=1,
+                action={"type": "enqueue", "queue": "once"})
+    await turns()
+    receipt = caller.take()[0]["result"]["messageReceiptId"]
+    (job,) = deliveries(worker)
+    refuse("UPDATE")
+    reply(worker, job, error=True)  # dead, but the file cannot say so: it is delivered again
+    await turns()
+    (job,) = deliveries(worker)
+    assert stats(caller, "once")["dlq_depth"] == 0
+    database.execute("DROP TRIGGER refused")
+    reply(worker, job, error=True)
+    await turns()
+    assert stats(caller, "once")["dlq_depth"] == 1
+    refuse("DELETE")
+    refused = await answer("iii::queue::discard_message", {"queue": "once", "message_id": receipt})
+    assert refused["error"]["code"] == "STORE_ERROR" and stats(caller, "once")["dlq_depth"] == 1
+    database.execute("DROP TRIGGER refused")
+    refuse("UPDATE")
+    refused = await answer("iii::queue::redrive", {"queue": "once"})
+    assert refused["error"]["code"] == "STORE_ERROR" and stats(caller, "once")["dlq_depth"] == 1
+    assert deliveries(worker) == []
+    database.execute("DROP TRIGGER refused")
+    assert (await answer("iii::queue::redrive", {"queue": "once"}))["result"] == {"queue": "once", "redriven": 1}
+    (job,) = deliveries(worker)
+    assert (job["data"], stats(caller, "once")["dlq_depth"]) == (1, 0)
     await queues.stop()

@@ -1,13 +1,19 @@
-"""The iii-state module without sockets: functions, update ops, the state trigger (both codecs)."""
+"""The iii-state module without sockets: functions, update ops, the state trigger, the file_based
+store and its failures, the typed adapter config (both codecs)."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from typing import Any
+
+import msgspec
 import pytest
 
 from helpers import Peer, connected, make_router
 from iii.engine.router import Router
 from iii.app import install_modules
-from iii.modules.state import StateConfig
+from iii.modules.state import State, StateConfig
 
 
 def state_router(**state_config) -> Router:
@@ -172,27 +178,118 @@ def test_triggers_can_be_disabled(codec):
     assert events(router, watcher) == []
 
 
+def file_based(path) -> StateConfig:
+    return msgspec.convert(
+        {"adapter": {"name": "kv", "config": {"store_method": "file_based", "file_path": str(path)}}}, StateConfig
+    )
+
+
+async def started(config: StateConfig) -> tuple[Router, State]:
+    router = make_router()
+    state = install_modules(router, {"iii-state": config})["iii-state"]
+    await state.start()
+    return router, state
+
+
+async def answer_to(peer: Peer, invocation_id: str) -> Any:
+    """The answer to a call that may come after the store's commit (a loop turn or two later)."""
+    for _ in range(20):
+        frames = [f for f in peer.take() if f.get("invocation_id") == invocation_id]
+        if frames:
+            return frames[0].get("error") or frames[0].get("result")
+        await asyncio.sleep(0)
+    raise AssertionError(f"no answer to {invocation_id}")
+
+
+async def answered(peer: Peer, function_id: str, data) -> Any:
+    peer.call(function_id, data, invocation_id="q")
+    return await answer_to(peer, "q")
+
+
 async def test_the_file_based_store_keeps_values_across_restarts(codec, tmp_path):
-    path = tmp_path / "data" / "state.json"
-    config = StateConfig(adapter={"name": "kv", "config": {"store_method": "file_based", "file_path": str(path)}})
-
-    def started():
-        router = make_router()
-        state = install_modules(router, {"iii-state": config})["iii-state"]
-        return router, state
-
-    router, state = started()
-    await state.start()
+    path = tmp_path / "data" / "state.db"
+    router, state = await started(file_based(path))
     peer = connected(router, "peer")
-    result(peer, "state::set", {"scope": "s", "key": "a", "value": {"n": [1, "two"]}})
-    result(peer, "state::set", {"scope": "s", "key": "b", "value": 2})
-    result(peer, "state::delete", {"scope": "s", "key": "b"})
-    await state.stop()  # what the save timer has not written yet goes now
+    peer.call("state::set", {"scope": "s", "key": "a", "value": {"n": [1, "two"]}}, invocation_id="first")
+    assert peer.take() == []  # answered once committed, not before
+    assert await answer_to(peer, "first") == {"old_value": None, "new_value": {"n": [1, "two"]}}
+    assert await answered(peer, "state::set", {"scope": "s", "key": "b", "value": 2}) == {"old_value": None, "new_value": 2}
+    assert await answered(peer, "state::update", {"scope": "s", "key": "c", "ops": [{"type": "increment", "path": "n", "by": 2}]}) == {
+        "old_value": None, "new_value": {"n": 2},
+    }
+    assert await answered(peer, "state::delete", {"scope": "s", "key": "b"}) == 2
+    assert result(peer, "state::get", {"scope": "s", "key": "c"}) == {"n": 2}  # reads answer at once
+    # Not stopped: what was answered is in the file already (test_durable.py kills a real engine).
 
-    router, state = started()
-    await state.start()
+    router, restarted = await started(file_based(path))
     peer = connected(router, "peer")
     assert result(peer, "state::get", {"scope": "s", "key": "a"}) == {"n": [1, "two"]}
     assert result(peer, "state::get", {"scope": "s", "key": "b"}) is None
-    assert not path.with_name("state.json.tmp").exists()
+    assert result(peer, "state::list_groups", {}) == {"groups": ["s"]}
+    await restarted.stop()
     await state.stop()
+
+
+async def test_a_failed_commit_is_an_error_and_memory_keeps_what_the_file_has(codec, tmp_path):
+    router, state = await started(file_based(tmp_path / "state.db"))
+    watcher = connected(router, "watcher")
+    watch(router, watcher, "all")
+    peer = connected(router, "peer")
+    assert await answered(peer, "state::set", {"scope": "s", "key": "a", "value": "kept"}) == {"old_value": None, "new_value": "kept"}
+    assert len(events(router, watcher)) == 1
+    # The file is full: a real SQLITE_FULL from the next write that needs a page.
+    database = state.store.journal._db
+    pages = database.execute("PRAGMA page_count").fetchone()[0]
+    database.execute(f"PRAGMA max_page_count = {pages}")
+    big = "x" * 100_000
+    peer.call("state::set", {"scope": "s", "key": "a", "value": big}, invocation_id="w1")
+    peer.call("state::set", {"scope": "t", "key": "new", "value": big}, invocation_id="w2")
+    peer.call("state::delete", {"scope": "s", "key": "a"}, invocation_id="w3")
+    assert result(peer, "state::get", {"scope": "t", "key": "new"}) == big  # in memory until the commit
+    for _ in range(5):
+        await asyncio.sleep(0)
+    errors = {f["invocation_id"]: f["error"]["code"] for f in peer.take() if "error" in f}
+    assert errors == {"w1": "STORE_ERROR", "w2": "STORE_ERROR", "w3": "STORE_ERROR"}
+    assert events(router, watcher) == []  # no event for a write that was not kept
+    assert result(peer, "state::get", {"scope": "s", "key": "a"}) == "kept"
+    assert result(peer, "state::get", {"scope": "t", "key": "new"}) is None
+    assert result(peer, "state::list_groups", {}) == {"groups": ["s"]}
+    database.execute("PRAGMA max_page_count = 1073741823")  # room again: writes go on
+    assert await answered(peer, "state::set", {"scope": "s", "key": "a", "value": "next"}) == {"old_value": "kept", "new_value": "next"}
+    await state.stop()
+
+
+async def test_a_file_that_is_not_a_database_is_refused_at_start(tmp_path):
+    path = tmp_path / "state_store"
+    path.write_text('{"s": {"a": 1}}')  # e.g. the JSON snapshot of an earlier version
+    state = install_modules(make_router(), {"iii-state": file_based(path)})["iii-state"]
+    with pytest.raises(sqlite3.DatabaseError, match="file_path must name a SQLite database"):
+        await state.start()
+
+
+@pytest.mark.parametrize(
+    "adapter, message",
+    [
+        ({"name": "kv", "config": {"save_interval_ms": "soon"}}, "Expected `int | null`, got `str` - at `$.adapter.config.save_interval_ms`"),
+        ({"name": "kv", "config": {"save_interval_ms": -1}}, "at `$.adapter.config.save_interval_ms`"),
+        ({"name": "kv", "config": {"store_method": "disk"}}, "at `$.adapter.config.store_method`"),
+        ({"name": "kv", "config": {"file": "x"}}, "unknown field `file` - at `$.adapter.config`"),
+        ({"name": "redis", "config": {"redis_url": "redis://x"}}, "adapter 'redis' is not available here"),
+        ({"name": "bridge"}, "adapter 'bridge' is not available here"),
+        ({"name": "memory"}, "Invalid value 'memory' - at `$.adapter.name`"),
+    ],
+)
+def test_the_adapter_config_is_typed(adapter, message):
+    with pytest.raises(msgspec.ValidationError) as refused:
+        msgspec.convert({"adapter": adapter}, StateConfig)
+    assert message in str(refused.value)
+
+
+def test_the_original_adapter_keys_are_accepted():
+    config = msgspec.convert(
+        {"adapter": {"name": "kv", "config": {"store_method": "file_based", "file_path": "/x/s.db", "save_interval_ms": 100}},
+         "save_interval_ms": 5000},
+        StateConfig,
+    )
+    assert config.adapter.config.file_path == "/x/s.db"
+    assert msgspec.convert({"adapter": {"name": "kv", "config": None}}, StateConfig).adapter.config is None

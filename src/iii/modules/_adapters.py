@@ -1,23 +1,133 @@
-"""What the modules' configs share: the check of an ``adapter`` entry."""
+"""The ``adapter`` entries of the modules' configs, typed: ``{name: <adapter>, config: {…}}``.
+
+Each module's ``adapter`` is a union of msgspec Structs tagged on ``name``, so a bad value is a
+config error that names its key (``$.adapter.config.save_interval_ms``). Only the in-process
+adapters run here: ``kv`` (state, stream, cron), ``builtin`` (queue) and ``local`` (pubsub).
+The original's other adapters (``redis``, ``bridge``, ``rabbitmq``) decode too, only to be
+refused with a message that says what to use instead; any other name is an invalid value.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
 
-__all__ = ["check_adapter"]
+import msgspec
+
+__all__ = [
+    "BridgeAdapter",
+    "BuiltinAdapter",
+    "CronAdapter",
+    "CronKvAdapter",
+    "CronKvConfig",
+    "KvAdapter",
+    "LocalAdapter",
+    "PubSubAdapter",
+    "QueueAdapter",
+    "RabbitmqAdapter",
+    "RedisAdapter",
+    "StateAdapter",
+    "StoreConfig",
+    "StreamAdapter",
+    "StreamKvAdapter",
+    "StreamKvConfig",
+    "database_path",
+]
 
 
-def check_adapter(adapter: Optional[dict[str, Any]], name: str, *, stores: tuple[str, ...] = ()) -> None:
-    """Refuse a module ``adapter`` this engine does not have: only ``name`` runs here, with one of
-    ``stores`` as its ``store_method`` where the adapter has a store.
+class StoreConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """``config`` of the ``kv`` and ``builtin`` adapters: where a module keeps its data."""
 
-    Raises:
-        ValueError: the message says what is available (msgspec reports it as a config error).
-    """
-    if adapter is None:
-        return
-    settings = adapter.get("config") or {}
-    store = settings.get("store_method", "in_memory") if isinstance(settings, dict) else None
-    if adapter.get("name") != name or (stores and store not in stores):
-        wanted = f"{{name: {name}, config: {{store_method: {' | '.join(stores)}}}}}" if stores else f"{{name: {name}}}"
-        raise ValueError(f"adapter {adapter!r} is not available here (only {wanted}: one engine)")
+    #: ``in_memory``: lost when the engine stops; ``file_based``: every write is in the file
+    #: (a SQLite database) before it is acknowledged.
+    store_method: Literal["in_memory", "file_based"] = "in_memory"
+    #: The database file (the module's default when absent).
+    file_path: Optional[str] = None
+    #: Accepted for the original's configs and unused: the original saves a snapshot this often;
+    #: here every write is committed before its answer.
+    save_interval_ms: Optional[Annotated[int, msgspec.Meta(ge=0)]] = None
+
+
+class StreamKvConfig(StoreConfig, forbid_unknown_fields=True):
+    """The stream module's ``kv`` config."""
+
+    #: Accepted and unused (the original's event channel capacity).
+    channel_size: Optional[Annotated[int, msgspec.Meta(ge=1)]] = None
+
+
+class CronKvConfig(StoreConfig, forbid_unknown_fields=True):
+    """The cron module's ``kv`` config: its lock is process-local and kept in memory, so the
+    store keys are accepted without effect."""
+
+    lock_ttl_ms: Optional[Annotated[int, msgspec.Meta(ge=1)]] = None
+    lock_index: Optional[str] = None
+
+
+class KvAdapter(msgspec.Struct, tag="kv", tag_field="name", forbid_unknown_fields=True):
+    """``{name: kv, config: {store_method, file_path?, save_interval_ms?}}`` (state)."""
+
+    config: Optional[StoreConfig] = None
+
+
+class StreamKvAdapter(msgspec.Struct, tag="kv", tag_field="name", forbid_unknown_fields=True):
+    config: Optional[StreamKvConfig] = None
+
+
+class CronKvAdapter(msgspec.Struct, tag="kv", tag_field="name", forbid_unknown_fields=True):
+    config: Optional[CronKvConfig] = None
+
+
+class BuiltinAdapter(msgspec.Struct, tag="builtin", tag_field="name", forbid_unknown_fields=True):
+    """``{name: builtin, config: {store_method, file_path?}}`` (queue)."""
+
+    config: Optional[StoreConfig] = None
+
+
+class _NoConfig(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class LocalAdapter(msgspec.Struct, tag="local", tag_field="name", forbid_unknown_fields=True):
+    """``{name: local}`` (pubsub): in-process, nothing to configure."""
+
+    config: Optional[_NoConfig] = None
+
+
+class _Unavailable(msgspec.Struct, tag_field="name"):
+    """An adapter of the original that this engine does not have: refused when decoded."""
+
+    config: Any = None
+
+    def __post_init__(self) -> None:
+        raise ValueError(
+            f"adapter {self.__struct_config__.tag!r} is not available here: this engine runs as one "
+            "process with its in-process adapters only (kv for state, stream and cron, builtin for "
+            "queue, local for pubsub); remove `adapter` or name that one"
+        )
+
+
+class RedisAdapter(_Unavailable, tag="redis"):
+    pass
+
+
+class BridgeAdapter(_Unavailable, tag="bridge"):
+    pass
+
+
+class RabbitmqAdapter(_Unavailable, tag="rabbitmq"):
+    pass
+
+
+StateAdapter = Union[KvAdapter, RedisAdapter, BridgeAdapter, None]
+StreamAdapter = Union[StreamKvAdapter, RedisAdapter, BridgeAdapter, None]
+QueueAdapter = Union[BuiltinAdapter, RedisAdapter, RabbitmqAdapter, BridgeAdapter, None]
+PubSubAdapter = Union[LocalAdapter, RedisAdapter, None]
+CronAdapter = Union[CronKvAdapter, RedisAdapter, None]
+
+
+def database_path(adapter: Any, default: str) -> Optional[Path]:
+    """The database file of a ``file_based`` store, or ``None`` for the in-memory one."""
+    config = getattr(adapter, "config", None)
+    if config is None or config.store_method != "file_based":
+        return None
+    return Path(config.file_path or default)

@@ -31,7 +31,7 @@ from iii.engine.host import (
     Running,
     Scheduler,
 )
-from iii.modules._adapters import check_adapter
+from iii.modules._adapters import CronAdapter
 
 __all__ = ["MODULE", "CronConfig", "parse_expression", "install"]
 
@@ -45,13 +45,11 @@ _WEEKDAY_NUMBER = re.compile(r"(?<![/#\d])\d+")
 class CronConfig(msgspec.Struct, forbid_unknown_fields=True):
     """The ``iii-cron`` entry's ``config``: only the process-local lock (``kv``) exists here."""
 
-    adapter: Union[dict[str, Any], None] = None
+    #: ``{name: kv, config: {lock_ttl_ms?, lock_index?, …}}``: the lock is process-local here.
+    adapter: CronAdapter = None
     #: The deadline of each run (condition and function): a run that does not answer in time is
     #: given up and the job waits for its next tick.
     invocation_timeout_ms: int = DEFAULT_INVOCATION_TIMEOUT_MS
-
-    def __post_init__(self) -> None:
-        check_adapter(self.adapter, "kv")
 
 
 class CronTriggerConfig(msgspec.Struct):

@@ -21,7 +21,7 @@ from iii.engine.host import (
     Running,
     parse_input,
 )
-from iii.modules._adapters import check_adapter
+from iii.modules._adapters import PubSubAdapter
 
 __all__ = ["MODULE", "PubSubConfig", "install"]
 
@@ -31,12 +31,9 @@ NAME = "iii-pubsub"
 class PubSubConfig(msgspec.Struct, forbid_unknown_fields=True):
     """The ``iii-pubsub`` entry's ``config``: only the in-process ``local`` adapter exists here."""
 
-    adapter: Union[dict[str, Any], None] = None
+    adapter: PubSubAdapter = None
     #: The deadline of each call to a subscriber (and its condition function).
     invocation_timeout_ms: int = DEFAULT_INVOCATION_TIMEOUT_MS
-
-    def __post_init__(self) -> None:
-        check_adapter(self.adapter, "local")
 
 
 class PublishInput(msgspec.Struct):

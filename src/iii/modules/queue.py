@@ -1,16 +1,24 @@
-"""Queue (``iii-queue``): named queues behind ``TriggerAction.Enqueue`` and durable topics,
-in memory.
+"""Queue (``iii-queue``): named queues behind ``TriggerAction.Enqueue`` and durable topics, on
+the ``builtin`` adapter: in memory (the default), or also in a SQLite file with
+``store_method: file_based`` (:mod:`iii.modules._store`).
 
 ``engine::queue::enqueue`` takes a job (the router calls it for an ``enqueue`` action); the queue
 then calls the job's function with its data (in the enqueue's namespace, no metadata). An
 answer acks; an error retries after ``backoff_ms × 2^(attempt-1)``, and after ``max_retries``
-attempts the job goes to the queue's dead-letter list, from which it can be redriven. Standard
+attempts in all (a durable subscriber's ``maxRetries`` counts retries: ``maxRetries + 1``
+attempts) the job goes to the queue's dead-letter list, from which it can be redriven. Standard
 queues run up to ``concurrency`` jobs at once; FIFO queues one at a time, in order (which keeps
 every message group in order). Delivery is at least once. ``default`` always exists.
 
 Durable topics: ``iii::durable::publish`` puts the message in the queue of every
 ``(namespace, function_id)`` bound to the topic with a ``durable:subscriber`` trigger (bindings of
-one function share its queue), which delivers it the same way.
+one function share its queue), which delivers it the same way while a binding names it.
+
+With the file, what is answered is in it first: a job is queued once committed (the receipt,
+or the publish's answer, follows), and so are redrives and discards; a job is done (acked) or
+dead only once the file says so, and if that commit fails it is delivered again. After a restart
+the kept jobs of named queues start after ``RESTORED_JOBS_DELAY_S`` (time for their workers to
+reconnect); a subscriber's wait for its binding.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from __future__ import annotations
 import collections
 import datetime
 import logging
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 import msgspec
 
@@ -36,49 +44,54 @@ from iii.engine.host import (
     Scheduler,
     parse_input,
 )
-from iii.modules._adapters import check_adapter
-from iii.modules._store import STORES, Snapshots, store_settings
+from iii.modules._adapters import QueueAdapter, database_path
+from iii.modules._store import Jobs, Journal
 from iii.protocol import WireId
 
 __all__ = ["MODULE", "QueueConfig", "QueueSettings", "install"]
 
 NAME = "iii-queue"
 DEFAULT_QUEUE = "default"
+#: The database of the ``file_based`` store when ``file_path`` is not given.
+DEFAULT_FILE = "./data/queue_store.db"
 #: After an engine restart, stored jobs wait this long for their workers to reconnect.
 RESTORED_JOBS_DELAY_S = 5.0
+#: Delivery attempts of a durable subscriber without ``maxRetries``.
+DEFAULT_ATTEMPTS = 3
 log = logging.getLogger("iii.modules")
 
 
 class QueueSettings(msgspec.Struct, forbid_unknown_fields=True):
-    """One entry of ``queue_configs``."""
+    """One entry of ``queue_configs`` (the ranges hold for config files; durable subscribers
+    build theirs in code, where ``concurrency: 0`` pauses delivery)."""
 
-    max_retries: int = 3
-    concurrency: int = 10
+    #: Delivery attempts in all before the dead letters (the original's name): 0 and 1 both
+    #: mean one attempt, no retry.
+    max_retries: Annotated[int, msgspec.Meta(ge=0)] = 3
+    concurrency: Annotated[int, msgspec.Meta(ge=1)] = 10
     type: Literal["standard", "fifo"] = "standard"
     message_group_field: Union[str, None] = None
-    backoff_ms: int = 1000
-    poll_interval_ms: int = 100  # accepted for compatibility: delivery here is pushed, not polled
+    backoff_ms: Annotated[int, msgspec.Meta(ge=0)] = 1000
+    #: Accepted for compatibility: delivery here is pushed, not polled.
+    poll_interval_ms: Annotated[int, msgspec.Meta(ge=0)] = 100
     max_priority: Union[int, None] = None  # RabbitMQ only
     priority_field: Union[str, None] = None  # RabbitMQ only
 
 
-
 class QueueConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """The ``iii-queue`` entry's ``config``: the ``builtin`` adapter, in memory or also in a file."""
+    """The ``iii-queue`` entry's ``config``."""
 
     queue_configs: dict[str, QueueSettings] = {}
-    adapter: Union[dict[str, Any], None] = None
+    #: ``{name: builtin, config: {store_method: in_memory | file_based, file_path?}}``
+    adapter: QueueAdapter = None
     #: The deadline of each delivery (condition and function): one not answered in time is
     #: retried with backoff, like a failed one.
     invocation_timeout_ms: int = DEFAULT_INVOCATION_TIMEOUT_MS
 
     def __post_init__(self) -> None:
         for name, queue in self.queue_configs.items():
-            if queue.max_retries < 1 or queue.concurrency < 1 or queue.backoff_ms < 0:
-                raise ValueError(f"queue {name!r}: max_retries and concurrency must be at least 1, backoff_ms not negative")
             if queue.type == "fifo" and not queue.message_group_field:
                 raise ValueError(f"queue {name!r}: a fifo queue needs message_group_field")
-        check_adapter(self.adapter, "builtin", stores=STORES)
 
 
 class EnqueueInput(msgspec.Struct):
@@ -113,7 +126,7 @@ def _now_iso() -> str:
 
 
 class Job(msgspec.Struct):
-    """A job, as queues hold it and the ``file_based`` store keeps it."""
+    """A job, as queues hold it and the ``file_based`` store keeps it (encoded)."""
 
     id: str
     function_id: str
@@ -125,43 +138,59 @@ class Job(msgspec.Struct):
     attempts: int = 0
     error: Union[str, None] = None
     failed_at: Union[str, None] = None
+    #: The durable topic it was published to (``None``: a named queue's job).
+    topic: Union[str, None] = None
 
 
-class StoredQueue(msgspec.Struct):
-    jobs: list[Job] = []
-    dead: list[Job] = []
+_encode_job = msgspec.json.Encoder().encode
+_decode_job = msgspec.json.Decoder(Job).decode
+
+
+def _answer(store: Optional[Jobs], result: Any, then: Optional[Callable[[], None]] = None) -> Any:
+    """The answer to a change, ``then`` done first: at once in memory; with the file, a future
+    resolved once the change is committed."""
+    if store is None:
+        if then is not None:
+            then()
+        return result
+    return store.journal.acknowledge(result, then)
 
 
 class Queue:
-    """One named queue: waiting jobs, jobs in delivery, the dead-letter list."""
+    """One queue: waiting jobs, jobs in delivery, the dead-letter list, and the file they are
+    also kept in (``store``, ``None`` in memory)."""
 
     def __init__(
         self, name: str, settings: QueueSettings, host: Host, scheduler: Scheduler, timeout_ms: int,
-        changed: Callable[[], None] = lambda: None,
+        store: Optional[Jobs] = None,
     ) -> None:
         self.name = name
         self.settings = settings
         self._host = host
         self._scheduler = scheduler
         self._timeout_ms = timeout_ms
-        self._changed = changed
+        self._store = store
         self.waiting: collections.deque[Job] = collections.deque()
-        #: Every job not yet acknowledged nor dead (waiting, in delivery or backing off), in order.
-        self.live: dict[str, Job] = {}
         self.active = 0
         self.dead: list[Job] = []
         self.delivered = 0
         self.failed = 0
+        #: No delivery starts while set (a durable subscriber's queue without bindings).
+        self.paused = False
         self._pumping = False
 
     @property
     def limit(self) -> int:
         return 1 if self.settings.type == "fifo" else self.settings.concurrency
 
+    def add(self, job: Job) -> Callable[[], None]:
+        """A new job: written to the file (if any); returns what queues it, to run once that is
+        committed."""
+        if self._store is not None:
+            self._store.add(self.name, job.id, _encode_job(job))
+        return lambda: self.push(job)
+
     def push(self, job: Job, *, first: bool = False) -> None:
-        if job.id not in self.live:
-            self.live[job.id] = job
-            self._changed()
         if first:
             self.waiting.appendleft(job)
         else:
@@ -174,11 +203,10 @@ class Queue:
             return
         self._pumping = True
         try:
-            while self.waiting and self.active < self.limit:
+            while self.waiting and self.active < self.limit and not self.paused:
                 self._deliver(self.waiting.popleft())
         finally:
             self._pumping = False
-
     def _deliver(self, job: Job) -> None:
         self.active += 1
         job.attempts += 1
@@ -206,11 +234,12 @@ class Queue:
         )
 
     def _answered(self, job: Job, error: Optional[ErrorBody]) -> None:
+        store = self._store
         if error is None:
             self.delivered += 1
             self.active -= 1
-            self.live.pop(job.id, None)
-            self._changed()
+            if store is not None:  # done once the file says so; if it cannot, the job runs again
+                store.remove(self.name, job.id, undo=lambda: self.push(job))
             self.pump()
             return
         job.error = f"{error.code}: {error.message}"
@@ -218,13 +247,15 @@ class Queue:
             self.failed += 1
             job.failed_at = _now_iso()
             self.dead.append(job)
-            self.live.pop(job.id, None)
-            self._changed()
+            if store is not None:
+                store.move(self.name, job.id, _encode_job(job), dead=True, undo=lambda: self._undo_death(job))
             log.warning("queue %s: job %s to %s failed %d times, moved to the DLQ: %s",
                         self.name, job.id, job.function_id, job.attempts, job.error)
             self.active -= 1
             self.pump()
             return
+        if store is not None:  # the attempt count survives a restart
+            store.update(self.name, job.id, _encode_job(job))
         delay = self.settings.backoff_ms * 2 ** (job.attempts - 1) / 1000
         if self.settings.type == "fifo":  # keep the slot: nothing overtakes the job being retried
             self._scheduler.call_later(delay, lambda: self._retry_in_place(job))
@@ -233,36 +264,45 @@ class Queue:
             self._scheduler.call_later(delay, lambda: self.push(job, first=True))
             self.pump()
 
+    def _undo_death(self, job: Job) -> None:
+        """The move to the dead letters was not stored: the file still has the job waiting."""
+        self.dead.remove(job)
+        self.push(job)
+
     def _retry_in_place(self, job: Job) -> None:
         self.active -= 1
         self._deliver(job)
 
-    def redrive(self, message_id: Optional[str] = None) -> int:
-        """Move dead jobs (all, or one) back to the queue with fresh attempts."""
-        moving = [job for job in self.dead if message_id is None or job.id == message_id]
-        self.dead = [job for job in self.dead if job not in moving]
-        for job in moving:
-            job.attempts, job.error, job.failed_at = 0, None, None
-            self.push(job)
-        self._changed()
-        return len(moving)
+    def _take_dead(self, message_id: Optional[str]) -> list[Job]:
+        """Remove dead jobs (all, or the one with ``message_id``) from the dead letters."""
+        taken = [job for job in self.dead if message_id is None or job.id == message_id]
+        if taken:
+            self.dead = [job for job in self.dead if message_id is not None and job.id != message_id]
+        return taken
+
+    def redrive(self, message_id: Optional[str] = None) -> tuple[int, Callable[[], None]]:
+        """Take dead jobs (all, or one) for the queue again, with fresh attempts; returns their
+        count and what queues them, to run once that is committed."""
+        moving = self._take_dead(message_id)
+        if self._store is not None:
+            for job in moving:
+                fresh = msgspec.structs.replace(job, attempts=0, error=None, failed_at=None)
+                self._store.move(self.name, job.id, _encode_job(fresh), dead=False,
+                                 undo=lambda job=job: self.dead.append(job))  # type: ignore[misc]
+
+        def requeue() -> None:
+            for job in moving:
+                job.attempts, job.error, job.failed_at = 0, None, None
+                self.push(job)
+
+        return len(moving), requeue
 
     def discard(self, message_id: str) -> int:
-        before = len(self.dead)
-        self.dead = [job for job in self.dead if job.id != message_id]
-        self._changed()
-        return before - len(self.dead)
-
-    def stored(self) -> StoredQueue:
-        return StoredQueue(list(self.live.values()), self.dead)
-
-    def restore(self, stored: StoredQueue) -> None:
-        """Put back what the store kept, without starting it (see :meth:`Queues.start`); jobs
-        that were in delivery run again (at least once)."""
-        self.dead = stored.dead
-        for job in stored.jobs:
-            self.live[job.id] = job
-            self.waiting.append(job)
+        gone = self._take_dead(message_id)
+        if self._store is not None:
+            for job in gone:
+                self._store.remove(self.name, job.id, undo=lambda job=job: self.dead.append(job))  # type: ignore[misc]
+        return len(gone)
 
 
 class SubscriberQueueConfig(msgspec.Struct):
@@ -270,7 +310,8 @@ class SubscriberQueueConfig(msgspec.Struct):
 
     type: Literal["concurrent", "fifo"] = "concurrent"
     concurrency: int = 10  # 0 pauses delivery
-    maxRetries: int = 3  # noqa: N815 (the wire names)
+    #: Retries after the first attempt (absent: ``DEFAULT_ATTEMPTS`` attempts in all).
+    maxRetries: Union[int, None] = None  # noqa: N815 (the wire names)
     backoffDelayMs: int = 1000  # noqa: N815
     backoffType: Union[str, None] = None  # noqa: N815 (exponential is the only kind here)
     visibilityTimeout: Union[int, None] = None  # noqa: N815
@@ -279,7 +320,7 @@ class SubscriberQueueConfig(msgspec.Struct):
 
     def settings(self) -> QueueSettings:
         return QueueSettings(
-            max_retries=max(1, self.maxRetries),
+            max_retries=DEFAULT_ATTEMPTS if self.maxRetries is None else max(0, self.maxRetries) + 1,
             concurrency=max(0, self.concurrency),
             type="fifo" if self.type == "fifo" else "standard",
             backoff_ms=max(0, self.backoffDelayMs),
@@ -303,8 +344,8 @@ class PublishInput(msgspec.Struct):
 
 
 class Subscription:
-    """One ``(namespace, function_id)`` subscribed to a topic: its own queue, shared by every
-    binding naming it (replicas compete on it)."""
+    """One ``(namespace, function_id)`` subscribed to a topic: its queue, shared by every binding
+    naming it (replicas compete on it)."""
 
     def __init__(self, queue: Queue, condition: Optional[str]) -> None:
         self.queue = queue
@@ -315,31 +356,47 @@ class Subscription:
 class Topics(Provider[SubscriberConfig]):
     """Durable topics: the ``durable:subscriber`` trigger type and ``iii::durable::publish``."""
 
-    def __init__(self, host: Host, scheduler: Scheduler, timeout_ms: int) -> None:
+    def __init__(self, host: Host, scheduler: Scheduler, timeout_ms: int, store: Optional[Jobs]) -> None:
         super().__init__(host, SubscriberConfig, timeout_ms, self._check)
         self._scheduler = scheduler
-        #: topic -> (namespace, function_id) -> subscription
+        self._store = store
+        #: topic -> (namespace, function_id) -> subscription: who a publish goes to
         self.topics: dict[str, dict[tuple[str, str], Subscription]] = {}
+        #: (topic, namespace, function_id) -> its queue, kept paused while no binding names it
+        #: (its jobs wait for the subscriber to come back)
+        self.queues: dict[tuple[str, str, str], Queue] = {}
 
     @staticmethod
     def _check(config: SubscriberConfig) -> Optional[str]:
         return None if config.name else "Topic is not set: a durable:subscriber trigger needs {\"topic\": \"<name>\"}"
+
+    def queue_of(self, topic: str, namespace: str, function_id: str) -> Queue:
+        """The queue of one subscribing function (made paused, with default settings, if new)."""
+        key = (topic, namespace, function_id)
+        queue = self.queues.get(key)
+        if queue is None:
+            queue = self.queues[key] = Queue(
+                f"{topic}::{function_id}", SubscriberQueueConfig().settings(),
+                self.host, self._scheduler, self.timeout_ms, self._store,
+            )
+            queue.paused = True
+        return queue
 
     def register(self, binding: Binding) -> Optional[str]:
         self.unregister(binding)  # a re-registered id may have changed topic or function
         refusal = super().register(binding)
         if refusal is None:
             config = self.bindings[binding.id][1]
-            topic = config.name
-            subscribers = self.topics.setdefault(topic, {})  # type: ignore[arg-type]
+            topic: str = config.name  # type: ignore[assignment]
+            subscribers = self.topics.setdefault(topic, {})
             key = (binding.namespace, binding.function_id)
             subscription = subscribers.get(key)
             if subscription is None:
-                queue = Queue(
-                    f"{topic}::{binding.function_id}", config.queue_config.settings(),
-                    self.host, self._scheduler, self.timeout_ms,
-                )
+                queue = self.queue_of(topic, binding.namespace, binding.function_id)
+                queue.settings = config.queue_config.settings()
                 subscription = subscribers[key] = Subscription(queue, config.condition_function_id)
+                queue.paused = False
+                queue.pump()  # what it kept meanwhile
             subscription.bindings.add(binding.id)
         return refusal
 
@@ -348,72 +405,85 @@ class Topics(Provider[SubscriberConfig]):
         super().unregister(binding)
         if entry is None:
             return
-        topic = entry[1].name
-        subscribers = self.topics.get(topic, {})  # type: ignore[arg-type]
+        topic: str = entry[1].name  # type: ignore[assignment]
+        subscribers = self.topics.get(topic, {})
         key = (entry[0].namespace, entry[0].function_id)
         subscription = subscribers.get(key)
         if subscription is not None:
             subscription.bindings.discard(binding.id)
             if not subscription.bindings:
+                subscription.queue.paused = True
                 del subscribers[key]
                 if not subscribers:
-                    del self.topics[topic]  # type: ignore[arg-type]
+                    del self.topics[topic]
 
-    def publish(self, host: Host, caller: Optional[Connection], data: Any) -> None:
+    def publish(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("iii::durable::publish", data, PublishInput)
         if not request.topic:
             raise EngineError("topic_not_set", "Topic is not set")
-        payload = codec.encode_json(request.data)
-        for (namespace, function_id), subscription in self.topics.get(request.topic, {}).items():
-            subscription.queue.push(
-                Job(self.host.new_id(), function_id, namespace, msgspec.Raw(payload), subscription.condition)
+        payload = msgspec.Raw(codec.encode_json(request.data))
+        queued = [
+            subscription.queue.add(
+                Job(self.host.new_id(), function_id, namespace, payload, subscription.condition, topic=request.topic)
             )
-        return None
+            for (namespace, function_id), subscription in self.topics.get(request.topic, {}).items()
+        ]
+
+        def deliver() -> None:
+            for push in queued:
+                push()
+
+        return _answer(self._store, None, deliver)
 
 
 class Queues:
-    """The module: its named queues, its durable topics and its functions."""
+    """The module: its named queues, its durable topics, its functions and its file."""
 
     def __init__(self, host: Host, config: QueueConfig, scheduler: Scheduler) -> None:
         self._host = host
-        path, interval_s = store_settings(config.adapter, "./data/queue_store", None)
-        self.snapshots = Snapshots(path, interval_s, self._dump, self._load)
+        path = database_path(config.adapter, DEFAULT_FILE)
+        #: The file the jobs are also kept in (``None``: in memory only).
+        self.store = None if path is None else Jobs(Journal(path, Jobs.SCHEMA))
         settings = {DEFAULT_QUEUE: QueueSettings(), **config.queue_configs}
         timeout_ms = config.invocation_timeout_ms
         self.queues = {
-            name: Queue(name, queue_settings, host, scheduler, timeout_ms, self.snapshots.changed)
+            name: Queue(name, queue_settings, host, scheduler, timeout_ms, self.store)
             for name, queue_settings in settings.items()
         }
-        self.topics = Topics(host, scheduler, timeout_ms)
+        self.topics = Topics(host, scheduler, timeout_ms, self.store)
         self._scheduler = scheduler
 
     async def start(self) -> None:
-        """Load the stored jobs; they start once their workers have had time to reconnect."""
-        self.snapshots.start()
+        """Load the stored jobs; named queues start them once their workers have had time to
+        reconnect, durable subscribers once they are bound again."""
+        if self.store is None:
+            return
+        self.store.journal.open()
+        unconfigured: dict[str, int] = {}
+        for name, dead, encoded in self.store.load():
+            job = _decode_job(encoded)
+            if job.topic is not None:
+                queue = self.topics.queue_of(job.topic, job.namespace, job.function_id)
+            elif name in self.queues:
+                queue = self.queues[name]
+            else:
+                unconfigured[name] = unconfigured.get(name, 0) + 1
+                continue
+            (queue.dead if dead else queue.waiting).append(job)
+        for name, count in unconfigured.items():
+            log.warning("queue %s is not configured: its %d stored jobs stay in %s until it is",
+                        name, count, self.store.journal.path)
         for queue in self.queues.values():
             if queue.waiting:
                 self._scheduler.call_later(RESTORED_JOBS_DELAY_S, queue.pump)
 
     async def stop(self) -> None:
-        self.snapshots.stop()
-
-    def _dump(self) -> bytes:
-        """The named queues' jobs (durable subscribers' queues live with their bindings)."""
-        return msgspec.json.encode({name: queue.stored() for name, queue in self.queues.items()})
-
-    def _load(self, data: bytes) -> None:
-        for name, stored in msgspec.json.decode(data, type=dict[str, StoredQueue]).items():
-            queue = self.queues.get(name)
-            if queue is None:
-                log.warning("queue %s is no longer configured: its %d stored jobs are dropped", name, len(stored.jobs))
-            else:
-                queue.restore(stored)
+        if self.store is not None:
+            self.store.journal.close()
 
     def _all_queues(self) -> list[Queue]:
         """Named queues, then every durable subscriber's queue."""
-        return list(self.queues.values()) + [
-            subscription.queue for subscribers in self.topics.topics.values() for subscription in subscribers.values()
-        ]
+        return list(self.queues.values()) + list(self.topics.queues.values())
 
     def _queue(self, name: Optional[str], code: str = "queue_not_set", *, named_only: bool = False) -> Queue:
         if not name:
@@ -437,8 +507,8 @@ class Queues:
             )
         job_id = request.messageReceiptId or self._host.new_id()
         data = msgspec.Raw(codec.encode_json(request.data))
-        queue.push(Job(job_id, request.function_id, request.namespace or "default", data))
-        return {"messageReceiptId": job_id}
+        queued = queue.add(Job(job_id, request.function_id, request.namespace or "default", data))
+        return _answer(self.store, {"messageReceiptId": job_id}, queued)
 
     def list_topics(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         topics = [
@@ -481,7 +551,8 @@ class Queues:
     def redrive(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("iii::queue::redrive", data, QueueInput)
         queue = self._queue(request.queue or request.topic)
-        return {"queue": queue.name, "redriven": queue.redrive()}
+        count, requeue = queue.redrive()
+        return _answer(self.store, {"queue": queue.name, "redriven": count}, requeue)
 
     def _dead_letter(self, function_id: str, data: Any) -> tuple[Queue, str]:
         request = parse_input(function_id, data, MessageInput)
@@ -492,11 +563,13 @@ class Queues:
 
     def redrive_message(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         queue, message_id = self._dead_letter("iii::queue::redrive_message", data)
-        return {"queue": queue.name, "message_id": message_id, "redriven": queue.redrive(message_id)}
+        count, requeue = queue.redrive(message_id)
+        return _answer(self.store, {"queue": queue.name, "message_id": message_id, "redriven": count}, requeue)
 
     def discard_message(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         queue, message_id = self._dead_letter("iii::queue::discard_message", data)
-        return {"queue": queue.name, "message_id": message_id, "redriven": queue.discard(message_id)}
+        result = {"queue": queue.name, "message_id": message_id, "redriven": queue.discard(message_id)}
+        return _answer(self.store, result)
 
 
 _SUBSCRIBER_FORMAT = {
@@ -539,5 +612,5 @@ def install(host: Host, config: Optional[QueueConfig] = None, scheduler: Optiona
 
 
 MODULE = BuiltinModule(
-    NAME, "Named job queues with retries and dead letters (in memory)", QueueConfig, install
+    NAME, "Named job queues with retries and dead letters (in memory, or also in a file)", QueueConfig, install
 )

@@ -1,14 +1,17 @@
 """State (``iii-state``): ``state::set|get|delete|update|list|list_groups`` on ``(scope, key)``
-and the ``state`` trigger type, on the embedded ``kv`` store (in memory, or also in a file).
+and the ``state`` trigger type, on the embedded ``kv`` adapter: in memory (the default), or also
+in a SQLite file with ``store_method: file_based`` (:mod:`iii.modules._store`).
 
 Values are kept as the JSON bytes they arrived as, so reads answer without decoding; only
-``state::update`` decodes the value it edits. Every successful set, update and delete (also of a
-missing key) fires the matching ``state`` bindings, in registration order, after the write.
+``state::update`` decodes the value it edits. Reads answer from memory. In memory a write answers
+at once; with the file, once it is committed (with the other writes of its event-loop turn). Every
+successful set, update and delete (also of a missing key) fires the matching ``state`` bindings,
+in registration order, after the write (with the file: after its commit).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 import msgspec
 
@@ -22,13 +25,16 @@ from iii.engine.host import (
     Provider,
     parse_input,
 )
-from iii.modules._adapters import check_adapter
-from iii.modules._store import STORES, Snapshots, store_settings
+from iii.modules._adapters import StateAdapter, database_path
+from iii.modules._store import Journal, Values
 from iii.modules.update_ops import apply_ops
 
 __all__ = ["MODULE", "StateConfig", "install"]
 
 NAME = "iii-state"
+#: The database of the ``file_based`` store when ``file_path`` is not given.
+DEFAULT_FILE = "./data/state_store.db"
+_TABLE, _KEY_COLUMNS = "kv", ("scope", "key")
 _NULL = msgspec.Raw(b"null")
 
 
@@ -38,14 +44,12 @@ class StateConfig(msgspec.Struct, forbid_unknown_fields=True):
     triggers_enabled: bool = True
     #: Largest JSON-encoded value accepted, in bytes (``None``: no limit).
     max_value_bytes: Union[int, None] = None
-    #: ``{name: kv, config: {store_method: in_memory | file_based, file_path?, save_interval_ms?}}``
-    adapter: Union[dict[str, Any], None] = None
-    save_interval_ms: Union[int, None] = None
+    #: ``{name: kv, config: {store_method: in_memory | file_based, file_path?}}``
+    adapter: StateAdapter = None
+    #: Accepted for the original's configs and unused (every write is committed before its answer).
+    save_interval_ms: Optional[Annotated[int, msgspec.Meta(ge=0)]] = None
     #: The deadline of each call to a bound function (and its condition function).
     invocation_timeout_ms: int = DEFAULT_INVOCATION_TIMEOUT_MS
-
-    def __post_init__(self) -> None:
-        check_adapter(self.adapter, "kv", stores=STORES)
 
 
 class KeyInput(msgspec.Struct):
@@ -100,21 +104,20 @@ class State:
         #: scope -> key -> the value's JSON
         self.scopes: dict[str, dict[str, bytes]] = {}
         self.watchers = Provider(host, StateTriggerConfig, config.invocation_timeout_ms)
-        path, interval_s = store_settings(config.adapter, "./data/state_store", config.save_interval_ms)
-        self.snapshots = Snapshots(path, interval_s, self._dump, self._load)
+        path = database_path(config.adapter, DEFAULT_FILE)
+        #: The file the values are also kept in (``None``: in memory only).
+        self.store = None if path is None else Values(Journal(path, Values.schema(_TABLE, _KEY_COLUMNS)), _TABLE, _KEY_COLUMNS)
 
     async def start(self) -> None:
-        self.snapshots.start()
+        """Open the file and load what it keeps."""
+        if self.store is not None:
+            self.store.journal.open()
+            for scope, key, value in self.store.load():
+                self.scopes.setdefault(scope, {})[key] = value
 
     async def stop(self) -> None:
-        self.snapshots.stop()
-
-    def _dump(self) -> bytes:
-        return codec.encode_json({scope: {key: msgspec.Raw(raw) for key, raw in keys.items()} for scope, keys in self.scopes.items()})
-
-    def _load(self, data: bytes) -> None:
-        stored = msgspec.json.decode(data, type=dict[str, dict[str, msgspec.Raw]])
-        self.scopes = {scope: {key: bytes(raw) for key, raw in keys.items()} for scope, keys in stored.items() if keys}
+        if self.store is not None:
+            self.store.journal.close()
 
     def _encoded(self, value: Any) -> bytes:
         raw = codec.encode_json(value)
@@ -133,7 +136,7 @@ class State:
             raise EngineError("deserialization_error", "Failed to deserialize input for state::set: `value` is required")
         raw = self._encoded(value)
         old = self._write(request.scope, request.key, raw)
-        return self._changed(request.scope, request.key, old, raw)
+        return self._answer(self._changed(old, raw), request.scope, request.key, old, raw)
 
     def get(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("state::get", data, KeyInput)
@@ -143,8 +146,7 @@ class State:
     def delete(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("state::delete", data, KeyInput)
         old = self._write(request.scope, request.key, None)
-        self._notify("state:deleted", request.scope, request.key, old, None)
-        return _NULL if old is None else msgspec.Raw(old)
+        return self._answer(_NULL if old is None else msgspec.Raw(old), request.scope, request.key, old, None)
 
     def update(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("state::update", data, UpdateInput)
@@ -152,10 +154,10 @@ class State:
         value, errors = apply_ops(None if old is None else codec.decode_json(old), request.ops)
         raw = self._encoded(value)
         self._write(request.scope, request.key, raw)
-        result = self._changed(request.scope, request.key, old, raw)
+        result = self._changed(old, raw)
         if errors:
             result["errors"] = errors
-        return result
+        return self._answer(result, request.scope, request.key, old, raw)
 
     def list(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("state::list", data, ScopeInput)
@@ -165,8 +167,21 @@ class State:
         return {"groups": sorted(scope for scope, keys in self.scopes.items() if keys)}
 
     def _write(self, scope: str, key: str, raw: Optional[bytes]) -> Optional[bytes]:
-        """Store (or, with ``None``, delete) a value; returns the previous one."""
-        self.snapshots.changed()
+        """Store (or, with ``None``, delete) a value, in memory and in the file if there is one;
+        returns the previous one."""
+        old = self._put(scope, key, raw)
+        if self.store is not None:
+            def undo() -> None:
+                self._put(scope, key, old)
+
+            if raw is None:
+                self.store.delete((scope, key), undo)
+            else:
+                self.store.put((scope, key), raw, undo)
+        return old
+
+    def _put(self, scope: str, key: str, raw: Optional[bytes]) -> Optional[bytes]:
+        """Store (or delete) a value in memory; returns the previous one."""
         keys = self.scopes.get(scope)
         if raw is None:
             if keys is None:
@@ -181,13 +196,22 @@ class State:
         keys[key] = raw
         return old
 
-    def _changed(self, scope: str, key: str, old: Optional[bytes], new: bytes) -> dict[str, Any]:
-        self._notify("state:created" if old is None else "state:updated", scope, key, old, new)
+    @staticmethod
+    def _changed(old: Optional[bytes], new: bytes) -> dict[str, Any]:
         return {"old_value": _NULL if old is None else msgspec.Raw(old), "new_value": msgspec.Raw(new)}
 
-    def _notify(self, event_type: str, scope: str, key: str, old: Optional[bytes], new: Optional[bytes]) -> None:
+    def _answer(self, result: Any, scope: str, key: str, old: Optional[bytes], new: Optional[bytes]) -> Any:
+        """The answer to a write, and its ``state`` event: now in memory, after the commit with a
+        file (a future then)."""
+        if self.store is None:
+            self._notify(scope, key, old, new)
+            return result
+        return self.store.journal.acknowledge(result, then=lambda: self._notify(scope, key, old, new))
+
+    def _notify(self, scope: str, key: str, old: Optional[bytes], new: Optional[bytes]) -> None:
         if not self._config.triggers_enabled or not self.watchers.bindings:
             return
+        event_type = "state:deleted" if new is None else "state:created" if old is None else "state:updated"
         payload = codec.encode_json({
             "type": "state",
             "event_type": event_type,
@@ -236,5 +260,5 @@ def install(host: Host, config: Optional[StateConfig] = None) -> State:
 
 
 MODULE = BuiltinModule(
-    NAME, "Key-value state in scopes, with the state trigger (in memory)", StateConfig, install
+    NAME, "Key-value state in scopes, with the state trigger (in memory, or also in a file)", StateConfig, install
 )

@@ -5,8 +5,9 @@
 Clients send ``{"type": "join"|"leave", "data": {subscriptionId, streamName, groupId, id?}}``.
 A join runs every ``stream:join`` binding (any answering ``{"unauthorized": true}`` refuses it),
 then subscribes and sends a ``sync`` event with the item or the group's items. Items live in
-memory (and in a file with the ``file_based`` store). Custom stream backends
-(``stream::get(<name>)`` functions) are not consulted.
+memory, and also in a SQLite file with the ``kv`` adapter's ``file_based`` store
+(:mod:`iii.modules._store`), where a write answers, and its events go out, once committed. Custom
+stream backends (``stream::get(<name>)`` functions) are not consulted.
 
 A client that does not read what it is sent is dropped once more than ``max_client_buffer_bytes``
 would wait for it, or once it has stayed behind for ``client_stall_timeout_ms``; a client whose
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Callable, Optional, Union
 
 import msgspec
 from msgspec import Meta
@@ -35,14 +36,17 @@ from iii.engine.host import (
     call,
     parse_input,
 )
-from iii.modules._adapters import check_adapter
-from iii.modules._store import STORES, Snapshots, store_settings
+from iii.modules._adapters import StreamAdapter, database_path
+from iii.modules._store import Journal, Values
 from iii.modules.update_ops import apply_ops
 from iii.protocol import DEFAULT_NAMESPACE, ErrorCode
 
 __all__ = ["MODULE", "StreamConfig", "install"]
 
 NAME = "iii-stream"
+#: The database of the ``file_based`` store when ``file_path`` is not given.
+DEFAULT_FILE = "./data/stream_store.db"
+_TABLE, _KEY_COLUMNS = "stream_items", ("stream", "group_id", "item")
 log = logging.getLogger("iii.modules")
 _NULL = msgspec.Raw(b"null")
 
@@ -54,7 +58,8 @@ class StreamConfig(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "0.0.0.0"
     #: Called once per client with ``{headers, path, query_params, addr}``; returns ``{context}``.
     auth_function: Union[str, None] = None
-    adapter: Union[dict[str, Any], None] = None
+    #: ``{name: kv, config: {store_method: in_memory | file_based, file_path?}}``
+    adapter: StreamAdapter = None
     #: The deadline of each call it makes (bound functions, join/leave handlers, auth_function);
     #: a join handler that does not answer in time refuses the join.
     invocation_timeout_ms: int = DEFAULT_INVOCATION_TIMEOUT_MS
@@ -66,7 +71,6 @@ class StreamConfig(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be 0-65535")
-        check_adapter(self.adapter, "kv", stores=STORES)
 
 
 class ItemInput(msgspec.Struct):
@@ -133,21 +137,16 @@ class Streams:
         self.clients: set[StreamClient] = set()
         self._server: Optional[asyncio.AbstractServer] = None
         self.url: Optional[str] = None
-        path, interval_s = store_settings(config.adapter, "./data/stream_store", None)
-        self.snapshots = Snapshots(path, interval_s, self._dump, self._load)
+        path = database_path(config.adapter, DEFAULT_FILE)
+        #: The file the items are also kept in (``None``: in memory only).
+        self.store = None if path is None else Values(Journal(path, Values.schema(_TABLE, _KEY_COLUMNS)), _TABLE, _KEY_COLUMNS)
 
-    def _dump(self) -> bytes:
-        return codec.encode_json({
-            stream: {group: {item: msgspec.Raw(raw) for item, raw in items.items()} for group, items in groups.items()}
-            for stream, groups in self.items.items()
-        })
-
-    def _load(self, data: bytes) -> None:
-        stored = msgspec.json.decode(data, type=dict[str, dict[str, dict[str, msgspec.Raw]]])
-        self.items = {
-            stream: {group: {item: bytes(raw) for item, raw in items.items()} for group, items in groups.items() if items}
-            for stream, groups in stored.items() if groups
-        }
+    def _load(self) -> None:
+        """Open the file and load what it keeps."""
+        if self.store is not None:
+            self.store.journal.open()
+            for stream, group, item, value in self.store.load():
+                self.items.setdefault(stream, {}).setdefault(group, {})[item] = value
 
     # ------------------------------------------------------------------ functions
 
@@ -155,7 +154,28 @@ class Streams:
         return self.items.get(stream, {}).get(group, {})
 
     def _write(self, stream: str, group: str, item: str, raw: Optional[bytes]) -> Optional[bytes]:
-        self.snapshots.changed()
+        """Store (or, with ``None``, delete) an item, in memory and in the file if there is one;
+        returns the previous one."""
+        old = self._put(stream, group, item, raw)
+        if self.store is not None:
+            def undo() -> None:
+                self._put(stream, group, item, old)
+
+            if raw is None:
+                self.store.delete((stream, group, item), undo)
+            else:
+                self.store.put((stream, group, item), raw, undo)
+        return old
+
+    def _answer(self, result: Any, emit: Callable[[], None]) -> Any:
+        """The answer to a write, and its events: now in memory, after the commit with a file
+        (a future then)."""
+        if self.store is None:
+            emit()
+            return result
+        return self.store.journal.acknowledge(result, then=emit)
+
+    def _put(self, stream: str, group: str, item: str, raw: Optional[bytes]) -> Optional[bytes]:
         groups = self.items.setdefault(stream, {})
         items = groups.setdefault(group, {})
         old = items.pop(item, None) if raw is None else items.get(item)
@@ -171,9 +191,11 @@ class Streams:
         request = parse_input("stream::set", data, SetInput)
         raw = codec.encode_json(request.data)
         old = self._write(request.stream_name, request.group_id, request.item_id, raw)
-        self._emit(request.stream_name, request.group_id, request.item_id,
-                   {"type": "create" if old is None else "update", "data": msgspec.Raw(raw)})
-        return {"old_value": _raw(old), "new_value": msgspec.Raw(raw)}
+        return self._answer(
+            {"old_value": _raw(old), "new_value": msgspec.Raw(raw)},
+            lambda: self._emit(request.stream_name, request.group_id, request.item_id,
+                               {"type": "create" if old is None else "update", "data": msgspec.Raw(raw)}),
+        )
 
     def get(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::get", data, ItemInput)
@@ -182,9 +204,12 @@ class Streams:
     def delete(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::delete", data, ItemInput)
         old = self._write(request.stream_name, request.group_id, request.item_id, None)
-        if old is not None:
-            self._emit(request.stream_name, request.group_id, request.item_id, {"type": "delete", "data": msgspec.Raw(old)})
-        return {"old_value": _raw(old)}
+
+        def emit() -> None:
+            if old is not None:
+                self._emit(request.stream_name, request.group_id, request.item_id, {"type": "delete", "data": msgspec.Raw(old)})
+
+        return self._answer({"old_value": _raw(old)}, emit)
 
     def update(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::update", data, UpdateInput)
@@ -192,12 +217,14 @@ class Streams:
         value, errors = apply_ops(None if old is None else codec.decode_json(old), request.ops)
         raw = codec.encode_json(value)
         self._write(request.stream_name, request.group_id, request.item_id, raw)
-        self._emit(request.stream_name, request.group_id, request.item_id,
-                   {"type": "create" if old is None else "update", "data": msgspec.Raw(raw)})
-        result = {"old_value": _raw(old), "new_value": msgspec.Raw(raw)}
+        result: dict[str, Any] = {"old_value": _raw(old), "new_value": msgspec.Raw(raw)}
         if errors:
             result["errors"] = errors
-        return result
+        return self._answer(
+            result,
+            lambda: self._emit(request.stream_name, request.group_id, request.item_id,
+                               {"type": "create" if old is None else "update", "data": msgspec.Raw(raw)}),
+        )
 
     def list(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::list", data, GroupInput)
@@ -292,7 +319,7 @@ class Streams:
     # ------------------------------------------------------------------ server
 
     async def start(self) -> None:
-        self.snapshots.start()
+        self._load()
         try:
             self._server = await ws_create_server(
                 lambda request: StreamClient(self, request), self.config.host, self.config.port,
@@ -307,7 +334,8 @@ class Streams:
         log.info("iii-stream listening on %s", self.url)
 
     async def stop(self) -> None:
-        self.snapshots.stop()
+        if self.store is not None:
+            self.store.journal.close()
         if self._server is not None:
             self._server.close()
             for client in list(self.clients):
@@ -556,7 +584,7 @@ def install(host: Host, config: Optional[StreamConfig] = None) -> Streams:
 
 MODULE = BuiltinModule(
     NAME,
-    "Live items pushed to WebSocket clients, with the stream triggers (in memory)",
+    "Live items pushed to WebSocket clients, with the stream triggers (in memory, or also in a file)",
     StreamConfig,
     install,
 )
