@@ -14,6 +14,9 @@ from iii.config import parse_config
 from iii.engine.server import ListenerConfig
 from iii.modules.http import HttpServer
 
+#: In-process engines: every test runs on the stdlib loop and on uvloop.
+pytestmark = pytest.mark.both_loops
+
 CONFIG = """workers:
   - name: iii-http
     config:

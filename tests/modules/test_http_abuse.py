@@ -16,6 +16,9 @@ from iii.app import App
 from iii.config import parse_config
 from iii.engine.server import ListenerConfig
 
+#: In-process engines: every test runs on the stdlib loop and on uvloop.
+pytestmark = pytest.mark.both_loops
+
 CONFIG = """workers:
   - name: iii-http
     config:
