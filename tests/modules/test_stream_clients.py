@@ -10,13 +10,13 @@ import json
 import logging
 from contextlib import asynccontextmanager
 
+import pytest
 from picows import WSMsgType
 
 from helpers import RawClient
 from iii.app import App
 from iii.config import parse_config
 from iii.engine.server import ListenerConfig
-import pytest
 
 #: In-process engines: every test runs on the stdlib loop and on uvloop.
 pytestmark = pytest.mark.both_loops
