@@ -15,7 +15,8 @@ A module imports this and nothing else of the engine. It gets:
 A built-in function is ``handler(host, caller, data)``: ``data`` is the decoded payload,
 ``caller`` the calling :class:`Connection` (``None`` for calls the engine makes). It returns the
 result, raises :class:`EngineError`, or returns an :class:`asyncio.Future` whose result is the
-answer (for answers that wait, e.g. for a durable write).
+answer (for answers that wait, e.g. for a durable write). Such a future must complete on its own
+(in-process work, bounded): deadlines are what the engine puts on calls to workers.
 """
 
 from __future__ import annotations
