@@ -53,7 +53,12 @@ def extensions():
                     include_dirs=[SCAN_DIR],
                     depends=[f"{SCAN_DIR}/scan.h", f"{SCAN_DIR}/scan_scalar.h"],
                 ),
-                Extension("iii.engine._frames", ["src/iii/engine/_frames.pyx"]),
+                # the pure twin's own source, made a cdef picows WSListener by _frames.pxd
+                Extension(
+                    "iii.engine._frames",
+                    ["src/iii/engine/_frames_py.py"],
+                    depends=["src/iii/engine/_frames.pxd", "src/iii/_codec.pxd"],
+                ),
             ],
             compiler_directives={"language_level": "3"},
             annotate=os.environ.get("III_CYTHON_ANNOTATE") == "1",

@@ -1,3 +1,4 @@
-from iii.engine._frames_py import FrameListener as FrameListener
+from iii.engine._frames_py import TelemetryListener as TelemetryListener
+from iii.engine._frames_py import WorkerListener as WorkerListener
 
-__all__ = ["FrameListener"]
+__all__ = ["TelemetryListener", "WorkerListener"]

@@ -1,61 +1,158 @@
-"""What the engine does with every frame of a worker connection, pure-Python twin.
+# cython: annotation_typing=False
+# (Cython takes its types from _frames.pxd only: the annotations are for readers and mypy.)
+"""The picows listeners: a worker's connection on ``/``, the SDKs' telemetry socket on ``/otel``.
 
-``_frames.pyx`` is the compiled twin: a ``cdef`` subclass of picows' ``WSListener`` (its Cython
-API), so picows calls the frame handler as C, the frame's fields are read as C and calls are
-routed straight from picows' read buffer. Both hand a frame to the router the same way:
-``Router.forward`` what ``route_frame`` routes, ``Router.handle`` the rest. The rest of a
-worker's listener (connect, fragments, stalls, heartbeat, teardown) is
-``server.WorkerListener``, which subclasses whichever twin :mod:`iii.engine.frames` picks and
-provides ``_other_frame`` and ``_frame_failed``.
+This file is both twins. Run as Python it is the readable reference; Cython compiles the same
+source into ``iii.engine._frames`` with ``_frames.pxd`` declaring ``WorkerListener`` a ``cdef``
+subclass of picows' ``WSListener`` (its Cython API): picows then calls its callbacks through the C
+vtable, the frame's fields are C fields, and a call is routed straight from picows' read buffer
+(the forwarded frame is the only copy made of it). :mod:`iii.engine.frames` picks one.
+
+Each frame is handled inside the picows callback: ``Router.forward`` what ``route_frame`` routes,
+``Router.handle`` the rest; messages fragmented over several frames are reassembled up to 64 MiB.
+What the router sends goes out at once, except while a read that brought several frames is
+processed: then it is written once per worker when the read's last frame is done. A worker that
+stops reading is dropped (``server.STALLED_BUFFER_LIMIT`` / ``STALLED_GRACE_S``); one that sends
+nothing, not even a pong, for ``idle_timeout_ms`` too.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+import time
+from typing import Any, Optional
 
-from picows import WSFrame, WSListener, WSMsgType, WSTransport
+from picows import WSCloseCode
 
 from iii.codec import route_frame
+from iii.protocol import MAX_MESSAGE_SIZE
 
-__all__ = ["FrameListener"]
+try:
+    import cython  # type: ignore[import-untyped]
+except ImportError:  # Cython only builds the compiled twin; without it this runs as Python
+    from types import SimpleNamespace
+
+    cython = SimpleNamespace(compiled=False)
+
+if cython.compiled:  # picows' C types are cimported by _frames.pxd
+    from iii._codec import ROUTE_RESULT
+else:
+    from picows import WSFrame, WSListener, WSMsgType, WSTransport
+
+__all__ = ["TelemetryListener", "WorkerListener"]
+
+log = logging.getLogger("iii.engine")
 
 _TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+_CONTINUATION = WSMsgType.CONTINUATION
+_CLOSE = WSMsgType.CLOSE
+#: Outbound bytes buffered for a worker before the engine watches whether it still reads.
+_HIGH_WATER = 4 * 1024 * 1024
+_STALL_CHECK_S = 0.5
+#: Binary frames with these prefixes are OpenTelemetry payloads, not protocol messages.
+_TELEMETRY_PREFIXES = (b"OTLP", b"MTRC", b"LOGS")
+
+_SMALL_TEXT_HEADERS = tuple(bytes((0x81, size)) for size in range(126))
 
 
-class FrameListener(WSListener):
-    """The per-frame path: route whole text messages, send what the router answers."""
+def _text_header(size: int) -> bytes:
+    """Header of a final, unmasked text frame (what a server sends) of ``size`` bytes."""
+    if size < 126:
+        return _SMALL_TEXT_HEADERS[size]
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big")
+    return b"\x81\x7f" + size.to_bytes(8, "big")
 
-    __slots__ = ("_engine", "_conn", "_caller", "_forward", "_handle", "_out", "_transport", "_heard")
 
-    _engine: Any
-    _conn: Any
-    #: The connection's ``caller_field`` (what ``route_frame`` splices into calls it makes).
-    _caller: bytes
-    #: The router's ``forward`` and ``handle``.
-    _forward: Any
-    _handle: Any
-    #: Messages for this worker waiting for the end of the batch.
-    _out: list[bytes]
-    _transport: Any
-    #: The worker sent something since the last heartbeat (it is alive).
-    _heard: bool
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _answer_close(transport: WSTransport, frame: WSFrame) -> None:
+    transport.send_close(frame.get_close_code())
+    transport.disconnect()
+
+
+class WorkerListener(WSListener):
+    """One worker connection on ``/``.
+
+    Args:
+        engine: the :class:`~iii.engine.server.Engine` (its router, batch and listener set).
+        config: the :class:`~iii.engine.server.ListenerConfig` it was accepted on.
+    """
+
+    __slots__ = (
+        "_engine", "_config", "_conn", "_caller", "_forward", "_handle", "_transport", "_out",
+        "_write", "_heard", "_idle_since", "_grace", "_parts", "_parts_size", "_skipping",
+        "_paused_at", "_stall_check",
+    )
+
+    def __init__(self, engine: Any, config: Any) -> None:
+        self._engine = engine
+        self._config = config
+        self._forward = engine.router.forward  # bound once: called for every frame
+        self._handle = engine.router.handle
+        self._transport: Optional[WSTransport] = None
+        self._conn: Any = None
+        #: The connection's ``caller_field`` (what ``route_frame`` splices into calls it makes).
+        self._caller: bytes = b""
+        self._grace: Optional[asyncio.TimerHandle] = None
+        self._parts: list[bytes] = []
+        self._parts_size = 0
+        self._skipping = False  # discarding the rest of an oversized fragmented message
+        self._paused_at = 0.0
+        self._stall_check: Optional[asyncio.TimerHandle] = None
+        #: Messages for this worker waiting for the end of the batch.
+        self._out: list[bytes] = []
+        self._write: Any = None
+        #: Set by every frame the worker sends (the frame path does it, cheaply).
+        self._heard = True
+        #: When the heartbeat first found it silent (loop time), or ``None``.
+        self._idle_since: Optional[float] = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._transport = transport
+        transport.underlying_transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self._engine.listeners.add(self)
+        peer = transport.underlying_transport.get_extra_info("peername")
+        router = self._engine.router
+        self._write = transport.underlying_transport.writelines
+        self._conn = conn = router.connect(self._send, self._close, peer[0] if peer else None, _now_ms())
+        self._caller = conn.caller_field
+        self._grace = asyncio.get_running_loop().call_later(
+            router.grace_ms / 1000, router.expire_grace, conn
+        )
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        """The per-frame path: route whole text messages, send what the router answers."""
         self._heard = True
         last = frame.last_in_buffer
         engine = self._engine
         if not last:  # more frames in this read: what they produce leaves in one write per worker
             engine.start_batch()
         try:
-            if frame.msg_type is _TEXT and frame.fin:  # the hot path: one whole protocol message
-                payload = frame.get_payload_as_bytes()
-                routed = route_frame(payload, self._caller)
+            if frame.msg_type == _TEXT and frame.fin:  # the hot path: one whole protocol message
+                if cython.compiled:  # route from picows' read buffer: the payload is copied out
+                    # only for what needs it as bytes (an answer, the full decoder)
+                    routed = route_buffer(  # type: ignore[name-defined]  # noqa: F821  (_frames.pxd)
+                        cython.cast(cython.p_uchar, frame.payload_ptr),  # type: ignore[attr-defined]
+                        frame.payload_size,
+                        self._caller,
+                    )
+                    payload = None
+                    if routed is None or cython.cast(tuple, routed)[0] == ROUTE_RESULT:
+                        payload = frame.get_payload_as_bytes()
+                else:
+                    payload = frame.get_payload_as_bytes()
+                    routed = route_frame(payload, self._caller)
                 if routed is None or not self._forward(self._conn, routed, payload):
-                    self._handle(self._conn, payload)
+                    self._handle(self._conn, payload if payload is not None else frame.get_payload_as_bytes())
             else:
-                self._other_frame(transport, frame)  # type: ignore[attr-defined]
+                self._other_frame(transport, frame)
         except Exception:  # a router bug must cost one frame, never the connection
-            self._frame_failed()  # type: ignore[attr-defined]
+            log.exception("worker %s: frame handling failed", self._conn.id)
         if last and engine.batching:
             engine.end_batch()
 
@@ -70,3 +167,132 @@ class FrameListener(WSListener):
             transport = self._transport
             if transport is not None and not transport.is_disconnected:
                 transport.send(_TEXT, data)
+
+    def flush(self) -> None:
+        """Write what the batch queued for this worker (one write)."""
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        transport = self._transport
+        if transport is None or transport.is_disconnected:
+            return
+        if len(out) == 1:  # the common case at low load: picows frames it in C
+            transport.send(_TEXT, out[0])
+            return
+        frames = []
+        for data in out:
+            frames.append(_text_header(len(data)))
+            frames.append(data)
+        self._write(frames)
+
+    def _close(self) -> None:
+        self.flush()  # what was sent before the close (a rejection, say) goes first
+        transport = self._transport
+        if transport is not None and not transport.is_disconnected:
+            transport.send_close(WSCloseCode.OK)
+            transport.disconnect()
+
+    def _other_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if msg_type == _TEXT or msg_type == _BINARY:
+            if frame.fin:
+                self._deliver(frame.get_payload_as_bytes(), msg_type == _BINARY)
+                return
+            self._parts = [frame.get_payload_as_bytes()]
+            self._parts_size = frame.payload_size
+            self._skipping = False
+        elif msg_type == _CONTINUATION:
+            if not self._skipping:
+                self._parts_size += frame.payload_size
+                if self._parts_size > MAX_MESSAGE_SIZE:
+                    self._skipping = True
+                    self._parts = []
+                    self._conn.frames_dropped += 1
+                    log.warning("worker %s: dropped a message larger than %d bytes", self._conn.id, MAX_MESSAGE_SIZE)
+                else:
+                    self._parts.append(frame.get_payload_as_bytes())
+            if frame.fin:
+                parts, self._parts = self._parts, []
+                if not self._skipping and parts:
+                    self._deliver(b"".join(parts), False)
+                self._skipping = False
+        elif msg_type == _CLOSE:
+            _answer_close(transport, frame)
+
+    def _deliver(self, payload: bytes, binary: bool) -> None:
+        if not (binary and payload[:4] in _TELEMETRY_PREFIXES):
+            self._engine.router.receive(self._conn, payload)
+
+    def pause_writing(self) -> None:
+        """The worker is not keeping up with what it is sent: watch it (it may be stuck)."""
+        if self._stall_check is None:
+            loop = asyncio.get_running_loop()
+            self._paused_at = loop.time()
+            self._stall_check = loop.call_later(_STALL_CHECK_S, self._check_stalled)
+
+    def resume_writing(self) -> None:
+        if self._stall_check is not None:
+            self._stall_check.cancel()
+            self._stall_check = None
+
+    def _check_stalled(self) -> None:
+        """Drop a worker that stopped reading before what waits for it exhausts memory."""
+        from iii.engine import server  # the caps are the server's (read here, so they can be tuned)
+
+        transport = self._transport
+        loop = asyncio.get_running_loop()
+        waiting = transport.underlying_transport.get_write_buffer_size()  # type: ignore[union-attr]
+        if waiting > server.STALLED_BUFFER_LIMIT or loop.time() - self._paused_at > server.STALLED_GRACE_S:
+            log.warning("worker %s is not reading (%d bytes waiting for it): disconnecting it", self._conn.id, waiting)
+            self._stall_check = None
+            transport.disconnect(graceful=False)  # type: ignore[union-attr]
+        else:
+            self._stall_check = loop.call_later(_STALL_CHECK_S, self._check_stalled)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._out = []
+        if self._stall_check is not None:
+            self._stall_check.cancel()
+        if self._grace is not None:
+            self._grace.cancel()
+        if self._conn is not None:
+            try:
+                self._engine.router.disconnect(self._conn)
+            except Exception:
+                log.exception("worker %s: cleanup failed", self._conn.id)
+        self._engine.listeners.discard(self)
+
+    def heartbeat(self, now: float) -> None:
+        """Ping the worker; drop it when it has been silent for ``idle_timeout_ms``."""
+        transport = self._transport
+        if transport is None or transport.is_disconnected:
+            return
+        if self._heard:
+            self._heard = False
+            self._idle_since = now
+        elif self._idle_since is not None and now - self._idle_since >= self._config.idle_timeout_ms / 1000:
+            log.warning(
+                "worker %s sent nothing for %d ms (not even a pong): disconnecting it",
+                self._conn.id,
+                self._config.idle_timeout_ms,
+            )
+            transport.disconnect(graceful=False)
+            return
+        transport.send_ping()
+
+    def shutdown(self) -> None:
+        """Send what is queued, then close with ``GOING_AWAY`` (the engine is stopping)."""
+        self.flush()
+        transport = self._transport
+        if transport is not None and not transport.is_disconnected:
+            transport.send_close(WSCloseCode.GOING_AWAY)
+            transport.disconnect()
+
+
+class TelemetryListener(WSListener):
+    """The SDKs' ``/otel`` socket: accepted and drained (telemetry is not ingested yet)."""
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type == _CLOSE:
+            _answer_close(transport, frame)

@@ -1,5 +1,6 @@
-"""Chooses the per-frame path of worker connections: the compiled ``iii.engine._frames`` when the
-compiled codec is in use (they go together), else the pure twin ``_frames_py``.
+"""Chooses the worker listener: the compiled ``iii.engine._frames`` (``_frames_py.py`` built by
+Cython as a ``cdef`` picows ``WSListener``, see ``_frames.pxd``) when the compiled codec is in use
+(they go together), else ``_frames_py`` run as Python.
 
 ``III_NO_EXTENSIONS=1`` forces the pure twins (through :mod:`iii.codec`).
 """
@@ -10,10 +11,10 @@ from iii.codec import IMPLEMENTATION
 
 if IMPLEMENTATION == "c":
     try:
-        from iii.engine._frames import FrameListener
+        from iii.engine._frames import TelemetryListener, WorkerListener
     except ImportError:
-        from iii.engine._frames_py import FrameListener  # type: ignore[assignment]
+        from iii.engine._frames_py import TelemetryListener, WorkerListener
 else:
-    from iii.engine._frames_py import FrameListener  # type: ignore[assignment]
+    from iii.engine._frames_py import TelemetryListener, WorkerListener
 
-__all__ = ["FrameListener"]
+__all__ = ["TelemetryListener", "WorkerListener"]

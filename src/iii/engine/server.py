@@ -1,14 +1,14 @@
-"""The engine's WebSocket server: picows listeners pumping frames into the router.
+"""The engine's WebSocket server: one router, a picows server per listener, the heartbeat and the
+timer that expires the engine's own calls at their deadlines.
 
-Path ``/`` carries the worker protocol, ``/otel`` is the SDKs' telemetry socket (accepted and
-drained, never a worker); anything else is answered 404. Each frame is handled inside the picows
-callback; messages fragmented over several frames are reassembled up to 64 MiB. What the router
-sends goes out at once, except while a read that brought several frames is processed: then it is
-written once per worker when the read's last frame is done.
+Path ``/`` carries the worker protocol (a ``WorkerListener``), ``/otel`` is the SDKs' telemetry
+socket (a ``TelemetryListener``: accepted and drained, never a worker); anything else is answered
+404. The listeners, and what they do with every frame, are :mod:`iii.engine.frames`'s.
 
 Every connection is pinged every ``ping_interval_ms``; one that has sent nothing (not even a
 pong) for ``idle_timeout_ms`` is dropped, so a worker whose process stopped without closing its
-socket does not keep calls waiting. One timer expires the engine's own calls at their deadlines.
+socket does not keep calls waiting. A worker that stops reading is dropped once
+``STALLED_BUFFER_LIMIT`` waits for it or after ``STALLED_GRACE_S``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ from typing import Annotated, Any, Optional
 
 import msgspec
 from msgspec import Meta
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
+from picows import WSUpgradeRequest, ws_create_server
 
 from iii._version import __version__
-from iii.engine.frames import FrameListener
-from iii.engine.registry import Connection
+from iii.engine.frames import TelemetryListener, WorkerListener
 from iii.engine.router import Router
 from iii.protocol import DEFAULT_GRACE_MS, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE
 
@@ -32,30 +31,10 @@ __all__ = ["Engine", "ListenerConfig"]
 
 log = logging.getLogger("iii.engine")
 
-_TEXT = WSMsgType.TEXT
-_BINARY = WSMsgType.BINARY
-_CONTINUATION = WSMsgType.CONTINUATION
-_CLOSE = WSMsgType.CLOSE
-#: Outbound bytes buffered for a worker before the engine watches whether it still reads.
-_HIGH_WATER = 4 * 1024 * 1024
-#: A worker that does not read is dropped once this much waits for it, or after this long.
+#: A worker that does not read is dropped once this much waits for it, or after this long
+#: (the listeners read these when they check, so they can be tuned).
 STALLED_BUFFER_LIMIT = 256 * 1024 * 1024
 STALLED_GRACE_S = 30.0
-_STALL_CHECK_S = 0.5
-#: Binary frames with these prefixes are OpenTelemetry payloads, not protocol messages.
-_TELEMETRY_PREFIXES = (b"OTLP", b"MTRC", b"LOGS")
-
-
-_SMALL_TEXT_HEADERS = tuple(bytes((0x81, size)) for size in range(126))
-
-
-def _text_header(size: int) -> bytes:
-    """Header of a final, unmasked text frame (what a server sends) of ``size`` bytes."""
-    if size < 126:
-        return _SMALL_TEXT_HEADERS[size]
-    if size < 65536:
-        return b"\x81\x7e" + size.to_bytes(2, "big")
-    return b"\x81\x7f" + size.to_bytes(8, "big")
 
 
 class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -73,190 +52,6 @@ class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _answer_close(transport: WSTransport, frame: WSFrame) -> None:
-    transport.send_close(frame.get_close_code())
-    transport.disconnect()
-
-
-class WorkerListener(FrameListener):
-    """One worker connection on ``/`` (the per-frame path is in the ``FrameListener`` twins)."""
-
-    __slots__ = (
-        "_grace", "_parts", "_parts_size", "_skipping",
-        "_paused_at", "_stall_check", "_write", "_idle_since", "_config",
-    )
-
-    def __init__(self, engine: Engine, config: ListenerConfig) -> None:
-        self._engine = engine
-        self._config = config
-        self._forward = engine.router.forward  # bound once: called for every frame
-        self._handle = engine.router.handle
-        self._transport: Optional[WSTransport] = None
-        self._conn: Optional[Connection] = None
-        self._grace: Optional[asyncio.TimerHandle] = None
-        self._parts: list[bytes] = []
-        self._parts_size = 0
-        self._skipping = False  # discarding the rest of an oversized fragmented message
-        self._paused_at = 0.0
-        self._stall_check: Optional[asyncio.TimerHandle] = None
-        #: Messages for this worker waiting for the end of the batch.
-        self._out: list[bytes] = []
-        self._write: Any = None
-        #: Set by every frame the worker sends (the frame path does it, cheaply).
-        self._heard = True
-        #: When the heartbeat first found it silent (loop time), or ``None``.
-        self._idle_since: Optional[float] = None
-
-    def on_ws_connected(self, transport: WSTransport) -> None:
-        self._transport = transport
-        transport.underlying_transport.set_write_buffer_limits(high=_HIGH_WATER)
-        self._engine.listeners.add(self)
-        peer = transport.underlying_transport.get_extra_info("peername")
-        router = self._engine.router
-        self._write = transport.underlying_transport.writelines
-        self._conn = conn = router.connect(self._send, self._close, peer[0] if peer else None, _now_ms())
-        self._caller = conn.caller_field
-        self._grace = asyncio.get_running_loop().call_later(
-            router.grace_ms / 1000, router.expire_grace, conn
-        )
-
-    def flush(self) -> None:
-        out = self._out
-        if not out:
-            return
-        self._out = []
-        transport = self._transport
-        if transport is None or transport.is_disconnected:
-            return
-        if len(out) == 1:  # the common case at low load: picows frames it in C
-            transport.send(_TEXT, out[0])
-            return
-        frames = []
-        for data in out:
-            frames.append(_text_header(len(data)))
-            frames.append(data)
-        self._write(frames)
-
-    def _close(self) -> None:
-        self.flush()  # what was sent before the close (a rejection, say) goes first
-        transport = self._transport
-        if transport is not None and not transport.is_disconnected:
-            transport.send_close(WSCloseCode.OK)
-            transport.disconnect()
-
-    def _frame_failed(self) -> None:
-        log.exception("worker %s: frame handling failed", self._conn.id)  # type: ignore[union-attr]
-
-    def _other_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        msg_type = frame.msg_type
-        if msg_type is _TEXT or msg_type is _BINARY:
-            if frame.fin:
-                self._deliver(frame.get_payload_as_bytes(), msg_type is _BINARY)
-                return
-            self._parts = [frame.get_payload_as_bytes()]
-            self._parts_size = frame.payload_size
-            self._skipping = False
-        elif msg_type is _CONTINUATION:
-            if not self._skipping:
-                self._parts_size += frame.payload_size
-                if self._parts_size > MAX_MESSAGE_SIZE:
-                    self._skipping = True
-                    self._parts = []
-                    self._conn.frames_dropped += 1  # type: ignore[union-attr]
-                    log.warning(
-                        "worker %s: dropped a message larger than %d bytes",
-                        self._conn.id,  # type: ignore[union-attr]
-                        MAX_MESSAGE_SIZE,
-                    )
-                else:
-                    self._parts.append(frame.get_payload_as_bytes())
-            if frame.fin:
-                parts, self._parts = self._parts, []
-                if not self._skipping and parts:
-                    self._deliver(b"".join(parts), False)
-                self._skipping = False
-        elif msg_type is _CLOSE:
-            _answer_close(transport, frame)
-
-    def _deliver(self, payload: bytes, binary: bool) -> None:
-        if not (binary and payload[:4] in _TELEMETRY_PREFIXES):
-            self._engine.router.receive(self._conn, payload)
-
-    def pause_writing(self) -> None:
-        """The worker is not keeping up with what it is sent: watch it (it may be stuck)."""
-        if self._stall_check is None:
-            loop = asyncio.get_running_loop()
-            self._paused_at = loop.time()
-            self._stall_check = loop.call_later(_STALL_CHECK_S, self._check_stalled)
-
-    def resume_writing(self) -> None:
-        if self._stall_check is not None:
-            self._stall_check.cancel()
-            self._stall_check = None
-
-    def _check_stalled(self) -> None:
-        """Drop a worker that stopped reading before what waits for it exhausts memory."""
-        transport = self._transport
-        loop = asyncio.get_running_loop()
-        waiting = transport.underlying_transport.get_write_buffer_size()  # type: ignore[union-attr]
-        if waiting > STALLED_BUFFER_LIMIT or loop.time() - self._paused_at > STALLED_GRACE_S:
-            log.warning(
-                "worker %s is not reading (%d bytes waiting for it): disconnecting it",
-                self._conn.id,  # type: ignore[union-attr]
-                waiting,
-            )
-            self._stall_check = None
-            transport.disconnect(graceful=False)  # type: ignore[union-attr]
-        else:
-            self._stall_check = loop.call_later(_STALL_CHECK_S, self._check_stalled)
-
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self._out = []
-        if self._stall_check is not None:
-            self._stall_check.cancel()
-        if self._grace is not None:
-            self._grace.cancel()
-        if self._conn is not None:
-            try:
-                self._engine.router.disconnect(self._conn)
-            except Exception:
-                log.exception("worker %s: cleanup failed", self._conn.id)
-        self._engine.listeners.discard(self)
-
-    def heartbeat(self, now: float) -> None:
-        """Ping the worker; drop it when it has been silent for ``idle_timeout_ms``."""
-        transport = self._transport
-        if transport is None or transport.is_disconnected:
-            return
-        if self._heard:
-            self._heard = False
-            self._idle_since = now
-        elif self._idle_since is not None and now - self._idle_since >= self._config.idle_timeout_ms / 1000:
-            log.warning(
-                "worker %s sent nothing for %d ms (not even a pong): disconnecting it",
-                self._conn.id,  # type: ignore[union-attr]
-                self._config.idle_timeout_ms,
-            )
-            transport.disconnect(graceful=False)
-            return
-        transport.send_ping()
-
-    def shutdown(self) -> None:
-        self.flush()
-        transport = self._transport
-        if transport is not None and not transport.is_disconnected:
-            transport.send_close(WSCloseCode.GOING_AWAY)
-            transport.disconnect()
-
-
-class TelemetryListener(WSListener):
-    """The SDKs' ``/otel`` socket: accepted and drained (telemetry is not ingested yet)."""
-
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if frame.msg_type is _CLOSE:
-            _answer_close(transport, frame)
 
 
 class Engine:
