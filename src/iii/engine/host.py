@@ -159,18 +159,23 @@ def parse_input(function_id: str, data: Any, input_type: type) -> Any:
         ) from None
 
 
-def json_schema(struct_type: type) -> dict[str, Any]:
+def json_schema(struct_type: type, *, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """The JSON schema of what ``struct_type`` validates (a trigger config, a function's input),
-    made by msgspec from the type itself, with the type's own definition at the top."""
+    made by msgspec from the type itself, with the type's own definition at the top.
+
+    ``required`` names fields the Struct lets be absent but a check after it refuses without
+    (with a clearer message than the decoder's): the schema says they are required.
+    """
     schema = msgspec.json.schema(struct_type)
     definitions = schema.pop("$defs", {})
     reference = schema.pop("$ref", None)
-    if reference is None:
-        return schema
-    top = dict(definitions.pop(reference.rsplit("/", 1)[-1]))
-    if definitions:  # types it refers to stay where their "$ref"s point
-        top["$defs"] = definitions
-    return top
+    if reference is not None:
+        schema = dict(definitions.pop(reference.rsplit("/", 1)[-1]))
+        if definitions:  # types it refers to stay where their "$ref"s point
+            schema["$defs"] = definitions
+    if required:
+        schema["required"] = sorted(set(schema.get("required", ())) | set(required))
+    return schema
 
 
 class Scheduler(Protocol):

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import datetime
 import re
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 import msgspec
+from msgspec import Meta
 from croniter import CroniterError, croniter
 
 from iii import codec
@@ -30,6 +31,7 @@ from iii.engine.host import (
     Provider,
     Running,
     Scheduler,
+    json_schema,
 )
 from iii.modules._adapters import CronAdapter
 
@@ -53,7 +55,12 @@ class CronConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class CronTriggerConfig(msgspec.Struct):
-    expression: Union[str, None] = None
+    """The ``cron`` trigger's config."""
+
+    expression: Annotated[
+        Union[str, None],
+        Meta(description="6 or 7 fields, seconds first, UTC: sec min hour day month weekday(1=Sun) [year]"),
+    ] = None
     condition_function_id: Union[str, None] = None
 
 
@@ -181,19 +188,6 @@ class CronProvider(Provider[CronTriggerConfig], Running):
             job.stop()
 
 
-_TRIGGER_FORMAT = {
-    "type": "object",
-    "properties": {
-        "expression": {
-            "type": "string",
-            "description": "6 or 7 fields, seconds first, UTC: sec min hour day month weekday(1=Sun) [year]",
-        },
-        "condition_function_id": {"type": "string"},
-    },
-    "required": ["expression"],
-}
-
-
 def install(host: Host, config: Optional[CronConfig] = None, scheduler: Optional[Scheduler] = None) -> CronProvider:
     """Register the ``cron`` trigger type."""
     config = config or CronConfig()
@@ -203,7 +197,7 @@ def install(host: Host, config: Optional[CronConfig] = None, scheduler: Optional
         provider,
         module=NAME,
         description="Calls the function on a schedule (cron expression, seconds first, UTC)",
-        trigger_request_format=_TRIGGER_FORMAT,
+        trigger_request_format=json_schema(CronTriggerConfig, required=("expression",)),
     )
     return provider
 

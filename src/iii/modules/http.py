@@ -29,7 +29,7 @@ from aiohttp import web
 from msgspec import Meta
 
 from iii import codec
-from iii.engine.host import Binding, BuiltinModule, ErrorBody, Host, Provider, call
+from iii.engine.host import Binding, BuiltinModule, ErrorBody, Host, Provider, call, json_schema
 from iii.protocol import ErrorCode
 
 __all__ = ["MODULE", "HttpConfig", "install"]
@@ -74,8 +74,10 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class HttpTriggerConfig(msgspec.Struct):
+    """The ``http`` trigger's config: a route."""
+
     api_path: Union[str, None] = None
-    http_method: str = "GET"
+    http_method: Annotated[str, Meta(description="GET, POST, PUT, DELETE, PATCH, HEAD or OPTIONS")] = "GET"
     condition_function_id: Union[str, None] = None
     middleware_function_ids: list[str] = []
 
@@ -450,16 +452,6 @@ class HttpServer:
                 response.headers["Access-Control-Allow-Headers"] = requested
 
 
-_TRIGGER_FORMAT = {
-    "type": "object",
-    "properties": {
-        "api_path": {"type": "string"},
-        "http_method": {"type": "string", "enum": sorted(_METHODS)},
-        "condition_function_id": {"type": "string"},
-        "middleware_function_ids": {"type": "array", "items": {"type": "string"}},
-    },
-    "required": ["api_path"],
-}
 _REQUEST_FORMAT = {
     "type": "object",
     "properties": {
@@ -477,7 +469,7 @@ def install(host: Host, config: Optional[HttpConfig] = None) -> HttpServer:
         server.routes,
         module=NAME,
         description="Calls the function for HTTP requests to a path",
-        trigger_request_format=_TRIGGER_FORMAT,
+        trigger_request_format=json_schema(HttpTriggerConfig, required=("api_path",)),
         call_request_format=_REQUEST_FORMAT,
     )
     return server

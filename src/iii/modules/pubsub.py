@@ -19,6 +19,7 @@ from iii.engine.host import (
     Host,
     Provider,
     Running,
+    json_schema,
     parse_input,
 )
 from iii.modules._adapters import PubSubAdapter
@@ -37,25 +38,17 @@ class PubSubConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PublishInput(msgspec.Struct):
+    """What ``publish`` takes: every subscriber of ``topic`` is called with ``data``."""
+
     topic: Union[str, None] = None
     data: Any = None
 
 
 class SubscribeConfig(msgspec.Struct):
+    """The ``subscribe`` trigger's config."""
+
     topic: Union[str, None] = None
     condition_function_id: Union[str, None] = None
-
-
-_PUBLISH_FORMAT = {
-    "type": "object",
-    "properties": {"topic": {"type": "string"}, "data": {}},
-    "required": ["topic"],
-}
-_SUBSCRIBE_FORMAT = {
-    "type": "object",
-    "properties": {"topic": {"type": "string"}, "condition_function_id": {"type": "string"}},
-    "required": ["topic"],
-}
 
 
 def _check(config: SubscribeConfig) -> Optional[str]:
@@ -93,14 +86,14 @@ def install(host: Host, config: Optional[PubSubConfig] = None) -> Running:
         publish,
         module=NAME,
         description="Publish data to every subscriber of a topic (fire-and-forget)",
-        request_format=_PUBLISH_FORMAT,
+        request_format=json_schema(PublishInput, required=("topic",)),
     )
     host.add_trigger_type(
         "subscribe",
         subscribers,
         module=NAME,
         description="Called with the data of every publish to the topic",
-        trigger_request_format=_SUBSCRIBE_FORMAT,
+        trigger_request_format=json_schema(SubscribeConfig, required=("topic",)),
     )
     return Running()
 

@@ -34,6 +34,7 @@ from iii.engine.host import (
     Host,
     Provider,
     call,
+    json_schema,
     parse_input,
 )
 from iii.modules._adapters import StreamAdapter, database_path
@@ -105,6 +106,8 @@ class SendInput(msgspec.Struct):
 
 
 class StreamTriggerConfig(msgspec.Struct):
+    """The ``stream`` trigger's config: which changes call the function."""
+
     stream_name: Union[str, None] = None
     group_id: Union[str, None] = None
     item_id: Union[str, None] = None
@@ -547,16 +550,6 @@ class StreamClient(WSListener):
                         self.peer, unlogged, counts)
 
 
-_TRIGGER_FORMAT = {
-    "type": "object",
-    "properties": {
-        "stream_name": {"type": "string"}, "group_id": {"type": "string"}, "item_id": {"type": "string"},
-        "condition_function_id": {"type": "string"},
-    },
-    "required": ["stream_name"],
-}
-
-
 def install(host: Host, config: Optional[StreamConfig] = None) -> Streams:
     """Register the ``stream::*`` functions and the stream trigger types; the engine then awaits
     ``start()`` (the client WebSocket server)."""
@@ -574,7 +567,7 @@ def install(host: Host, config: Optional[StreamConfig] = None) -> Streams:
         host.add_function(f"stream::{name}", getattr(streams, name), module=NAME, description=description)
     host.add_trigger_type("stream", streams.watchers, module=NAME,
                           description="Called with every change event of a stream",
-                          trigger_request_format=_TRIGGER_FORMAT)
+                          trigger_request_format=json_schema(StreamTriggerConfig, required=("stream_name",)))
     host.add_trigger_type("stream:join", streams.joins, module=NAME,
                           description="Called when a client joins a stream (may refuse it)")
     host.add_trigger_type("stream:leave", streams.leaves, module=NAME,
