@@ -25,9 +25,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
+from typing import Annotated, Any, Callable, Generic, Optional, Protocol, TypeVar
 
 import msgspec
+from msgspec import Meta
 
 from iii import codec
 from iii.engine.registry import Binding, Connection, EngineError
@@ -46,6 +47,7 @@ __all__ = [
     "Provider",
     "RunningModule",
     "Scheduler",
+    "TimeoutMs",
     "call",
     "json_schema",
     "parse_input",
@@ -55,6 +57,8 @@ log = logging.getLogger("iii.modules")
 
 #: The deadline of a call a module makes when its config does not say (``invocation_timeout_ms``).
 DEFAULT_INVOCATION_TIMEOUT_MS = 30_000
+#: A deadline in a module's config: 1 ms to a day.
+TimeoutMs = Annotated[int, Meta(ge=1, le=86_400_000)]
 
 #: ``on_result(result_json, error)``: how an engine-originated call answers.
 OnResult = Callable[[bytes, Optional[ErrorBody]], None]

@@ -31,6 +31,7 @@ from iii.engine.host import (
     Provider,
     Running,
     Scheduler,
+    TimeoutMs,
     json_schema,
 )
 from iii.modules._adapters import CronAdapter
@@ -51,7 +52,7 @@ class CronConfig(msgspec.Struct, forbid_unknown_fields=True):
     adapter: CronAdapter = None
     #: The deadline of each run (condition and function): a run that does not answer in time is
     #: given up and the job waits for its next tick.
-    invocation_timeout_ms: int = DEFAULT_INVOCATION_TIMEOUT_MS
+    invocation_timeout_ms: TimeoutMs = DEFAULT_INVOCATION_TIMEOUT_MS
 
 
 class CronTriggerConfig(msgspec.Struct):

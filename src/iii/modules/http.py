@@ -29,7 +29,7 @@ from aiohttp import web
 from msgspec import Meta
 
 from iii import codec
-from iii.engine.host import Binding, BuiltinModule, ErrorBody, Host, Provider, call, json_schema
+from iii.engine.host import Binding, BuiltinModule, ErrorBody, Host, Provider, TimeoutMs, call, json_schema
 from iii.protocol import ErrorCode
 
 __all__ = ["MODULE", "HttpConfig", "install"]
@@ -54,12 +54,12 @@ class GlobalMiddleware(msgspec.Struct, forbid_unknown_fields=True):
 class HttpConfig(msgspec.Struct, forbid_unknown_fields=True):
     """The ``iii-http`` entry's ``config``."""
 
-    port: int = 3111
+    port: Annotated[int, Meta(ge=0, le=65535)] = 3111
     host: str = "0.0.0.0"
     #: Whole-request timeout, ms, counted once the body is in (waiting for a slot included): the
     #: deadline of every call a request makes.
-    default_timeout: int = 30000
-    concurrency_request_limit: int = 1024
+    default_timeout: TimeoutMs = 30000
+    concurrency_request_limit: Annotated[int, Meta(ge=1)] = 1024
     #: Absent: any origin, method and header.
     cors: Union[CorsConfig, None] = None
     middleware: list[GlobalMiddleware] = []
@@ -67,10 +67,6 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True):
     body_read_timeout_ms: Annotated[int, Meta(ge=1)] = 10_000
     #: The largest request body, bytes (a larger one: 413).
     max_body_bytes: Annotated[int, Meta(ge=0)] = 16 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535 or self.default_timeout < 1:
-            raise ValueError("port must be 0-65535 and default_timeout at least 1 ms")
 
 
 class HttpTriggerConfig(msgspec.Struct):
@@ -284,7 +280,7 @@ class HttpServer:
         self._host = host
         self.config = config
         self.routes = Routes(host, config.default_timeout)
-        self._limit = asyncio.Semaphore(max(1, config.concurrency_request_limit))
+        self._limit = asyncio.Semaphore(config.concurrency_request_limit)
         self._middleware = sorted(config.middleware, key=lambda m: m.priority)
         self._runner: Optional[web.ServerRunner] = None
         self.url: Optional[str] = None

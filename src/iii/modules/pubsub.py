@@ -19,6 +19,7 @@ from iii.engine.host import (
     Host,
     Provider,
     Running,
+    TimeoutMs,
     json_schema,
     parse_input,
 )
@@ -34,7 +35,7 @@ class PubSubConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     adapter: PubSubAdapter = None
     #: The deadline of each call to a subscriber (and its condition function).
-    invocation_timeout_ms: int = DEFAULT_INVOCATION_TIMEOUT_MS
+    invocation_timeout_ms: TimeoutMs = DEFAULT_INVOCATION_TIMEOUT_MS
 
 
 class PublishInput(msgspec.Struct):

@@ -33,6 +33,7 @@ from iii.engine.host import (
     Connection,
     Host,
     Provider,
+    TimeoutMs,
     call,
     json_schema,
     parse_input,
@@ -55,7 +56,7 @@ _NULL = msgspec.Raw(b"null")
 class StreamConfig(msgspec.Struct, forbid_unknown_fields=True):
     """The ``iii-stream`` entry's ``config``."""
 
-    port: int = 3112
+    port: Annotated[int, Meta(ge=0, le=65535)] = 3112
     host: str = "0.0.0.0"
     #: Called once per client with ``{headers, path, query_params, addr}``; returns ``{context}``.
     auth_function: Union[str, None] = None
@@ -63,15 +64,11 @@ class StreamConfig(msgspec.Struct, forbid_unknown_fields=True):
     adapter: StreamAdapter = None
     #: The deadline of each call it makes (bound functions, join/leave handlers, auth_function);
     #: a join handler that does not answer in time refuses the join.
-    invocation_timeout_ms: int = DEFAULT_INVOCATION_TIMEOUT_MS
+    invocation_timeout_ms: TimeoutMs = DEFAULT_INVOCATION_TIMEOUT_MS
     #: A client that does not read what it is sent is dropped once this much waits for it...
     max_client_buffer_bytes: Annotated[int, Meta(ge=1)] = 64 * 1024 * 1024
     #: ... or once it has kept the engine waiting (its buffer over the high-water mark) this long.
     client_stall_timeout_ms: Annotated[int, Meta(ge=1)] = 30_000
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError("port must be 0-65535")
 
 
 class ItemInput(msgspec.Struct):
