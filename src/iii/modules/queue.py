@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import datetime
 import logging
+from functools import partial
 from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 import msgspec
@@ -42,6 +43,7 @@ from iii.engine.host import (
     LoopScheduler,
     Provider,
     Scheduler,
+    TimeoutMs,
     parse_input,
 )
 from iii.modules._adapters import QueueAdapter, database_path
@@ -86,7 +88,7 @@ class QueueConfig(msgspec.Struct, forbid_unknown_fields=True):
     adapter: QueueAdapter = None
     #: The deadline of each delivery (condition and function): one not answered in time is
     #: retried with backoff, like a failed one.
-    invocation_timeout_ms: int = DEFAULT_INVOCATION_TIMEOUT_MS
+    invocation_timeout_ms: TimeoutMs = DEFAULT_INVOCATION_TIMEOUT_MS
 
     def __post_init__(self) -> None:
         for name, queue in self.queue_configs.items():
@@ -140,6 +142,8 @@ class Job(msgspec.Struct):
     failed_at: Union[str, None] = None
     #: The durable topic it was published to (``None``: a named queue's job).
     topic: Union[str, None] = None
+    #: Its row in the ``file_based`` store (set from the row when loaded; 0 in memory).
+    row: int = 0
 
 
 _encode_job = msgspec.json.Encoder().encode
@@ -187,8 +191,8 @@ class Queue:
         """A new job: written to the file (if any); returns what queues it, to run once that is
         committed."""
         if self._store is not None:
-            self._store.add(self.name, job.id, _encode_job(job))
-        return lambda: self.push(job)
+            job.row = self._store.add(self.name, _encode_job(job))
+        return partial(self.push, job)
 
     def push(self, job: Job, *, first: bool = False) -> None:
         if first:
@@ -239,7 +243,7 @@ class Queue:
             self.delivered += 1
             self.active -= 1
             if store is not None:  # done once the file says so; if it cannot, the job runs again
-                store.remove(self.name, job.id, undo=lambda: self.push(job))
+                store.remove(job.row, undo=partial(self.push, job))
             self.pump()
             return
         job.error = f"{error.code}: {error.message}"
@@ -248,26 +252,33 @@ class Queue:
             job.failed_at = _now_iso()
             self.dead.append(job)
             if store is not None:
-                store.move(self.name, job.id, _encode_job(job), dead=True, undo=lambda: self._undo_death(job))
+                row = job.row
+                job.row = store.move(row, _encode_job(job), dead=True, undo=partial(self._undo_death, job, row))
             log.warning("queue %s: job %s to %s failed %d times, moved to the DLQ: %s",
                         self.name, job.id, job.function_id, job.attempts, job.error)
             self.active -= 1
             self.pump()
             return
         if store is not None:  # the attempt count survives a restart
-            store.update(self.name, job.id, _encode_job(job))
+            store.update(job.row, _encode_job(job))
         delay = self.settings.backoff_ms * 2 ** (job.attempts - 1) / 1000
         if self.settings.type == "fifo":  # keep the slot: nothing overtakes the job being retried
-            self._scheduler.call_later(delay, lambda: self._retry_in_place(job))
+            self._scheduler.call_later(delay, partial(self._retry_in_place, job))
         else:
             self.active -= 1
-            self._scheduler.call_later(delay, lambda: self.push(job, first=True))
+            self._scheduler.call_later(delay, partial(self.push, job, first=True))
             self.pump()
 
-    def _undo_death(self, job: Job) -> None:
+    def _undo_death(self, job: Job, row: int) -> None:
         """The move to the dead letters was not stored: the file still has the job waiting."""
+        job.row = row
         self.dead.remove(job)
         self.push(job)
+
+    def _undo_revival(self, job: Job, row: int) -> None:
+        """A redrive was not stored: the file still has the job dead."""
+        job.row = row
+        self.dead.append(job)
 
     def _retry_in_place(self, job: Job) -> None:
         self.active -= 1
@@ -287,8 +298,8 @@ class Queue:
         if self._store is not None:
             for job in moving:
                 fresh = msgspec.structs.replace(job, attempts=0, error=None, failed_at=None)
-                self._store.move(self.name, job.id, _encode_job(fresh), dead=False,
-                                 undo=lambda job=job: self.dead.append(job))  # type: ignore[misc]
+                row = job.row
+                job.row = self._store.move(row, _encode_job(fresh), dead=False, undo=partial(self._undo_revival, job, row))
 
         def requeue() -> None:
             for job in moving:
@@ -301,7 +312,7 @@ class Queue:
         gone = self._take_dead(message_id)
         if self._store is not None:
             for job in gone:
-                self._store.remove(self.name, job.id, undo=lambda job=job: self.dead.append(job))  # type: ignore[misc]
+                self._store.remove(job.row, undo=partial(self.dead.append, job))
         return len(gone)
 
 
@@ -460,8 +471,9 @@ class Queues:
             return
         self.store.journal.open()
         unconfigured: dict[str, int] = {}
-        for name, dead, encoded in self.store.load():
+        for row, name, dead, encoded in self.store.load():
             job = _decode_job(encoded)
+            job.row = row
             if job.topic is not None:
                 queue = self.topics.queue_of(job.topic, job.namespace, job.function_id)
             elif name in self.queues:

@@ -11,6 +11,7 @@ in registration order, after the write (with the file: after its commit).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any, Optional, Union
 
 import msgspec
@@ -23,6 +24,7 @@ from iii.engine.host import (
     EngineError,
     Host,
     Provider,
+    TimeoutMs,
     parse_input,
 )
 from iii.modules._adapters import StateAdapter, database_path
@@ -49,7 +51,7 @@ class StateConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: Accepted for the original's configs and unused (every write is committed before its answer).
     save_interval_ms: Optional[Annotated[int, msgspec.Meta(ge=0)]] = None
     #: The deadline of each call to a bound function (and its condition function).
-    invocation_timeout_ms: int = DEFAULT_INVOCATION_TIMEOUT_MS
+    invocation_timeout_ms: TimeoutMs = DEFAULT_INVOCATION_TIMEOUT_MS
 
 
 class KeyInput(msgspec.Struct):
@@ -106,7 +108,10 @@ class State:
         self.watchers = Provider(host, StateTriggerConfig, config.invocation_timeout_ms)
         path = database_path(config.adapter, DEFAULT_FILE)
         #: The file the values are also kept in (``None``: in memory only).
-        self.store = None if path is None else Values(Journal(path, Values.schema(_TABLE, _KEY_COLUMNS)), _TABLE, _KEY_COLUMNS)
+        self.store = None if path is None else Values(
+            Journal(path, Values.schema(_TABLE, _KEY_COLUMNS)), _TABLE, _KEY_COLUMNS,
+            restore=self._restore,
+        )
 
     async def start(self) -> None:
         """Open the file and load what it keeps."""
@@ -171,14 +176,16 @@ class State:
         returns the previous one."""
         old = self._put(scope, key, raw)
         if self.store is not None:
-            def undo() -> None:
-                self._put(scope, key, old)
-
             if raw is None:
-                self.store.delete((scope, key), undo)
+                self.store.delete((scope, key))
             else:
-                self.store.put((scope, key), raw, undo)
+                self.store.put((scope, key, raw))
         return old
+
+    def _restore(self, scope_and_key: tuple[str, ...], raw: Optional[bytes]) -> None:
+        """Put a value back as the file has it (after a failed commit)."""
+        scope, key = scope_and_key
+        self._put(scope, key, raw)
 
     def _put(self, scope: str, key: str, raw: Optional[bytes]) -> Optional[bytes]:
         """Store (or delete) a value in memory; returns the previous one."""
@@ -206,7 +213,9 @@ class State:
         if self.store is None:
             self._notify(scope, key, old, new)
             return result
-        return self.store.journal.acknowledge(result, then=lambda: self._notify(scope, key, old, new))
+        if not self._config.triggers_enabled or not self.watchers.bindings:
+            return self.store.journal.acknowledge(result)
+        return self.store.journal.acknowledge(result, partial(self._notify, scope, key, old, new))
 
     def _notify(self, scope: str, key: str, old: Optional[bytes], new: Optional[bytes]) -> None:
         if not self._config.triggers_enabled or not self.watchers.bindings:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Annotated, Any, Callable, Optional, Union
+from functools import partial
+from typing import Annotated, Any, Optional, Union
 
 import msgspec
 from msgspec import Meta
@@ -139,7 +140,10 @@ class Streams:
         self.url: Optional[str] = None
         path = database_path(config.adapter, DEFAULT_FILE)
         #: The file the items are also kept in (``None``: in memory only).
-        self.store = None if path is None else Values(Journal(path, Values.schema(_TABLE, _KEY_COLUMNS)), _TABLE, _KEY_COLUMNS)
+        self.store = None if path is None else Values(
+            Journal(path, Values.schema(_TABLE, _KEY_COLUMNS)), _TABLE, _KEY_COLUMNS,
+            restore=self._restore,
+        )
 
     def _load(self) -> None:
         """Open the file and load what it keeps."""
@@ -158,22 +162,25 @@ class Streams:
         returns the previous one."""
         old = self._put(stream, group, item, raw)
         if self.store is not None:
-            def undo() -> None:
-                self._put(stream, group, item, old)
-
             if raw is None:
-                self.store.delete((stream, group, item), undo)
+                self.store.delete((stream, group, item))
             else:
-                self.store.put((stream, group, item), raw, undo)
+                self.store.put((stream, group, item, raw))
         return old
 
-    def _answer(self, result: Any, emit: Callable[[], None]) -> Any:
-        """The answer to a write, and its events: now in memory, after the commit with a file
-        (a future then)."""
+    def _answer(self, result: Any, stream: str, group: str, item: str, event: Optional[dict[str, Any]]) -> Any:
+        """The answer to a write, and its event if it has one: now in memory, after the commit
+        with a file (a future then)."""
         if self.store is None:
-            emit()
+            if event is not None:
+                self._emit(stream, group, item, event)
             return result
-        return self.store.journal.acknowledge(result, then=emit)
+        return self.store.journal.acknowledge(result, None if event is None else partial(self._emit, stream, group, item, event))
+
+    def _restore(self, key: tuple[str, ...], raw: Optional[bytes]) -> None:
+        """Put a value back as the file has it (after a failed commit)."""
+        stream, group, item = key
+        self._put(stream, group, item, raw)
 
     def _put(self, stream: str, group: str, item: str, raw: Optional[bytes]) -> Optional[bytes]:
         groups = self.items.setdefault(stream, {})
@@ -193,8 +200,8 @@ class Streams:
         old = self._write(request.stream_name, request.group_id, request.item_id, raw)
         return self._answer(
             {"old_value": _raw(old), "new_value": msgspec.Raw(raw)},
-            lambda: self._emit(request.stream_name, request.group_id, request.item_id,
-                               {"type": "create" if old is None else "update", "data": msgspec.Raw(raw)}),
+            request.stream_name, request.group_id, request.item_id,
+            {"type": "create" if old is None else "update", "data": msgspec.Raw(raw)},
         )
 
     def get(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
@@ -204,12 +211,10 @@ class Streams:
     def delete(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::delete", data, ItemInput)
         old = self._write(request.stream_name, request.group_id, request.item_id, None)
-
-        def emit() -> None:
-            if old is not None:
-                self._emit(request.stream_name, request.group_id, request.item_id, {"type": "delete", "data": msgspec.Raw(old)})
-
-        return self._answer({"old_value": _raw(old)}, emit)
+        return self._answer(
+            {"old_value": _raw(old)}, request.stream_name, request.group_id, request.item_id,
+            None if old is None else {"type": "delete", "data": msgspec.Raw(old)},
+        )
 
     def update(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::update", data, UpdateInput)
@@ -221,9 +226,8 @@ class Streams:
         if errors:
             result["errors"] = errors
         return self._answer(
-            result,
-            lambda: self._emit(request.stream_name, request.group_id, request.item_id,
-                               {"type": "create" if old is None else "update", "data": msgspec.Raw(raw)}),
+            result, request.stream_name, request.group_id, request.item_id,
+            {"type": "create" if old is None else "update", "data": msgspec.Raw(raw)},
         )
 
     def list(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
