@@ -79,14 +79,16 @@ class Server:
                 self.process.wait()
 
 
-def start_server(kind: str) -> Server:
-    """``engine`` (ours, from a temp config on a free loopback port) or ``relay`` (the baseline)."""
+def start_server(kind: str, modules: str = "") -> Server:
+    """``engine`` (ours, from a temp config on a free loopback port, plus the ``workers:`` entries
+    in ``modules``) or ``relay`` (the baseline)."""
     if kind == "engine":
         config = Path(tempfile.mkdtemp(prefix="iii-bench-")) / "config.yaml"
         config.write_text(
             "workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: 0\n"
             "  - name: iii-http\n    config:\n      host: 127.0.0.1\n      port: 0\n"
             "  - name: iii-stream\n    config:\n      host: 127.0.0.1\n      port: 0\n"
+            + modules
         )
         command = [sys.executable, "-m", "iii", "-c", str(config)]
     else:

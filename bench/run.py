@@ -13,6 +13,10 @@ Sections:
   clients  our SDK vs the official Python SDK (sequential trigger() calls) against our engine:
            calls/s and client CPU µs per call
   scale    N idle workers (1k, 10k): engine RSS per connection, engine::workers::list latency
+  stores   state::set and enqueue (receipts; a callee takes the jobs), 64 in flight, against an
+           engine whose state and queue are in_memory and one where they are file_based (SQLite),
+           interleaved, medians of --reps: calls/s, p50/p99, engine CPU µs per call, and the
+           file_based / in_memory ratio of calls/s (median of the paired runs)
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ import asyncio
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,7 @@ from harness import (  # noqa: E402
     median,
     raise_fd_limit,
     rss_bytes,
+    cpu_seconds,
     run_calls,
     start_server,
 )
@@ -242,6 +249,70 @@ def scale_section(counts: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
+# ----------------------------------------------------------------------------- stores
+
+STORE_METHODS = ("in_memory", "file_based")
+STORE_CALLS = ("set", "enqueue")
+STORE_IN_FLIGHT = 64
+
+
+def store_modules(method: str, directory: Path) -> str:
+    """``config.yaml`` entries putting state and the queues on ``method`` (files in ``directory``);
+    the ``default`` queue runs 64 jobs at once so that its callee keeps up."""
+    def adapter(name: str, file: str) -> str:
+        return f"{{name: {name}, config: {{store_method: {method}, file_path: '{directory / file}'}}}}"
+
+    return (
+        f"  - name: iii-state\n    config: {{adapter: {adapter('kv', 'state.db')}}}\n"
+        f"  - name: iii-queue\n    config: {{queue_configs: {{default: {{concurrency: 64}}}}, adapter: {adapter('builtin', 'queue.db')}}}\n"
+    )
+
+
+def store_run(server: Any, call: str, seconds: float) -> dict[str, Any]:
+    cpu_before = cpu_seconds(server.pid)
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "store_peer.py"), server.url, call, str(STORE_IN_FLIGHT), str(seconds)],
+        capture_output=True, text=True, timeout=seconds + 120,
+    )
+    cpu_after = cpu_seconds(server.pid)
+    if out.returncode != 0:
+        raise RuntimeError(f"store caller failed: {out.stderr[-2000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["calls_per_s"] = result["calls"] / result["seconds"]
+    result["cpu_us_per_call"] = (cpu_after - cpu_before) / max(result["calls"], 1) * 1e6
+    return result
+
+
+def stores_section(reps: int, seconds: float) -> list[dict[str, Any]]:
+    directory = Path(tempfile.mkdtemp(prefix="iii-bench-stores-"))
+    servers = {method: start_server("engine", store_modules(method, directory / method)) for method in STORE_METHODS}
+    consumers = {method: Callee(server.url, "bench::job") for method, server in servers.items()}
+    try:
+        rows = []
+        for call in STORE_CALLS:
+            runs: dict[str, list[dict[str, Any]]] = {method: [] for method in STORE_METHODS}
+            for _ in range(reps):  # interleaved: A B A B …
+                for method in STORE_METHODS:
+                    runs[method].append(store_run(servers[method], call, seconds))
+            row: dict[str, Any] = {"call": call, "in_flight": STORE_IN_FLIGHT}
+            for method, results in runs.items():
+                for key in ("calls_per_s", "p50_us", "p99_us", "cpu_us_per_call"):
+                    row[f"{method}_{key}"] = median([r[key] for r in results])
+            # Each file_based run against the in_memory run just before it: the machine drifts.
+            row["ratio_calls"] = median([
+                durable["calls_per_s"] / memory["calls_per_s"]
+                for memory, durable in zip(runs["in_memory"], runs["file_based"])
+            ])
+            rows.append(row)
+        return rows
+    finally:
+        for consumer in consumers.values():
+            consumer.stop()
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -279,13 +350,24 @@ def table(results: dict[str, Any]) -> str:
         lines += ["scale: idle connected workers", "| workers | engine RSS per worker | engine::workers::list |", "|---|---|---|"]
         for r in results["scale"]:
             lines.append(f"| {r['workers']:,} | {r['rss_per_worker_kib']:.1f} KiB | {r['list_ms']:.1f} ms |")
+        lines.append("")
+    if "stores" in results:
+        lines += ["stores: 64 calls in flight, in_memory vs file_based (SQLite, acknowledged once committed); ratio: median of paired runs",
+                  "| call | in_memory calls/s | file_based calls/s | ratio | in_memory p50/p99 µs | file_based p50/p99 µs | in_memory CPU µs/call | file_based CPU µs/call |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in results["stores"]:
+            call = "state::set" if r["call"] == "set" else "enqueue (receipt)"
+            lines.append(
+                f"| {call} | {r['in_memory_calls_per_s']:,.0f} | {r['file_based_calls_per_s']:,.0f} | {r['ratio_calls']:.2f} | "
+                f"{r['in_memory_p50_us']:.0f}/{r['in_memory_p99_us']:.0f} | {r['file_based_p50_us']:.0f}/{r['file_based_p99_us']:.0f} | "
+                f"{r['in_memory_cpu_us_per_call']:.1f} | {r['file_based_cpu_us_per_call']:.1f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny counts: check that every section runs")
-    parser.add_argument("--sections", default="codec,e2e,clients,scale")
+    parser.add_argument("--sections", default="codec,e2e,clients,scale,stores")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions (medians)")
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one e2e run")
     parser.add_argument("--no-save", action="store_true")
@@ -302,6 +384,8 @@ def main() -> None:
         results["clients"] = clients_section(reps, 200 if args.smoke else 3000)
     if "scale" in sections:
         results["scale"] = scale_section([50] if args.smoke else [1000, 10000])
+    if "stores" in sections:
+        results["stores"] = stores_section(reps, seconds)
     print(table(results))
     if not (args.smoke or args.no_save):
         out = BENCH / "results" / f"{results['when'][:19].replace(':', '-')}.json"
