@@ -36,6 +36,10 @@ STORE_ERROR = "STORE_ERROR"
 #: How long a commit waits for another connection holding the file (two modules sharing one).
 _BUSY_TIMEOUT_MS = 1000
 
+Parameters = list[tuple[Any, ...]]
+#: ``reload(db, parameters)``: see :class:`Statement`.
+Reload = Callable[[sqlite3.Connection, Parameters], None]
+
 
 class Statement:
     """A statement the journal runs once per write of a batch.
@@ -46,11 +50,11 @@ class Statement:
             of the writes, to put memory back as the file has it.
     """
 
-    def __init__(self, sql: str, reload: Optional[Callable[[sqlite3.Connection, list[tuple[Any, ...]]], None]] = None) -> None:
+    def __init__(self, sql: str, reload: Optional[Reload] = None) -> None:
         self.sql = sql
         self.reload = reload
 
-    def run(self, db: sqlite3.Connection, parameters: list[tuple[Any, ...]]) -> None:
+    def run(self, db: sqlite3.Connection, parameters: Parameters) -> None:
         db.executemany(self.sql, parameters)
 
 
@@ -62,11 +66,11 @@ class ManyRows(Statement):
     #: The row counts a statement is prepared for; a batch goes in chunks of these.
     CHUNKS = (256, 64, 16, 4, 1)
 
-    def __init__(self, template: str, row: str, reload: Optional[Callable[[sqlite3.Connection, list[tuple[Any, ...]]], None]] = None) -> None:
+    def __init__(self, template: str, row: str, reload: Optional[Reload] = None) -> None:
         super().__init__(template, reload)
         self._sql = {count: template.format(rows=", ".join([row] * count)) for count in self.CHUNKS}
 
-    def run(self, db: sqlite3.Connection, parameters: list[tuple[Any, ...]]) -> None:
+    def run(self, db: sqlite3.Connection, parameters: Parameters) -> None:
         start, end = 0, len(parameters)
         for count in self.CHUNKS:
             while end - start >= count:
@@ -89,7 +93,8 @@ class Journal:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._commit_scheduled = False
         #: Runs of one statement with the parameters of each write, in write order.
-        self._statements: list[tuple[Statement, list[tuple[Any, ...]]]] = []
+        self._statements: list[tuple[Statement, Parameters]] = []
+        #: What reverts in memory the writes that have an ``undo``, in write order.
         self._undo: list[Callable[[], None]] = []
         #: (future, its result, what to do once committed) of each acknowledged write.
         self._answers: list[tuple[asyncio.Future, Any, Optional[Callable[[], None]]]] = []
@@ -101,7 +106,7 @@ class Journal:
             sqlite3.Error, OSError: the file cannot be opened or is not a SQLite database.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(self.path, isolation_level=None)  # transactions: BEGIN / COMMIT here
         try:
             db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             db.execute("PRAGMA journal_mode = WAL")
@@ -115,6 +120,7 @@ class Journal:
         log.info("store %s opened", self.path)
 
     def rows(self, query: str) -> Iterator[tuple[Any, ...]]:
+        """The rows of a query (loading, at start)."""
         assert self._db is not None, "the store is not open"
         return self._db.execute(query)
 
@@ -247,7 +253,7 @@ class Values:
     def delete(self, key: tuple[str, ...]) -> None:
         self.journal.write(self._delete, key)
 
-    def _reload(self, db: sqlite3.Connection, parameters: list[tuple[Any, ...]]) -> None:
+    def _reload(self, db: sqlite3.Connection, parameters: Parameters) -> None:
         for key in dict.fromkeys(written[: self._key_size] for written in parameters):
             row = db.execute(self._get, key).fetchone()
             self._restore(key, None if row is None else row[0])

@@ -211,6 +211,7 @@ class Queue:
                 self._deliver(self.waiting.popleft())
         finally:
             self._pumping = False
+
     def _deliver(self, job: Job) -> None:
         self.active += 1
         job.attempts += 1
