@@ -41,7 +41,9 @@ class StoreConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: ``in_memory``: lost when the engine stops; ``file_based``: every write is in the file
     #: (a SQLite database) before it is acknowledged.
     store_method: Literal["in_memory", "file_based"] = "in_memory"
-    #: The database file (the module's default when absent).
+    #: The SQLite database file, relative to the engine's working directory; absent: the
+    #: module's own, ``./data/state_store.db``, ``./data/stream_store.db`` or
+    #: ``./data/queue_store.db``.
     file_path: Optional[str] = None
     #: Accepted for the original's configs and unused: the original saves a snapshot this often;
     #: here every write is committed before its answer.
