@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import resource
 import signal
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -90,13 +91,13 @@ def install_worker_functions(router: Router, supervisor: Supervisor) -> None:
                             description=f"{verb.capitalize()} a managed worker", metadata=internal)
 
 
-def install_modules(router: Router, configs: dict[str, Any]) -> dict[str, Any]:
+def install_modules(router: Router, configs: dict[str, Any], started_at_ms: int = 0) -> dict[str, Any]:
     """Install every module of the table on ``router``, with its config from ``configs`` if given
     (else its defaults); returns module name -> the running module (to start and stop)."""
     running = {}
     for module in MODULES:
         running[module.name] = module.install(router, configs.get(module.name))
-        router.modules.append(Module(module.name, module.description, router.now_ms()))
+        router.modules.append(Module(module.name, module.description, started_at_ms))
     return running
 
 
@@ -122,8 +123,9 @@ class App:
         for unsupported in self.config.unsupported:
             log.warning("config: %s is not provided by this engine; its entry is skipped", unsupported)
         router = self.engine.open()
-        install_engine_functions(router)
-        self.modules = install_modules(router, self.config.modules)
+        started_at_ms = int(time.time() * 1000)
+        install_engine_functions(router, started_at_ms)
+        self.modules = install_modules(router, self.config.modules, started_at_ms)
         for running in self.modules.values():
             await running.start()
         return await self.engine.listen()

@@ -603,12 +603,11 @@ _HANDLERS = {
 }
 
 
-def install_engine_functions(router: Router) -> Discovery:
+def install_engine_functions(router: Router, started_at_ms: int = 0) -> Discovery:
     """Register the ``engine::*`` functions and discovery trigger types on ``router``; it then
-    sends its discovery events to them."""
-    now_ms = router.now_ms()
-    router.modules.append(Module(WireId.LISTENER, "Worker WebSocket listener", now_ms))
-    router.modules.append(Module(MODULE, "Engine discovery and registration functions", now_ms))
+    sends its discovery events to them. ``started_at_ms`` (epoch) is shown in the module rows."""
+    router.modules.append(Module(WireId.LISTENER, "Worker WebSocket listener", started_at_ms))
+    router.modules.append(Module(MODULE, "Engine discovery and registration functions", started_at_ms))
     for function_id, (handler, description) in _HANDLERS.items():
         router.add_function(function_id, handler, module=MODULE, description=description)
     discovery = Discovery(router)

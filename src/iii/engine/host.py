@@ -111,7 +111,7 @@ class Host(Protocol):
         """Run ``callback`` once the message being handled is done (fan-out after a write)."""
 
     def now_ms(self) -> int:
-        """The engine's clock, in milliseconds."""
+        """The engine's monotonic clock, in milliseconds (what deadlines are measured on)."""
 
     def new_id(self) -> str:
         """A fresh unique id."""

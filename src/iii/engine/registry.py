@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-import msgspec
-
 from iii.protocol import DEFAULT_NAMESPACE
 
 __all__ = [

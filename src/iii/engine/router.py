@@ -24,6 +24,7 @@ from msgspec import UNSET
 
 from iii import codec
 from iii.codec import ROUTE_INVOKE
+from iii.engine.host import DEFAULT_INVOCATION_TIMEOUT_MS
 from iii.engine.invocations import Invocations, Pending
 from iii.engine.registry import (
     ABORTED,
@@ -70,8 +71,6 @@ log = logging.getLogger("iii.engine")
 #: Bad frames logged per connection before the log goes quiet (they are still counted).
 _BAD_FRAME_LOG_LIMIT = 5
 _PONG = codec.encode_message(Pong())
-#: The deadline of the engine's own call that hands a ``TriggerAction.Enqueue`` job to its queue.
-_ENQUEUE_TIMEOUT_MS = 30_000
 
 
 def _new_id() -> str:
@@ -112,6 +111,9 @@ class Router:
         wake: ``wake(deadline_ms)`` asks the owner to call :meth:`expire_calls` at that time on
             ``clock`` (a call with an earlier deadline than any before was made); ``None``: the
             owner calls it when it likes.
+        batch: asks the owner to hold what is sent until the current loop turn ends and then
+            write it once per worker; called before the engine's own sends that come in
+            bursts (calls it makes, answers of built-ins that waited, e.g. for a commit).
         new_id: id generator (tests pass a deterministic one).
     """
 
@@ -122,6 +124,7 @@ class Router:
         clock: Callable[[], int] = lambda: 0,
         defer: Optional[Callable[[Callable[[], None]], None]] = None,
         wake: Optional[Callable[[int], None]] = None,
+        batch: Optional[Callable[[], None]] = None,
         new_id: Callable[[], str] = _new_id,
         version: str = "0.0.0",
     ) -> None:
@@ -131,6 +134,7 @@ class Router:
         self.new_id = new_id
         self._defer = defer
         self._wake = wake
+        self._batch = batch
         # The registry: who is connected, what they offer, who waits for what.
         self.connections: dict[str, Connection] = {}
         #: namespace -> function id -> entry (two lookups, no tuple per call).
@@ -193,7 +197,8 @@ class Router:
         """Process one complete message from ``conn``; bad frames are logged and dropped.
 
         The same as :meth:`forward` where ``route_frame`` routes the frame, :meth:`handle` where
-        it does not (or :meth:`forward` declines); the compiled frame path calls those two itself.
+        it does not (or :meth:`forward` declines). The listeners call those two themselves for
+        whole frames; this serves reassembled fragments and tests.
         """
         routed = self._route_frame(frame, conn.caller_field)
         if routed is None or not self.forward(conn, routed, frame):
@@ -527,10 +532,13 @@ class Router:
                     ),
                 )
                 return
+            self.invocations.open(Pending(answer_to, fn.owner, function_id), invocation_id)
             key = invocation_id
         else:
+            # Nobody waits for a void call, but the callee is busy with it until it answers, or
+            # until the deadline (a callee that never answers must not grow the table for ever).
             key = self.new_id()
-        self.invocations.open(Pending(answer_to, fn.owner, function_id), key)
+            self._open_with_deadline(Pending(None, fn.owner, function_id), key, DEFAULT_INVOCATION_TIMEOUT_MS)
         fn.owner.send(
             codec.encode_invoke(
                 key,
@@ -628,11 +636,16 @@ class Router:
                 error = ErrorBody(ErrorCode.INVOCATION_FAILED, str(exc))
             else:
                 if isinstance(result, asyncio.Future):  # answered once the future is done
-                    result.add_done_callback(lambda done: settle(done.result))
+                    result.add_done_callback(answer_when_done)
                     return
                 error = None
             if on_result is not None:
                 on_result(b"null" if error is not None else codec.encode_json(result), error)
+
+        def answer_when_done(done: asyncio.Future) -> None:
+            if self._batch is not None:  # the futures of one commit complete together
+                self._batch()
+            settle(done.result)
 
         settle(lambda: fn.handler(self, caller, codec.decode_json(data)))  # type: ignore[misc]
 
@@ -675,7 +688,7 @@ class Router:
 
         self.invoke(
             DEFAULT_NAMESPACE, WireId.QUEUE_ENQUEUE, codec.encode_json(job),
-            on_result=accepted, timeout_ms=_ENQUEUE_TIMEOUT_MS,
+            on_result=accepted, timeout_ms=DEFAULT_INVOCATION_TIMEOUT_MS,
         )
 
     def invoke(
@@ -705,10 +718,15 @@ class Router:
             self._run_builtin(fn, None, data, on_result)
             return
         key = self.new_id()
-        deadline_ms = self.now_ms() + timeout_ms
-        earliest = self.invocations.next_deadline()
-        self.invocations.open(Pending(None, fn.owner, function_id, on_result, deadline_ms), key)
+        self._open_with_deadline(Pending(None, fn.owner, function_id, on_result), key, timeout_ms)
+        if self._batch is not None:  # fan-outs and queue deliveries: one write per worker
+            self._batch()
         fn.owner.send(codec.encode_invoke(key, function_id, data, metadata, None, None))
+
+    def _open_with_deadline(self, pending: Pending, key: str, timeout_ms: int) -> None:
+        pending.deadline_ms = deadline_ms = self.now_ms() + timeout_ms
+        earliest = self.invocations.next_deadline()
+        self.invocations.open(pending, key)
         if self._wake is not None and (earliest is None or deadline_ms < earliest):
             self._wake(deadline_ms)
 
@@ -732,13 +750,17 @@ class Router:
 
     @staticmethod
     def _fail_call(key: str, pending: Pending, error: ErrorBody) -> None:
-        """Tell whoever waits for a call (settled already) that it failed with ``error``."""
+        """Tell whoever waits for a call (settled already) that it failed with ``error``; a
+        module's failing continuation is logged, so the others are still told."""
         caller = pending.caller
         if caller is not None:
             if caller.state != ABORTED:
                 caller.send(codec.encode_error_result(key, pending.function_id, error))
         elif pending.on_result is not None:
-            pending.on_result(b"null", error)
+            try:
+                pending.on_result(b"null", error)
+            except Exception:
+                log.exception("telling the caller of %s that it failed (%s) failed", pending.function_id, error.code)
 
     # ------------------------------------------------------------------ trigger types
 

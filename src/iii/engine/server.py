@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Annotated, Any, Optional
 
 import msgspec
@@ -50,10 +49,6 @@ class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True):
     idle_timeout_ms: Annotated[int, Meta(ge=100, le=3_600_000)] = 60_000
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class Engine:
     """One router and a picows server per listener: :meth:`open` makes the router (on the running
     loop), :meth:`listen` binds the listeners, :meth:`stop` ends it all.
@@ -78,6 +73,7 @@ class Engine:
         #: The timer that expires the engine's own calls at their deadline.
         self._expiry: Optional[asyncio.TimerHandle] = None
         self._expiry_due_ms = 0
+        self._stopped = False
         self.urls: list[str] = []
 
     def start_batch(self) -> None:
@@ -100,28 +96,34 @@ class Engine:
         loop = asyncio.get_running_loop()
         self.router = Router(
             grace_ms=self._grace_ms,
-            clock=_now_ms,
+            clock=lambda: int(loop.time() * 1000),  # monotonic: deadlines ignore clock steps
             defer=loop.call_soon,
             wake=self._expire_at,
+            batch=self.start_batch,
             version=__version__,
         )
         return self.router
 
     def _expire_at(self, deadline_ms: int) -> None:
         """Have the router's due calls expired at ``deadline_ms`` (or earlier, if already due)."""
+        if self._stopped:
+            return
         if self._expiry is not None:
             if self._expiry_due_ms <= deadline_ms:
                 return
             self._expiry.cancel()
         self._expiry_due_ms = deadline_ms
-        delay = max(0.0, (deadline_ms - _now_ms()) / 1000)
+        delay = max(0.0, (deadline_ms - self.router.now_ms()) / 1000)
         self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
 
     def _expire(self) -> None:
         self._expiry = None
-        next_deadline = self.router.expire_calls()
-        if next_deadline is not None:
-            self._expire_at(next_deadline)
+        try:
+            self.router.expire_calls()
+        finally:  # whatever happened, the calls still due keep their timer
+            next_deadline = self.router.invocations.next_deadline()
+            if next_deadline is not None:
+                self._expire_at(next_deadline)
 
     def _heartbeat(self, config: ListenerConfig) -> None:
         """Ping the connections of one listener (and drop the silent ones); come back later."""
@@ -168,6 +170,7 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop accepting, close every worker socket (their cleanup runs), release the ports."""
+        self._stopped = True
         for timer in self._heartbeats.values():
             timer.cancel()
         self._heartbeats.clear()
