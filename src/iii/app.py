@@ -39,9 +39,10 @@ class _NameInput(msgspec.Struct):
 
 
 def _is_local(caller: Optional[Connection]) -> bool:
-    """An engine-originated call, or a worker connected from this machine (a loopback address)."""
+    """A worker connected from this machine (a loopback address). A call the engine makes (a
+    trigger, a queue job) is not: anyone could have bound or enqueued it."""
     if caller is None:
-        return True
+        return False
     try:
         address = ipaddress.ip_address(caller.ip or "")
     except ValueError:
@@ -62,8 +63,8 @@ def install_worker_functions(router: Router, supervisor: Supervisor) -> None:
             if local_only and not _is_local(caller):
                 raise EngineError(
                     ErrorCode.FORBIDDEN,
-                    f"worker::{verb} is only served to clients on this machine (connected from "
-                    f"{caller.ip if caller is not None else '?'})",
+                    f"worker::{verb} is only served to direct calls from clients on this machine "
+                    f"({'a trigger or queue job' if caller is None else f'connected from {caller.ip}'})",
                 )
             try:
                 name = msgspec.convert(data or {}, _NameInput).name

@@ -19,6 +19,7 @@ import msgspec
 import yaml
 
 from iii._version import __version__
+from iii.engine.functions import MODULE as ENGINE_FUNCTIONS
 from iii.engine.server import ListenerConfig
 from iii.protocol import DEFAULT_GRACE_MS, WireId
 
@@ -68,7 +69,7 @@ _REFUSED_LISTENER_KEYS = {
     "middleware_function_id": "invocation middleware is not implemented by this engine",
 }
 #: Modules of the original that always run here: their entries are accepted and have no config.
-_ALWAYS_ON_MODULES = {"iii-engine-functions"}
+_ALWAYS_ON_MODULES = {ENGINE_FUNCTIONS}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
 

@@ -55,6 +55,22 @@ def test_worker_processes_cannot_be_driven_from_elsewhere(ip):
 
 
 @pytest.mark.both_loops
+def test_worker_processes_cannot_be_driven_through_a_trigger_or_a_queue(codec):
+    """A remote client could bind a trigger (or enqueue a job) whose function is worker::stop:
+    the engine's own call is no local caller."""
+    router = make_router({})
+    supervisor = FakeSupervisor()
+    install_worker_functions(router, supervisor)
+    remote = Peer(router, ip="203.0.113.7")
+    remote.send(type="registertrigger", id="t", trigger_type="subscribe", function_id="worker::stop", config={"topic": "x"})
+    remote.result_of("publish", {"topic": "x", "data": {"name": "victim"}})
+    remote.send(type="invokefunction", invocation_id="e", function_id="worker::restart", data={"name": "victim"},
+                action={"type": "enqueue", "queue": "default"})
+    router.flush_events()
+    assert supervisor.actions == []
+
+
+@pytest.mark.both_loops
 async def test_unsupported_module_entries_are_named_at_start(tmp_path, caplog):
     config = parse_config(
         "workers:\n"

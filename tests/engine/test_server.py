@@ -190,16 +190,14 @@ async def test_disconnect_of_a_raw_owner_stops_its_calls(engine):
 
 
 @pytest.mark.both_loops
-async def test_a_worker_that_stops_reading_is_dropped_before_memory_runs_out(monkeypatch, tmp_path):
+async def test_a_worker_that_stops_reading_is_dropped_before_memory_runs_out(tmp_path):
     """In-process engine with a small limit: the stuck worker goes, the caller stays."""
-    from iii.engine import server
     from iii.app import App
     from iii.config import parse_config
     from iii.engine.server import ListenerConfig
 
-    monkeypatch.setattr(server, "STALLED_BUFFER_LIMIT", 2 * MiB)
     config = parse_config(IN_PROCESS_CONFIG, tmp_path / "config.yaml")
-    config.listeners = [ListenerConfig(host="127.0.0.1", port=0)]
+    config.listeners = [ListenerConfig(host="127.0.0.1", port=0, max_write_buffer_bytes=2 * MiB)]
     engine = App(config)
     (url,) = await engine.start()
     try:
@@ -228,7 +226,6 @@ async def test_a_worker_that_stops_reading_is_dropped_before_memory_runs_out(mon
 @pytest.mark.both_loops
 async def test_a_frame_the_router_fails_on_costs_that_frame_only(tmp_path, caplog):
     """A bug in the router must not take the connection (in-process, so the bug can be planted)."""
-    from iii.engine import server
     from iii.app import App
     from iii.config import parse_config
     from iii.engine.server import ListenerConfig

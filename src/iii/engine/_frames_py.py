@@ -12,7 +12,7 @@ Each frame is handled inside the picows callback: ``Router.forward`` what ``rout
 ``Router.handle`` the rest; messages fragmented over several frames are reassembled up to 64 MiB.
 What the router sends goes out at once, except while a read that brought several frames is
 processed: then it is written once per worker when the read's last frame is done. A worker that
-stops reading is dropped (``server.STALLED_BUFFER_LIMIT`` / ``STALLED_GRACE_S``); one that sends
+stops reading is dropped (its listener's ``max_write_buffer_bytes`` / ``stall_timeout_ms``); one that sends
 nothing, not even a pong, for ``idle_timeout_ms`` too.
 """
 
@@ -238,12 +238,11 @@ class WorkerListener(WSListener):
 
     def _check_stalled(self) -> None:
         """Drop a worker that stopped reading before what waits for it exhausts memory."""
-        from iii.engine import server  # the caps are the server's (read here, so they can be tuned)
-
         transport = self._transport
+        config = self._config
         loop = asyncio.get_running_loop()
         waiting = transport.underlying_transport.get_write_buffer_size()  # type: ignore[union-attr]
-        if waiting > server.STALLED_BUFFER_LIMIT or loop.time() - self._paused_at > server.STALLED_GRACE_S:
+        if waiting > config.max_write_buffer_bytes or loop.time() - self._paused_at > config.stall_timeout_ms / 1000:
             log.warning("worker %s is not reading (%d bytes waiting for it): disconnecting it", self._conn.id, waiting)
             self._stall_check = None
             transport.disconnect(graceful=False)  # type: ignore[union-attr]

@@ -49,6 +49,8 @@ __all__ = [
     "Scheduler",
     "TimeoutMs",
     "call",
+    "check_condition",
+    "condition_passes",
     "json_schema",
     "parse_input",
 ]
@@ -273,23 +275,54 @@ class Provider(Generic[Config]):
             call_function()
             return
 
-        def after_condition(result: bytes, error: Optional[ErrorBody]) -> None:
+        def after_condition(passed: bool, error: Optional[ErrorBody]) -> None:
+            if passed:
+                call_function()
+                return
             if error is not None:
                 log.warning(
                     "trigger %s: condition %s failed, %s not called: %s",
                     binding.id, condition_function_id, binding.function_id, error.message,
                 )
-                if on_done is not None:
-                    on_done(b"null", error)
-            elif result.strip() != b"false":
-                call_function()
-            elif on_done is not None:
-                on_done(b"false", None)
+            if on_done is not None:
+                on_done(b"false" if error is None else b"null", error)
 
-        host.invoke(
-            binding.namespace, condition_function_id, payload, b"",
-            on_result=after_condition, timeout_ms=self.timeout_ms,
+        check_condition(
+            host, binding.namespace, condition_function_id, payload, after_condition, timeout_ms=self.timeout_ms
         )
+
+
+def check_condition(
+    host: Host,
+    namespace: str,
+    function_id: str,
+    payload: bytes,
+    then: Callable[[bool, Optional[ErrorBody]], None],
+    *,
+    timeout_ms: int,
+) -> None:
+    """The one rule for condition functions: called with the event's payload (no metadata), the
+    event goes on unless the condition answers exactly ``false``; a failed condition (timeout
+    included) is no pass. ``then(passed, error)`` gets the outcome."""
+
+    def answered(result: bytes, error: Optional[ErrorBody]) -> None:
+        then(error is None and result.strip() != b"false", error)
+
+    host.invoke(namespace, function_id, payload, b"", on_result=answered, timeout_ms=timeout_ms)
+
+
+def condition_passes(
+    host: Host, namespace: str, function_id: str, payload: bytes, *, timeout_ms: int
+) -> asyncio.Future:
+    """:func:`check_condition` from a coroutine: the future resolves to ``(passed, error)``."""
+    future = asyncio.get_running_loop().create_future()
+
+    def then(passed: bool, error: Optional[ErrorBody]) -> None:
+        if not future.done():  # the awaiting coroutine may be gone (its request was cancelled)
+            future.set_result((passed, error))
+
+    check_condition(host, namespace, function_id, payload, then, timeout_ms=timeout_ms)
+    return future
 
 
 def call(

@@ -8,7 +8,7 @@ socket (a ``TelemetryListener``: accepted and drained, never a worker); anything
 Every connection is pinged every ``ping_interval_ms``; one that has sent nothing (not even a
 pong) for ``idle_timeout_ms`` is dropped, so a worker whose process stopped without closing its
 socket does not keep calls waiting. A worker that stops reading is dropped once
-``STALLED_BUFFER_LIMIT`` waits for it or after ``STALLED_GRACE_S``.
+``max_write_buffer_bytes`` wait for it or after ``stall_timeout_ms``.
 """
 
 from __future__ import annotations
@@ -30,12 +30,6 @@ __all__ = ["Engine", "ListenerConfig"]
 
 log = logging.getLogger("iii.engine")
 
-#: A worker that does not read is dropped once this much waits for it, or after this long
-#: (the listeners read these when they check, so they can be tuned).
-STALLED_BUFFER_LIMIT = 256 * 1024 * 1024
-STALLED_GRACE_S = 30.0
-
-
 class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True):
     """One worker WebSocket listener (the ``config`` of an ``iii-worker-manager`` entry)."""
 
@@ -47,6 +41,10 @@ class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: A connection that sent nothing for this long is dropped (its callers get
     #: ``invocation_stopped``).
     idle_timeout_ms: Annotated[int, Meta(ge=100, le=3_600_000)] = 60_000
+    #: A worker that does not read what it is sent is dropped once this much waits for it…
+    max_write_buffer_bytes: Annotated[int, Meta(ge=1024 * 1024)] = 256 * 1024 * 1024
+    #: … or once it has been behind (its buffer over 4 MiB) this long.
+    stall_timeout_ms: Annotated[int, Meta(ge=100, le=3_600_000)] = 30_000
 
 
 class Engine:

@@ -156,6 +156,8 @@ class Journal:
         statements, undo, answers = self._statements, self._undo, self._answers
         self._statements, self._undo, self._answers = [], [], []
         self._commit_scheduled = False
+        if not statements and not answers:  # close() committed it already
+            return
         db = self._db
         if db is None:  # closed meanwhile: nothing can be kept any more
             error: Optional[Exception] = sqlite3.ProgrammingError("the store is closed")

@@ -183,6 +183,11 @@ class CronProvider(Provider[CronTriggerConfig], Running):
         super().unregister(binding)
         self._stop(binding.id)
 
+    async def stop(self) -> None:
+        """The engine stops: no job runs again (durable bindings have no owner to remove them)."""
+        for binding_id in list(self.jobs):
+            self._stop(binding_id)
+
     def _stop(self, binding_id: str) -> None:
         job = self.jobs.pop(binding_id, None)
         if job is not None:

@@ -29,7 +29,17 @@ from aiohttp import web
 from msgspec import Meta
 
 from iii import codec
-from iii.engine.host import Binding, BuiltinModule, ErrorBody, Host, Provider, TimeoutMs, call, json_schema
+from iii.engine.host import (
+    Binding,
+    BuiltinModule,
+    ErrorBody,
+    Host,
+    Provider,
+    TimeoutMs,
+    call,
+    condition_passes,
+    json_schema,
+)
 from iii.protocol import ErrorCode
 
 __all__ = ["MODULE", "HttpConfig", "install"]
@@ -387,6 +397,8 @@ class HttpServer:
         self, route: Route, path_params: dict[str, str], query: dict[str, str], headers: dict[str, str],
         payload: bytes, deadline: float,
     ) -> web.StreamResponse:
+        if asyncio.get_running_loop().time() >= deadline:  # spent waiting for a slot: call nobody
+            return _error(504, "TIMEOUT", f"No request slot was free within {self.config.default_timeout} ms")
         binding = route.binding
         namespace = binding.namespace
         middleware_payload = b""
@@ -402,10 +414,12 @@ class HttpServer:
                 return answer
         condition = route.config.condition_function_id
         if condition:
-            passed, error = await call(self._host, namespace, condition, payload, timeout_ms=self._remaining_ms(deadline))
+            passed, error = await condition_passes(
+                self._host, namespace, condition, payload, timeout_ms=self._remaining_ms(deadline)
+            )
             if error is not None:
                 return _failure(error)
-            if passed is False:
+            if not passed:
                 return _error(422, "CONDITION_NOT_MET", "Request condition not met", skipped=True)
         for function_id in route.config.middleware_function_ids:
             answer = await self._middleware_answer(namespace, function_id, middleware_payload, deadline)

@@ -44,6 +44,7 @@ from iii.engine.host import (
     Provider,
     Scheduler,
     TimeoutMs,
+    check_condition,
     parse_input,
 )
 from iii.modules._adapters import QueueAdapter, database_path
@@ -219,17 +220,14 @@ class Queue:
             self._call(job)
             return
 
-        def checked(result: bytes, error: Optional[ErrorBody]) -> None:
-            if error is None and result.strip() != b"false":
+        def checked(passed: bool, error: Optional[ErrorBody]) -> None:
+            if passed:
                 self._call(job)
-                return
-            if error is not None:
-                log.warning("queue %s: condition %s failed, job %s skipped: %s",
-                            self.name, job.condition, job.id, error.message)
-            self._answered(job, None)
+            else:  # false acks the job without a call; a failed condition is a failed attempt
+                self._answered(job, error)
 
-        self._host.invoke(
-            job.namespace, job.condition, bytes(job.data), b"", on_result=checked, timeout_ms=self._timeout_ms
+        check_condition(
+            self._host, job.namespace, job.condition, bytes(job.data), checked, timeout_ms=self._timeout_ms
         )
 
     def _call(self, job: Job) -> None:
@@ -283,7 +281,10 @@ class Queue:
 
     def _retry_in_place(self, job: Job) -> None:
         self.active -= 1
-        self._deliver(job)
+        if self.paused:  # nobody to deliver to (or the engine is stopping): it waits, first
+            self.waiting.appendleft(job)
+        else:
+            self._deliver(job)
 
     def _take_dead(self, message_id: Optional[str]) -> list[Job]:
         """Remove dead jobs (all, or the one with ``message_id``) from the dead letters."""
@@ -491,6 +492,8 @@ class Queues:
                 self._scheduler.call_later(RESTORED_JOBS_DELAY_S, queue.pump)
 
     async def stop(self) -> None:
+        for queue in self._all_queues():  # retries and restores that fall due now start nothing
+            queue.paused = True
         if self.store is not None:
             self.store.journal.close()
 

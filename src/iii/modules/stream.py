@@ -3,7 +3,8 @@
 ``stream:leave`` trigger types.
 
 Clients send ``{"type": "join"|"leave", "data": {subscriptionId, streamName, groupId, id?}}``.
-A join runs every ``stream:join`` binding (any answering ``{"unauthorized": true}`` refuses it),
+A join runs every ``stream:join`` binding (any answering ``{"unauthorized": true}``, failing or
+not answering in time refuses it),
 then subscribes and sends a ``sync`` event with the item or the group's items. Items live in
 memory, and also in a SQLite file with the ``kv`` adapter's ``file_based`` store
 (:mod:`iii.modules._store`), where a write answers, and its events go out, once committed. Custom
@@ -42,7 +43,7 @@ from iii.engine.host import (
 from iii.modules._adapters import StreamAdapter, database_path
 from iii.modules._store import Journal, Values
 from iii.modules.update_ops import apply_ops
-from iii.protocol import DEFAULT_NAMESPACE, ErrorCode
+from iii.protocol import DEFAULT_NAMESPACE
 
 __all__ = ["MODULE", "StreamConfig", "install"]
 
@@ -279,8 +280,8 @@ class Streams:
         return codec.encode_json(_message(subscription.stream_name, subscription.group_id, subscription.item_id, event))
 
     async def joined(self, subscription: Subscription, context: Any) -> bool:
-        """Run every ``stream:join`` binding; ``False`` when one refuses the subscription (or does
-        not answer in time)."""
+        """Run every ``stream:join`` binding; ``False`` when one refuses the subscription, fails or
+        does not answer in time (a gate that cannot say yes is a no)."""
         payload = codec.encode_json(_membership(subscription, context))
         answers = await asyncio.gather(*(
             call(
@@ -290,8 +291,7 @@ class Streams:
             for binding, _ in list(self.joins.bindings.values())
         ))
         return not any(
-            (isinstance(result, dict) and result.get("unauthorized") is True)
-            or (error is not None and error.code == ErrorCode.TIMEOUT)
+            error is not None or (isinstance(result, dict) and result.get("unauthorized") is True)
             for result, error in answers
         )
 
