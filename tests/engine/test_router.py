@@ -622,6 +622,9 @@ def test_forwarding_equals_decode_then_reencode(router, data, metadata, tracepar
     owner.take()
     caller.send_raw(json.dumps(frame, ensure_ascii=False).encode())
     (forwarded,) = owner.take()
+    # The inline Invocations.open of the hot path keeps the table's invariants.
+    assert router.pending[invocation_id].target is owner.conn and owner.conn.inbound_active == 1
+    assert invocation_id in owner.conn.invocations and invocation_id in caller.conn.invocations
     expected = {**data, "_caller_worker_id": caller.id} if isinstance(data, dict) else data
     assert forwarded["data"] == expected
     assert (forwarded["invocation_id"], forwarded["function_id"]) == (invocation_id, function_id)
@@ -629,5 +632,19 @@ def test_forwarding_equals_decode_then_reencode(router, data, metadata, tracepar
     answer = json.dumps({"type": "invocationresult", "invocation_id": invocation_id, "function_id": function_id, "result": data}).encode()
     owner.send_raw(answer)
     assert caller.outbox == [answer]
+    # … and so does its inline Invocations.settle.
+    assert invocation_id not in router.pending and owner.conn.inbound_active == 0
+    assert owner.conn.invocations == set() and caller.conn.invocations == set()
     router.disconnect(owner.conn)
     router.disconnect(caller.conn)
+
+
+def test_answered_calls_do_not_pile_up_in_the_deadline_heap(codec):
+    now = [0]
+    router = make_router(clock=lambda: now[0])
+    owner = connected(router, "owner", "f::x")
+    for _ in range(5000):
+        router.invoke("default", "f::x", b"{}", timeout_ms=30_000)
+        (call,) = owner.take()
+        owner.send(type="invocationresult", invocation_id=call["invocation_id"], function_id="f::x", result=1)
+    assert len(router.invocations._deadlines) <= 1024 + 2

@@ -43,7 +43,7 @@ class Invocations:
     def __init__(self) -> None:
         self.pending: dict[str, Pending] = {}
         #: ``(deadline_ms, key)`` of calls with a deadline; entries of settled calls linger until
-        #: they come up (cheaper than removing them from the heap).
+        #: they come up or the heap is mostly them (cheaper than removing each from the heap).
         self._deadlines: list[tuple[int, str]] = []
 
     def __contains__(self, key: str) -> bool:
@@ -64,7 +64,14 @@ class Invocations:
         if pending.caller is not None:
             pending.caller.invocations.add(key)
         if pending.deadline_ms:
-            heapq.heappush(self._deadlines, (pending.deadline_ms, key))
+            deadlines = self._deadlines
+            if len(deadlines) > 2 * len(self.pending) + 1024:  # mostly answered calls: drop them
+                self._deadlines = deadlines = [
+                    (deadline, k) for deadline, k in deadlines
+                    if (p := self.pending.get(k)) is not None and p.deadline_ms == deadline
+                ]
+                heapq.heapify(deadlines)
+            heapq.heappush(deadlines, (pending.deadline_ms, key))
 
     def settle(self, key: str) -> Pending:
         """The target answered (or the call is given up): forget it, the target is less busy."""

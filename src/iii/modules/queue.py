@@ -45,6 +45,7 @@ from iii.engine.host import (
     Scheduler,
     TimeoutMs,
     check_condition,
+    json_schema,
     parse_input,
 )
 from iii.modules._adapters import QueueAdapter, database_path
@@ -588,17 +589,6 @@ class Queues:
         return _answer(self.store, result)
 
 
-_SUBSCRIBER_FORMAT = {
-    "type": "object",
-    "properties": {
-        "topic": {"type": "string"},
-        "condition_function_id": {"type": "string"},
-        "queue_config": {"type": "object"},
-    },
-    "required": ["topic"],
-}
-
-
 def install(host: Host, config: Optional[QueueConfig] = None, scheduler: Optional[Scheduler] = None) -> Queues:
     """Register ``engine::queue::enqueue``, the queue inspection functions and durable topics."""
     queues = Queues(host, config or QueueConfig(), scheduler or LoopScheduler())
@@ -622,7 +612,7 @@ def install(host: Host, config: Optional[QueueConfig] = None, scheduler: Optiona
         queues.topics,
         module=NAME,
         description="Called with every message published to the topic (own queue per function)",
-        trigger_request_format=_SUBSCRIBER_FORMAT,
+        trigger_request_format=json_schema(SubscriberConfig, required=("topic",)),
     )
     return queues
 

@@ -25,6 +25,7 @@ from iii.engine.host import (
     Host,
     Provider,
     TimeoutMs,
+    json_schema,
     parse_input,
 )
 from iii.modules._adapters import StateAdapter, database_path
@@ -80,21 +81,6 @@ class StateTriggerConfig(msgspec.Struct):
     scope: Union[str, None] = None
     key: Union[str, None] = None
     condition_function_id: Union[str, None] = None
-
-
-_KEY_FORMAT = {
-    "type": "object",
-    "properties": {"scope": {"type": "string"}, "key": {"type": "string"}},
-    "required": ["scope", "key"],
-}
-_TRIGGER_FORMAT = {
-    "type": "object",
-    "properties": {
-        "scope": {"type": "string"},
-        "key": {"type": "string"},
-        "condition_function_id": {"type": "string"},
-    },
-}
 
 
 class State:
@@ -248,10 +234,10 @@ def install(host: Host, config: Optional[StateConfig] = None) -> State:
     """Register the ``state::*`` functions and the ``state`` trigger type."""
     state = State(host, config or StateConfig())
     for name, handler, description, request_format in (
-        ("set", state.set, "Store a value under (scope, key)", _KEY_FORMAT),
-        ("get", state.get, "The value under (scope, key), or null", _KEY_FORMAT),
-        ("delete", state.delete, "Delete (scope, key); returns the deleted value", _KEY_FORMAT),
-        ("update", state.update, "Apply update ops to the value under (scope, key)", _KEY_FORMAT),
+        ("set", state.set, "Store a value under (scope, key)", json_schema(SetInput)),
+        ("get", state.get, "The value under (scope, key), or null", json_schema(KeyInput)),
+        ("delete", state.delete, "Delete (scope, key); returns the deleted value", json_schema(KeyInput)),
+        ("update", state.update, "Apply update ops to the value under (scope, key)", json_schema(UpdateInput)),
         ("list", state.list, "Every value in a scope", None),
         ("list_groups", state.list_groups, "The scopes holding values", None),
     ):
@@ -263,7 +249,7 @@ def install(host: Host, config: Optional[StateConfig] = None) -> State:
         state.watchers,
         module=NAME,
         description="Called after every set, update and delete matching the scope and key",
-        trigger_request_format=_TRIGGER_FORMAT,
+        trigger_request_format=json_schema(StateTriggerConfig),
     )
     return state
 
