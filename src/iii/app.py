@@ -127,14 +127,22 @@ class App:
         started_at_ms = int(time.time() * 1000)
         install_engine_functions(router, started_at_ms)
         self.modules = install_modules(router, self.config.modules, started_at_ms)
-        for running in self.modules.values():
-            await running.start()
-        return await self.engine.listen()
+        try:
+            for running in self.modules.values():
+                await running.start()
+            return await self.engine.listen()
+        except BaseException:  # a port taken, a store that will not open: undo what started
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
+        """Close every connection, then stop every module (one failing does not stop the others)."""
         await self.engine.stop()
-        for running in self.modules.values():
-            await running.stop()
+        for name, running in self.modules.items():
+            try:
+                await running.stop()
+            except Exception:
+                log.exception("module %s did not stop cleanly", name)
 
 
 async def watch_config(path: Path, supervisor: Supervisor, modules: dict[str, Any]) -> None:

@@ -259,6 +259,8 @@ async def test_a_silent_worker_is_dropped_and_its_callers_told(build_env, procs,
         "      ping_interval_ms: 100\n      idle_timeout_ms: 500\n" + LOCAL_MODULES
     )
     engine = await procs.engine(config=config, tmp=tmp_path, extra_env=build_env)
+    frozen_otel = await RawClient.connect(engine.url, "/otel")
+    frozen_otel.transport.underlying_transport.pause_reading()
     frozen = await worker(engine.url, "frozen", "frozen::fn")
     caller = await worker(engine.url, "caller")
     caller.send(type="invokefunction", invocation_id="stuck", function_id="frozen::fn", data={})
@@ -270,3 +272,5 @@ async def test_a_silent_worker_is_dropped_and_its_callers_told(build_env, procs,
     names = {row.get("name") for row in listed["result"]["workers"]}
     assert "frozen" not in names and "caller" in names  # the caller answered every ping
     assert any("sent nothing for 500 ms" in str(line) for line in engine.proc.lines)
+    frozen_otel.transport.underlying_transport.resume_reading()  # to see that it was dropped
+    await asyncio.wait_for(frozen_otel.listener.closed.wait(), 10)

@@ -264,21 +264,10 @@ class WorkerListener(WSListener):
 
     def heartbeat(self, now: float) -> None:
         """Ping the worker; drop it when it has been silent for ``idle_timeout_ms``."""
-        transport = self._transport
-        if transport is None or transport.is_disconnected:
-            return
         if self._heard:
             self._heard = False
             self._idle_since = now
-        elif self._idle_since is not None and now - self._idle_since >= self._config.idle_timeout_ms / 1000:
-            log.warning(
-                "worker %s sent nothing for %d ms (not even a pong): disconnecting it",
-                self._conn.id,
-                self._config.idle_timeout_ms,
-            )
-            transport.disconnect(graceful=False)
-            return
-        transport.send_ping()
+        _ping_or_drop(self._transport, self._idle_since, now, self._config, f"worker {self._conn.id}")
 
     def shutdown(self) -> None:
         """Send what is queued, then close with ``GOING_AWAY`` (the engine is stopping)."""
@@ -289,9 +278,49 @@ class WorkerListener(WSListener):
             transport.disconnect()
 
 
+def _ping_or_drop(transport: Any, idle_since: Optional[float], now: float, config: Any, who: str) -> None:
+    """Ping a connection, or drop it when nothing came from it for ``idle_timeout_ms`` since
+    ``idle_since`` (the heartbeat that first found it silent)."""
+    if transport is None or transport.is_disconnected:
+        return
+    if idle_since is not None and now - idle_since >= config.idle_timeout_ms / 1000:
+        log.warning("%s sent nothing for %d ms (not even a pong): disconnecting it", who, config.idle_timeout_ms)
+        transport.disconnect(graceful=False)
+    else:
+        transport.send_ping()
+
+
 class TelemetryListener(WSListener):
-    """The SDKs' ``/otel`` socket: accepted and drained (telemetry is not ingested yet)."""
+    """The SDKs' ``/otel`` socket: accepted and drained (telemetry is not ingested yet); kept
+    alive, dropped when silent and closed at shutdown like a worker's."""
+
+    def __init__(self, engine: Any, config: Any) -> None:
+        self._engine = engine
+        self._config = config
+        self._transport: Any = None
+        self._heard = True
+        self._idle_since: Optional[float] = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._transport = transport
+        self._engine.listeners.add(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        self._heard = True
         if frame.msg_type == _CLOSE:
             _answer_close(transport, frame)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._engine.listeners.discard(self)
+
+    def heartbeat(self, now: float) -> None:
+        if self._heard:
+            self._heard = False
+            self._idle_since = now
+        _ping_or_drop(self._transport, self._idle_since, now, self._config, "a telemetry socket")
+
+    def shutdown(self) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_disconnected:
+            transport.send_close(WSCloseCode.GOING_AWAY)
+            transport.disconnect()

@@ -60,7 +60,7 @@ class Engine:
         self._listener_configs = listeners
         self._grace_ms = grace_ms
         self.router: Router = None  # type: ignore[assignment]  # made in open(), on the loop
-        self.listeners: set[WorkerListener] = set()
+        self.listeners: set[Any] = set()  # worker and telemetry listeners
         #: A read brought several frames: what they produce is queued per worker until it ends.
         self.batching = False
         #: Listeners with frames queued in this batch.
@@ -152,7 +152,7 @@ class Engine:
             if path == b"":
                 return WorkerListener(self, config)
             if path == b"/otel":
-                return TelemetryListener()
+                return TelemetryListener(self, config)
             return None  # picows answers 404
 
         return await ws_create_server(
