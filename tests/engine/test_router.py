@@ -648,3 +648,16 @@ def test_answered_calls_do_not_pile_up_in_the_deadline_heap(codec):
         (call,) = owner.take()
         owner.send(type="invocationresult", invocation_id=call["invocation_id"], function_id="f::x", result=1)
     assert len(router.invocations._deadlines) <= 1024 + 2
+
+
+def test_bad_frames_are_logged_once_per_connection_and_kind(router, caplog):
+    peer = connected(router, "peer")
+    other = connected(router, "other")
+    with caplog.at_level("WARNING", logger="iii.engine"):
+        for _ in range(3):
+            peer.send_raw(b'{"type":"registerfunction","id":5}')
+        peer.send_raw(b"not json")
+        other.send_raw(b'{"type":"registerfunction","id":5}')
+    logged = [r.getMessage() for r in caplog.records if "dropped a frame" in r.getMessage()]
+    assert len(logged) == 3  # peer: registerfunction, unknown; other: registerfunction
+    assert peer.conn.frames_dropped == 4 and other.conn.frames_dropped == 1

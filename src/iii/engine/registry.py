@@ -60,6 +60,7 @@ class Connection:
         "invocations_failed",
         "invocations_made",
         "frames_dropped",
+        "dropped_kinds",
     )
 
     def __init__(
@@ -101,6 +102,8 @@ class Connection:
         self.invocations_failed = 0
         self.invocations_made = 0
         self.frames_dropped = 0
+        #: The ``type`` of each kind of bad frame already logged (``None`` until the first).
+        self.dropped_kinds: Optional[set[Optional[str]]] = None
 
     @property
     def closed(self) -> bool:

@@ -68,8 +68,6 @@ __all__ = ["Router"]
 
 log = logging.getLogger("iii.engine")
 
-#: Bad frames logged per connection before the log goes quiet (they are still counted).
-_BAD_FRAME_LOG_LIMIT = 5
 _PONG = codec.encode_message(Pong())
 
 
@@ -297,13 +295,18 @@ class Router:
     def _on_bad_frame(self, conn: Connection, frame: bytes, exc: Exception) -> None:
         conn.frames_dropped += 1
         probe = codec.probe_frame(frame)
-        if conn.frames_dropped <= _BAD_FRAME_LOG_LIMIT:
+        # Logged once per connection and kind of frame; the rest are only counted.
+        if conn.dropped_kinds is None:
+            conn.dropped_kinds = set()
+        if probe.type not in conn.dropped_kinds:
+            conn.dropped_kinds.add(probe.type)
             log.warning(
-                "worker %s: dropped a frame (type %r): %s%s",
+                "worker %s: dropped a frame (type %r): %s (further bad %r frames of this worker "
+                "are counted in frames_dropped, not logged)",
                 conn.id,
                 probe.type,
                 exc,
-                "" if conn.frames_dropped < _BAD_FRAME_LOG_LIMIT else " (further drops not logged)",
+                probe.type,
             )
         # A call that names its invocation id gets an error instead of waiting for its timeout.
         if probe.type == "invokefunction" and probe.invocation_id:
