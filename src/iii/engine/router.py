@@ -736,7 +736,9 @@ class Router:
     def expire_calls(self) -> Optional[int]:
         """Time out the engine's calls whose deadline has passed; returns the next deadline."""
         for key, pending in self.invocations.expire(self.now_ms()):
-            log.warning(
+            # A void call that got no answer is no news (nobody waited for it).
+            log.log(
+                logging.WARNING if pending.on_result is not None else logging.DEBUG,
                 "call %s to %s timed out (worker %s did not answer in time)",
                 key, pending.function_id, pending.target.id,
             )
