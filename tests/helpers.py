@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -280,6 +281,24 @@ class Workers:
 async def call_results(proc: Proc, count: int) -> list[dict]:
     """The outcome lines of the first ``count`` scripted calls, in order."""
     return [await proc.key("call", index, timeout=30) for index in range(count)]
+
+
+@contextlib.asynccontextmanager
+async def in_process_engine(config_text: str, tmp: Path, **listener: Any) -> Any:
+    """An engine on the test's own loop, from ``config_text``, its worker listener on 127.0.0.1
+    and a free port (``listener`` sets its other keys); stopped when the block ends."""
+    from iii.app import App
+    from iii.config import parse_config
+    from iii.engine.server import ListenerConfig
+
+    config = parse_config(config_text, tmp / "config.yaml")
+    config.listeners = [ListenerConfig(host="127.0.0.1", port=0, **listener)]
+    app = App(config)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
 
 
 # --------------------------------------------------------------------------- sans-I/O router peers

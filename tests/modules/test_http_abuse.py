@@ -11,10 +11,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from helpers import RawClient
-from iii.app import App
-from iii.config import parse_config
-from iii.engine.server import ListenerConfig
+from helpers import RawClient, in_process_engine
 
 #: In-process engines: every test runs on the stdlib loop and on uvloop.
 pytestmark = pytest.mark.both_loops
@@ -34,12 +31,8 @@ CONFIG = """workers:
 
 @pytest.fixture
 async def engine(tmp_path):
-    config = parse_config(CONFIG, tmp_path / "config.yaml")
-    config.listeners = [ListenerConfig(host="127.0.0.1", port=0)]
-    engine = App(config)
-    await engine.start()
-    yield engine
-    await engine.stop()
+    async with in_process_engine(CONFIG, tmp_path) as engine:
+        yield engine
 
 
 @pytest.fixture

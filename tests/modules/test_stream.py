@@ -7,10 +7,7 @@ import json
 import pytest
 from picows import WSMsgType
 
-from helpers import LOCAL_MODULES, RawClient
-from iii.app import App
-from iii.config import parse_config
-from iii.engine.server import ListenerConfig
+from helpers import LOCAL_MODULES, RawClient, in_process_engine
 
 #: In-process engines: every test runs on the stdlib loop and on uvloop.
 pytestmark = pytest.mark.both_loops
@@ -18,12 +15,8 @@ pytestmark = pytest.mark.both_loops
 
 @pytest.fixture
 async def engine(tmp_path):
-    config = parse_config("workers:\n" + LOCAL_MODULES, tmp_path / "config.yaml")
-    config.listeners = [ListenerConfig(host="127.0.0.1", port=0)]
-    engine = App(config)
-    await engine.start()
-    yield engine
-    await engine.stop()
+    async with in_process_engine("workers:\n" + LOCAL_MODULES, tmp_path) as engine:
+        yield engine
 
 
 def stream_url(engine) -> str:
@@ -106,11 +99,7 @@ async def test_the_file_based_store_keeps_items_across_restarts(tmp_path):
         f"      adapter: {{name: kv, config: {{store_method: file_based, file_path: '{path}'}}}}\n"
     )
     for round_ in ("write", "read"):
-        config = parse_config(text, tmp_path / "config.yaml")
-        config.listeners = [ListenerConfig(host="127.0.0.1", port=0)]
-        engine = App(config)
-        await engine.start()
-        try:
+        async with in_process_engine(text, tmp_path) as engine:
             worker = await RawClient.connect(engine.urls[0])
             item = {"stream_name": "chat", "group_id": "room-1", "item_id": "m1"}
             if round_ == "write":
@@ -118,5 +107,3 @@ async def test_the_file_based_store_keeps_items_across_restarts(tmp_path):
             else:
                 assert (await worker.call("stream::get", item))["result"] == {"text": "kept"}
             await worker.close()
-        finally:
-            await engine.stop()

@@ -8,15 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from contextlib import asynccontextmanager
 
 import pytest
 from picows import WSMsgType
 
-from helpers import RawClient
-from iii.app import App
-from iii.config import parse_config
-from iii.engine.server import ListenerConfig
+from helpers import RawClient, in_process_engine
 
 #: In-process engines: every test runs on the stdlib loop and on uvloop.
 pytestmark = pytest.mark.both_loops
@@ -24,22 +20,14 @@ pytestmark = pytest.mark.both_loops
 ITEM = "x" * (64 * 1024)
 
 
-@asynccontextmanager
-async def running(tmp_path, stream_config: str):
+def running(tmp_path, stream_config: str):
     """An engine whose iii-stream entry has ``stream_config`` (YAML flow mapping members)."""
     text = (
         "workers:\n"
         "  - name: iii-http\n    config: {host: 127.0.0.1, port: 0}\n"
         f"  - name: iii-stream\n    config: {{host: 127.0.0.1, port: 0, {stream_config}}}\n"
     )
-    config = parse_config(text, tmp_path / "config.yaml")
-    config.listeners = [ListenerConfig(host="127.0.0.1", port=0)]
-    engine = App(config)
-    await engine.start()
-    try:
-        yield engine
-    finally:
-        await engine.stop()
+    return in_process_engine(text, tmp_path)
 
 
 async def joined(engine, subscription: str) -> RawClient:
