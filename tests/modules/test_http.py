@@ -9,7 +9,6 @@ import aiohttp
 import pytest
 
 from helpers import RawClient, in_process_engine
-from iii.modules.http import HttpServer
 
 #: In-process engines: every test runs on the stdlib loop and on uvloop.
 pytestmark = pytest.mark.both_loops
