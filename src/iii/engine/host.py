@@ -42,6 +42,7 @@ __all__ = [
     "EngineError",
     "ErrorBody",
     "Host",
+    "KindCounts",
     "LoopScheduler",
     "OnResult",
     "Provider",
@@ -182,6 +183,22 @@ def json_schema(struct_type: type, *, required: tuple[str, ...] = ()) -> dict[st
     if required:
         schema["required"] = sorted(set(schema.get("required", ())) | set(required))
     return schema
+
+
+class KindCounts(dict):
+    """Bad input of one client: kind -> how many times it came, so that each kind is logged only
+    the first time."""
+
+    def first(self, kind: Any) -> bool:
+        """Count one more of ``kind``; ``True`` the first time (log it then)."""
+        seen = self.get(kind, 0)
+        self[kind] = seen + 1
+        return not seen
+
+    @property
+    def unlogged(self) -> int:
+        """How many were only counted."""
+        return sum(self.values()) - len(self)
 
 
 class Scheduler(Protocol):

@@ -102,8 +102,8 @@ class Connection:
         self.invocations_failed = 0
         self.invocations_made = 0
         self.frames_dropped = 0
-        #: The ``type`` of each kind of bad frame already logged (``None`` until the first).
-        self.dropped_kinds: Optional[set[Optional[str]]] = None
+        #: Its bad frames by ``type`` (a ``host.KindCounts``; ``None`` until the first).
+        self.dropped_kinds: Any = None
 
     @property
     def closed(self) -> bool:

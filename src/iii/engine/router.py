@@ -24,7 +24,7 @@ from msgspec import UNSET
 
 from iii import codec
 from iii.codec import ROUTE_INVOKE
-from iii.engine.host import DEFAULT_INVOCATION_TIMEOUT_MS
+from iii.engine.host import DEFAULT_INVOCATION_TIMEOUT_MS, KindCounts
 from iii.engine.invocations import Invocations, Pending
 from iii.engine.registry import (
     ABORTED,
@@ -297,9 +297,8 @@ class Router:
         probe = codec.probe_frame(frame)
         # Logged once per connection and kind of frame; the rest are only counted.
         if conn.dropped_kinds is None:
-            conn.dropped_kinds = set()
-        if probe.type not in conn.dropped_kinds:
-            conn.dropped_kinds.add(probe.type)
+            conn.dropped_kinds = KindCounts()
+        if conn.dropped_kinds.first(probe.type):
             log.warning(
                 "worker %s: dropped a frame (type %r): %s (further bad %r frames of this worker "
                 "are counted in frames_dropped, not logged)",

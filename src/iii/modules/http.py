@@ -34,6 +34,7 @@ from iii.engine.host import (
     BuiltinModule,
     ErrorBody,
     Host,
+    KindCounts,
     Provider,
     TimeoutMs,
     call,
@@ -229,17 +230,14 @@ class _Connection(web.RequestHandler):
 
     def __init__(self, manager: _Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
-        #: kind of bad input -> how many times (the first one was logged); ``None`` until one.
-        self.bad_input: Optional[dict[str, int]] = None
+        #: Its bad requests by code (``None`` until one).
+        self.bad_input: Optional[KindCounts] = None
 
     def refuse(self, request: web.BaseRequest, status: int, code: str, message: str) -> web.Response:
         """Answer bad client input; a warning the first time this connection sends this kind."""
-        counts = self.bad_input
-        if counts is None:
-            counts = self.bad_input = {}
-        seen = counts.get(code, 0)
-        counts[code] = seen + 1
-        if not seen:
+        if self.bad_input is None:
+            self.bad_input = KindCounts()
+        if self.bad_input.first(code):
             log.warning("iii-http: %s from %s: %s (%d); more of the kind on this connection are counted, "
                         "not logged", code, request.remote, message, status)
         return _error(status, code, message)
@@ -260,9 +258,9 @@ class _Connection(web.RequestHandler):
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         super().connection_lost(exc)
-        counts = self.bad_input
-        if counts is not None and (unlogged := sum(counts.values()) - len(counts)):
-            log.warning("iii-http: %d more bad requests on a connection were not logged (%s)", unlogged, counts)
+        bad = self.bad_input
+        if bad is not None and bad.unlogged:
+            log.warning("iii-http: %d more bad requests on a connection were not logged (%s)", bad.unlogged, bad)
 
 
 class _Server(web.Server):

@@ -34,6 +34,7 @@ from iii.engine.host import (
     BuiltinModule,
     Connection,
     Host,
+    KindCounts,
     Provider,
     TimeoutMs,
     call,
@@ -403,8 +404,8 @@ class StreamClient(WSListener):
         self._worker: Optional[asyncio.Task] = None
         #: Drops it unless it catches up in time; set while writing to it is paused.
         self._stall: Optional[asyncio.TimerHandle] = None
-        #: kind of bad message -> how many (the first one was logged); ``None`` until one.
-        self.bad_input: Optional[dict[str, int]] = None
+        #: Its bad messages by kind (``None`` until one).
+        self.bad_input: Optional[KindCounts] = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
@@ -443,12 +444,9 @@ class StreamClient(WSListener):
 
     def _bad_input(self, kind: str, detail: Any) -> None:
         """A message it should not have sent: logged the first time per kind, then counted."""
-        counts = self.bad_input
-        if counts is None:
-            counts = self.bad_input = {}
-        seen = counts.get(kind, 0)
-        counts[kind] = seen + 1
-        if not seen:
+        if self.bad_input is None:
+            self.bad_input = KindCounts()
+        if self.bad_input.first(kind):
             log.warning("iii-stream: client %s sent %s (%s); more of the kind are counted, not logged",
                         self.peer, kind, detail)
 
@@ -545,10 +543,10 @@ class StreamClient(WSListener):
         for subscription in self.subscriptions.values():
             self._streams.left(subscription, self._context)
         self.subscriptions.clear()
-        counts = self.bad_input
-        if counts is not None and (unlogged := sum(counts.values()) - len(counts)):
+        bad = self.bad_input
+        if bad is not None and bad.unlogged:
             log.warning("iii-stream: client %s sent %d more bad messages that were not logged (%s)",
-                        self.peer, unlogged, counts)
+                        self.peer, bad.unlogged, bad)
 
 
 def install(host: Host, config: Optional[StreamConfig] = None) -> Streams:
