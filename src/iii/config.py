@@ -58,7 +58,6 @@ _UNSUPPORTED_MODULES = {
     "configuration": "the configuration store (configuration::*)",
     "iii-observability": "OpenTelemetry export",
     "iii-telemetry": "telemetry",
-    "iii-http-functions": "HTTP-invoked functions",
     "iii-exec": "the exec module",
     "iii-bridge": "the bridge to another engine",
     "iii-worker-ops": "the worker-ops daemon (worker::* is served by the engine itself)",

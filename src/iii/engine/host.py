@@ -110,6 +110,11 @@ class Host(Protocol):
         """Call a function; ``on_result`` gets its answer, or a ``TIMEOUT`` error once
         ``timeout_ms`` has passed (the call is then forgotten: a late answer is dropped)."""
 
+    def serve_http_functions(self, make_handler: Callable[[str, Any], Handler]) -> None:
+        """Serve functions registered with an ``invocation`` (``iii-http-functions``):
+        ``make_handler(function_id, invocation)`` returns their handler or raises
+        :class:`EngineError` to refuse the registration."""
+
     def later(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the message being handled is done (fan-out after a write)."""
 

@@ -154,6 +154,8 @@ class Router:
         self.events: Any = _NoEvents()
         self._functions_dirty = False
         self._later: list[Callable[[], None]] = []
+        #: ``iii-http-functions``' maker of HTTP-invoked functions (``None``: not running).
+        self._http_functions: Optional[Callable[[str, Any], Callable[..., Any]]] = None
         self._route_frame = codec.route_frame
         self._handlers: dict[type, Callable[[Connection, Any, bytes], None]] = {
             InvokeFunction: self._on_invoke,
@@ -388,7 +390,7 @@ class Router:
     def _on_register_function(self, conn: Connection, msg: RegisterFunction, frame: bytes) -> None:
         ns = conn.namespace
         function_id = msg.id
-        if msg.invocation:
+        if msg.invocation and self._http_functions is None:
             log.warning(
                 "worker %s: %s is an HTTP-invoked function; the iii-http-functions module is not "
                 "running, so it was not registered",
@@ -418,12 +420,20 @@ class Router:
                 )
             )
             return
+        handler = None
+        if msg.invocation:
+            try:
+                handler = self._http_functions(function_id, _decode_raw(msg.invocation))  # type: ignore[misc]
+            except EngineError as exc:
+                log.warning("worker %s: HTTP-invoked function %s refused: %s", conn.id, function_id, exc.message)
+                return
         if existing is not None and existing.owner is not conn:
             existing.owner.functions.discard((ns, function_id))
         self.functions.setdefault(ns, {})[function_id] = FunctionEntry(
             function_id,
             ns,
             owner=conn,
+            handler=handler,
             description=msg.description,
             request_format=_decode_raw(msg.request_format),
             response_format=_decode_raw(msg.response_format),
@@ -431,6 +441,12 @@ class Router:
         )
         conn.functions.add((ns, function_id))
         self._functions_changed()
+
+    def serve_http_functions(self, make_handler: Callable[[str, Any], Callable[..., Any]]) -> None:
+        """Serve ``registerfunction`` frames with an ``invocation``: ``make_handler(id,
+        invocation)`` returns the in-process handler that calls the URL (or raises
+        :class:`EngineError` to refuse it); the function stays owned by the registering worker."""
+        self._http_functions = make_handler
 
     def _on_unregister_function(
         self, conn: Connection, msg: UnregisterFunction, frame: bytes
