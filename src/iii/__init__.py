@@ -31,9 +31,10 @@ from iii.sdk.client import (
     register_worker,
     register_worker_async,
 )
+from iii.iii_types import MiddlewareFunctionInput
+from iii.stream import IStream
 from iii.triggers import TriggerConfig, TriggerHandler
-
-IIIClient = III
+from iii.types import IIIClient
 
 __all__ = [
     "__version__",
@@ -48,7 +49,9 @@ __all__ = [
     "IIIError",
     "InitOptions",
     "InvocationError",
+    "IStream",
     "Logger",
+    "MiddlewareFunctionInput",
     "ReconnectionConfig",
     "RegistrationRejectedError",
     "TelemetryOptions",

@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_RECONNECTION_CONFIG",
     "FunctionRef",
     "TelemetryOptions",
+    "OtelConfig",
     "InitOptions",
     "EngineFunctions",
     "EngineTriggers",
@@ -60,6 +61,27 @@ class TelemetryOptions:
     language: Optional[str] = None
     project_name: Optional[str] = None
     framework: Optional[str] = None
+
+
+@dataclass
+class OtelConfig:
+    """OpenTelemetry settings of the official SDK; accepted for compatibility (this SDK sends no
+    telemetry)."""
+
+    enabled: Optional[bool] = None
+    service_name: Optional[str] = None
+    service_version: Optional[str] = None
+    service_namespace: Optional[str] = None
+    service_instance_id: Optional[str] = None
+    engine_ws_url: Optional[str] = None
+    fetch_instrumentation_enabled: bool = True
+    spans_flush_interval_ms: Optional[int] = None
+    logs_enabled: Optional[bool] = None
+    logs_flush_interval_ms: Optional[int] = None
+    logs_batch_size: Optional[int] = None
+    metrics_enabled: bool = True
+    metrics_export_interval_ms: int = 60000
+    engine_ws_headers: Optional[dict[str, str]] = None
 
 
 @dataclass

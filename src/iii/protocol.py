@@ -11,9 +11,27 @@ explicit ``null`` is refused (``UNSET`` = absent, ``None`` = explicit null).
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 from msgspec import UNSET, Raw, Struct, UnsetType
+
+#: What the official SDK's ``iii.protocol`` exports: its SDK-side models, kept in
+#: :mod:`iii.iii_types` and loaded on first use (the engine never needs them).
+_OFFICIAL_NAMES = (
+    "FEATURE_LARGE_MESSAGES_V1",
+    "FEATURE_LOCAL_DISPATCH_V1",
+    "FEATURE_OBSERVE_V1",
+    "SDK_FEATURES",
+    "MessageType",
+    "RegisterFunctionFormat",
+    "RegisterFunctionInput",
+    "RegisterFunctionMessage",
+    "RegisterTriggerInput",
+    "RegisterTriggerMessage",
+    "RegisterTriggerTypeInput",
+    "RegisterTriggerTypeMessage",
+    "TriggerRequest",
+)
 
 __all__ = [
     "DEFAULT_HOST",
@@ -49,6 +67,8 @@ __all__ = [
     "HELD_TYPES",
     "TypeProbe",
     "is_blank",
+    # The official SDK's ``iii.protocol`` names (SDK-side models, from :mod:`iii.iii_types`).
+    *_OFFICIAL_NAMES,
 ]
 
 DEFAULT_HOST = "0.0.0.0"
@@ -281,3 +301,10 @@ def is_blank(value: str) -> bool:
     """A namespace that was named but left empty (only whitespace)."""
     return not value.strip()
 
+
+def __getattr__(name: str) -> Any:
+    if name in _OFFICIAL_NAMES:
+        from iii import iii_types
+
+        return getattr(iii_types, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

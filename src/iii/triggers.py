@@ -6,10 +6,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
 
+from iii.iii_types import RegisterTriggerTypeInput
+
 if TYPE_CHECKING:
     from iii.sdk.client import III
 
-__all__ = ["TriggerConfig", "TriggerHandler", "Trigger", "TriggerTypeRef", "RegisterTriggerTypeInput"]
+__all__ = ["C", "R", "TConfig", "TriggerConfig", "TriggerHandler", "Trigger", "TriggerTypeRef", "RegisterTriggerTypeInput"]
 
 TConfig = TypeVar("TConfig")
 C = TypeVar("C")
@@ -25,16 +27,6 @@ class TriggerConfig(Generic[TConfig]):
     config: Any
     metadata: Optional[dict[str, Any]] = None
     namespace: Optional[str] = None
-
-
-@dataclass
-class RegisterTriggerTypeInput:
-    """What ``register_trigger_type`` announces; formats are JSON Schemas (or pydantic models)."""
-
-    id: str
-    description: str = ""
-    trigger_request_format: Any = None
-    call_request_format: Any = None
 
 
 class TriggerHandler(ABC, Generic[TConfig]):

@@ -110,6 +110,9 @@ class Host(Protocol):
         """Call a function; ``on_result`` gets its answer, or a ``TIMEOUT`` error once
         ``timeout_ms`` has passed (the call is then forgotten: a late answer is dropped)."""
 
+    def find_function(self, namespace: str, function_id: str) -> Any:
+        """The function at ``(namespace, function_id)``, or ``None``."""
+
     def serve_http_functions(self, make_handler: Callable[[str, Any], Handler]) -> None:
         """Serve functions registered with an ``invocation`` (``iii-http-functions``):
         ``make_handler(function_id, invocation)`` returns their handler or raises

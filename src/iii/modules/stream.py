@@ -7,8 +7,12 @@ A join runs every ``stream:join`` binding (any answering ``{"unauthorized": true
 not answering in time refuses it),
 then subscribes and sends a ``sync`` event with the item or the group's items. Items live in
 memory, and also in a SQLite file with the ``kv`` adapter's ``file_based`` store
-(:mod:`iii.modules._store`), where a write answers, and its events go out, once committed. Custom
-stream backends (``stream::get(<name>)`` functions) are not consulted.
+(:mod:`iii.modules._store`), where a write answers, and its events go out, once committed.
+
+Custom stream backends: when a function ``stream::<op>(<stream_name>)`` exists in ``default``
+(a worker's ``create_stream``), ``stream::<op>`` on that stream calls it instead of touching the
+store (``get``, ``set``, ``delete``, ``list``, ``list_groups``, ``update``); the events of its
+writes go out as for the store's.
 
 A client that does not read what it is sent is dropped once more than ``max_client_buffer_bytes``
 would wait for it, or once it has stayed behind for ``client_stall_timeout_ms``; a client whose
@@ -22,7 +26,7 @@ import asyncio
 import logging
 import time
 from functools import partial
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Callable, Optional, Union
 
 import msgspec
 from msgspec import Meta
@@ -33,6 +37,8 @@ from iii.engine.host import (
     DEFAULT_INVOCATION_TIMEOUT_MS,
     BuiltinModule,
     Connection,
+    EngineError,
+    ErrorBody,
     Host,
     KindCounts,
     Provider,
@@ -196,8 +202,66 @@ class Streams:
                 del self.items[stream]
         return old
 
+    def _delegate(
+        self, op: str, request: msgspec.Struct, finish: Callable[[Any], Any], error_code: Optional[str] = None
+    ) -> Optional[asyncio.Future]:
+        """Call the stream's own ``stream::<op>(<name>)`` if a worker serves one: a future of
+        ``finish(result)``, else ``None`` (the store serves it). Its errors are passed on as they
+        are, or as ``error_code`` with the message embedded."""
+        function_id = f"stream::{op}({request.stream_name})"
+        if self._host.find_function(DEFAULT_NAMESPACE, function_id) is None:
+            return None
+        future = asyncio.get_running_loop().create_future()
+
+        def answered(result: bytes, error: Optional[ErrorBody]) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(
+                    EngineError(error.code, error.message) if error_code is None
+                    else EngineError(error_code, f"Failed to {op} value: {error.message}")
+                )
+                return
+            try:
+                future.set_result(finish(codec.decode_json(result)))
+            except EngineError as exc:
+                future.set_exception(exc)
+
+        self._host.invoke(
+            DEFAULT_NAMESPACE, function_id, msgspec.json.encode(request), on_result=answered,
+            timeout_ms=self.config.invocation_timeout_ms,
+        )
+        return future
+
+    def _delegate_write(self, op: str, request: ItemInput) -> Optional[asyncio.Future]:
+        """A write served by the stream's backend: its answer checked as the original does, and
+        the write's event sent out as for the store's."""
+        code = f"STREAM_{op.upper()}_ERROR"
+
+        def finish(result: Any) -> Any:
+            if result is None:
+                raise EngineError(code, f"Failed to {op} value: Function returned no result")
+            if not isinstance(result, dict) or (op != "delete" and "new_value" not in result):
+                raise EngineError("JSON_ERROR", f"Failed to convert result to value: {result!r}"[:500])
+            old = result.get("old_value")
+            stream, group, item = request.stream_name, request.group_id, request.item_id
+            if op == "delete":
+                if old is not None:
+                    self._emit(stream, group, item, {"type": "delete", "data": old})
+                return {"old_value": old}
+            answer = {"old_value": old, "new_value": result["new_value"]}
+            if op == "update" and "errors" in result:
+                answer["errors"] = result["errors"]
+            self._emit(stream, group, item, {"type": "create" if old is None else "update", "data": result["new_value"]})
+            return answer
+
+        return self._delegate(op, request, finish, code)
+
     def set(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::set", data, SetInput)
+        delegated = self._delegate_write("set", request)
+        if delegated is not None:
+            return delegated
         raw = codec.encode_json(request.data)
         old = self._write(request.stream_name, request.group_id, request.item_id, raw)
         return self._answer(
@@ -208,10 +272,16 @@ class Streams:
 
     def get(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::get", data, ItemInput)
+        delegated = self._delegate("get", request, lambda result: result)
+        if delegated is not None:
+            return delegated
         return _raw(self._group(request.stream_name, request.group_id).get(request.item_id))
 
     def delete(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::delete", data, ItemInput)
+        delegated = self._delegate_write("delete", request)
+        if delegated is not None:
+            return delegated
         old = self._write(request.stream_name, request.group_id, request.item_id, None)
         return self._answer(
             {"old_value": _raw(old)}, request.stream_name, request.group_id, request.item_id,
@@ -220,6 +290,9 @@ class Streams:
 
     def update(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::update", data, UpdateInput)
+        delegated = self._delegate_write("update", request)
+        if delegated is not None:
+            return delegated
         old = self._group(request.stream_name, request.group_id).get(request.item_id)
         value, errors = apply_ops(None if old is None else codec.decode_json(old), request.ops)
         raw = codec.encode_json(value)
@@ -234,10 +307,16 @@ class Streams:
 
     def list(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::list", data, GroupInput)
+        delegated = self._delegate("list", request, lambda result: result)
+        if delegated is not None:
+            return delegated
         return [msgspec.Raw(raw) for raw in self._group(request.stream_name, request.group_id).values()]
 
     def list_groups(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::list_groups", data, StreamInput)
+        delegated = self._delegate("list_groups", request, lambda result: result)
+        if delegated is not None:
+            return delegated
         return sorted(self.items.get(request.stream_name, {}))
 
     def list_all(self, host: Host, caller: Optional[Connection], data: Any) -> Any:

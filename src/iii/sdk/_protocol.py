@@ -29,6 +29,7 @@ import msgspec
 from iii import codec
 from iii._version import __version__
 from iii.errors import InvocationError, RegistrationRejectedError, error_from_wire
+from iii.format_utils import extract_request_format, extract_response_format, python_type_to_format
 from iii.iii_constants import MAX_QUEUE_SIZE, EngineFunctions, InitOptions, TelemetryOptions
 from iii.protocol import (
     ABSENT,
@@ -70,6 +71,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("iii")
+#: Where handler failures are logged (the official SDK's module logger).
+handler_log = logging.getLogger("iii.iii")
 
 # ---------------------------------------------------------------------- events
 
@@ -373,9 +376,10 @@ class WorkerProtocol:
         )
 
     def handler_raised(self, invocation: InvokeHandler, exc: BaseException) -> None:
-        """Answer ``invocation_failed`` with the traceback (only logged for a void call)."""
+        """Log the failure with its traceback (as the official SDK does, on its ``iii.iii``
+        logger) and answer ``invocation_failed`` with the traceback (a void call gets no answer)."""
+        handler_log.error("Error in handler %s", invocation.function_id, exc_info=exc)
         if invocation.invocation_id is None:
-            log.error("[iii] %s failed: %s", invocation.function_id, exc, exc_info=exc)
             return
         stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         error = ErrorBody(ErrorCode.INVOCATION_FAILED, str(exc), stack)
@@ -420,6 +424,11 @@ class WorkerProtocol:
         invocation = ABSENT
         if callable(handler_or_invocation):
             handler = handler_or_invocation
+            # Formats not given are read from the handler's type hints, as the official SDK does.
+            if request_format is None:
+                request_format = extract_request_format(handler)
+            if response_format is None:
+                response_format = extract_response_format(handler)
         elif isinstance(handler_or_invocation, dict) and "url" in handler_or_invocation or hasattr(handler_or_invocation, "url"):
             config = handler_or_invocation
             invocation = _raw(config.model_dump(exclude_none=True) if hasattr(config, "model_dump") else config)
@@ -652,9 +661,12 @@ def _raw_or_absent(value: Any) -> msgspec.Raw:
 
 
 def _schema(value: Any) -> Any:
-    """A request/response format: a JSON Schema dict, or a pydantic model class."""
-    if isinstance(value, type) and hasattr(value, "model_json_schema"):
-        return value.model_json_schema()
+    """A request/response format: a JSON Schema dict, a ``RegisterFunctionFormat``, or a model
+    class (pydantic, msgspec Struct, dataclass, TypedDict)."""
+    if isinstance(value, type):
+        return python_type_to_format(value)
+    if hasattr(value, "model_dump"):
+        return value.model_dump(exclude_none=True)
     return value
 
 
