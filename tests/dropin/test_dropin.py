@@ -3,7 +3,10 @@ SDK and on ours, against our engine, must be observed doing the same things."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -120,3 +123,41 @@ async def test_shutdown_leaves_the_engine_clean(workers, engine, sdk):
     assert not [f for f in functions if f["function_id"].startswith("leaver")]
     triggers = (await client.call("engine::triggers::list", {}))["result"]["triggers"]
     assert triggers == []
+
+
+SURFACE_SCRIPT = Path(__file__).resolve().parent / "surface_script.py"
+_spec = importlib.util.spec_from_file_location("surface_script", SURFACE_SCRIPT)
+_surface = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_surface)
+SURFACE_NAMES = _surface.NAMES
+
+
+async def run_surface_script(procs, engine, python: str) -> tuple[list, list[str]]:
+    """The script's JSON lines and its log lines (stderr merged into stdout)."""
+    proc = await procs.start(python, str(SURFACE_SCRIPT), env={"III_URL": engine.url}, label=python, merge_stderr=True)
+    await proc.key("stopped", timeout=60)
+    assert await proc.wait() == 0
+    return [line for line in proc.lines if isinstance(line, dict)], [line for line in proc.lines if isinstance(line, str)]
+
+
+async def test_public_modules_models_formats_and_handler_logs_match(procs, engine, official_python):
+    """The same script on the official SDK and on ours: the official modules import with the
+    same names, models dump the same, typed handlers register the same formats, and a failing
+    handler is logged as ``Error in handler <id>`` with its traceback."""
+    (official, official_log), (ours, our_log) = [
+        await run_surface_script(procs, engine, python) for python in (official_python, sys.executable)
+    ]
+    assert ours == official
+    imports, models, formats, call = (next(line[key] for line in ours if key in line) for key in ("imports", "models", "formats", "call"))
+    assert len(imports) == sum(len(names) for names in SURFACE_NAMES.values())
+    assert models["invocation"] == {"url": "https://example.com/hook", "method": "PUT"}
+    assert formats["dropin::greet"][0]["properties"]["name"] == {"title": "Name", "type": "string"}
+    assert formats["dropin::totals"] == [
+        {"type": "object", "additionalProperties": {"type": "integer"}, "$schema": "https://json-schema.org/draft/2020-12/schema"},
+        {"type": ["array", "null"], "items": {"type": "number"}, "$schema": "https://json-schema.org/draft/2020-12/schema"},
+    ]
+    assert formats["dropin::boom"] == [None, None]
+    assert call == {"code": "invocation_failed", "message": "boom from dropin::boom"}
+    for log in (official_log, our_log):
+        assert "iii.iii ERROR Error in handler dropin::boom" in log
+        assert "ValueError: boom from dropin::boom" in log

@@ -1,6 +1,7 @@
 // A scripted worker using only the official Node iii-sdk public API.
 // Same command line and JSON-lines output as ../workers/py_worker.py.
 import { registerWorker, TriggerAction } from "iii-sdk";
+import { createStream } from "iii-sdk/helpers";
 
 const emit = (fields) => process.stdout.write(JSON.stringify(fields) + "\n");
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -9,6 +10,9 @@ const argv = process.argv.slice(2);
 const name = argv.shift();
 const fns = [];
 const watch = [];
+const webhooks = [];
+const binds = [];
+const streams = [];
 let calls = [];
 let stay = false;
 while (argv.length) {
@@ -16,6 +20,9 @@ while (argv.length) {
   if (flag === "--fn") fns.push(argv.shift());
   else if (flag === "--watch") watch.push(argv.shift());
   else if (flag === "--calls") calls = JSON.parse(argv.shift());
+  else if (flag === "--webhook") webhooks.push(argv.shift());
+  else if (flag === "--bind") binds.push(argv.shift());
+  else if (flag === "--stream") streams.push(argv.shift());
   else if (flag === "--stay") stay = true;
   else throw new Error(`unknown flag ${flag}`);
 }
@@ -42,6 +49,42 @@ for (const spec of fns) {
   worker.registerFunction(functionId, handlerFor(behavior, functionId));
   ids.push(functionId);
 }
+// An in-memory stream backend keyed group::item.
+function memoryStream() {
+  const items = new Map();
+  const key = (input) => `${input.group_id}::${input.item_id}`;
+  return {
+    get: async (input) => items.get(key(input)) ?? null,
+    set: async (input) => {
+      const old = items.get(key(input)) ?? null;
+      items.set(key(input), input.data);
+      return { old_value: old, new_value: input.data };
+    },
+    delete: async (input) => {
+      const old = items.get(key(input)) ?? null;
+      items.delete(key(input));
+      return { old_value: old };
+    },
+    list: async (input) => [...items.entries()].filter(([k]) => k.startsWith(`${input.group_id}::`)).map(([, v]) => v),
+    listGroups: async () => [...new Set([...items.keys()].map((k) => k.split("::")[0]))].sort(),
+    update: async () => null,
+  };
+}
+const refs = {};
+for (const spec of webhooks) {
+  const split = spec.indexOf("=");
+  const functionId = spec.slice(0, split);
+  refs[functionId] = worker.registerFunction(functionId, { url: spec.slice(split + 1) });
+  ids.push(functionId);
+}
+for (const spec of binds) {
+  const [functionId, triggerType, ...config] = spec.split("=");
+  worker.registerTrigger({ type: triggerType, function_id: functionId, config: JSON.parse(config.join("=")) });
+}
+for (const streamName of streams) {
+  createStream(worker, streamName, memoryStream());
+  ids.push(`stream::list_groups(${streamName})`);
+}
 watch.forEach((spec, index) => {
   const split = spec.indexOf("=");  // TYPE or TYPE=JSON_CONFIG
   const triggerType = split < 0 ? spec : spec.slice(0, split);
@@ -65,6 +108,11 @@ while (Date.now() < deadline) {
 emit({ ready: name });
 
 for (const [index, request] of calls.entries()) {
+  if (request.unregister) {
+    refs[request.unregister].unregister();
+    emit({ call: index, result: null });
+    continue;
+  }
   if (request.action === "void") request.action = TriggerAction.Void();
   else if (request.action) request.action = TriggerAction.Enqueue({ queue: request.action });
   try {

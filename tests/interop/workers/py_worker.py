@@ -4,6 +4,10 @@ Prints one JSON object per line on stdout: {"ready": ...} once its registrations
 the engine, {"event": ...} for every discovery event it receives, {"call": i, "result"|"error"}
 for each scripted call, {"state": ...} on connection state changes, {"stopped": true} at the end.
 Stays connected (with --stay) until its stdin closes, then calls shutdown().
+
+Also: --webhook ID=URL registers an HTTP-invoked function, --bind ID=TYPE=JSON_CONFIG binds a
+trigger to a function id, --stream NAME serves a stream from memory (create_stream), and a
+scripted call {"unregister": ID} unregisters one of this worker's functions.
 """
 
 import argparse
@@ -52,12 +56,46 @@ def handler_for(behavior, function_id):
     raise SystemExit(f"unknown behavior {behavior}")
 
 
+def memory_stream():
+    """An in-memory IStream keyed ``group::item`` (defined on use: subclassing IStream warns)."""
+    from iii.stream import IStream, StreamDeleteResult, StreamSetResult
+
+    class MemoryStream(IStream):
+        def __init__(self):
+            self.items = {}
+
+        async def get(self, input):
+            return self.items.get(f"{input.group_id}::{input.item_id}")
+
+        async def set(self, input):
+            key = f"{input.group_id}::{input.item_id}"
+            old, self.items[key] = self.items.get(key), input.data
+            return StreamSetResult(old_value=old, new_value=input.data)
+
+        async def delete(self, input):
+            return StreamDeleteResult(old_value=self.items.pop(f"{input.group_id}::{input.item_id}", None))
+
+        async def list(self, input):
+            return [v for k, v in self.items.items() if k.startswith(input.group_id + "::")]
+
+        async def list_groups(self, input):
+            return sorted({k.split("::", 1)[0] for k in self.items})
+
+        async def update(self, input):
+            return None
+
+    return MemoryStream()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("name")
     parser.add_argument("--fn", action="append", default=[], help="ID=BEHAVIOR")
     parser.add_argument("--watch", action="append", default=[], help="TRIGGER_TYPE[=JSON_CONFIG]")
     parser.add_argument("--calls", default="[]", help="JSON list of trigger() requests")
+    parser.add_argument("--webhook", action="append", default=[], help="ID=URL")
+    parser.add_argument("--bind", action="append", default=[], help="FUNCTION_ID=TRIGGER_TYPE=JSON_CONFIG")
+    parser.add_argument("--stream", action="append", default=[], help="NAME")
     parser.add_argument("--stay", action="store_true")
     args = parser.parse_args()
 
@@ -68,6 +106,21 @@ def main():
         function_id, behavior = spec.split("=", 1)
         worker.register_function(function_id, handler_for(behavior, function_id))
         ids.append(function_id)
+    refs = {}
+    for spec in args.webhook:
+        from iii.iii_types import HttpInvocationConfig
+
+        function_id, url = spec.split("=", 1)
+        refs[function_id] = worker.register_function(function_id, HttpInvocationConfig(url=url))
+        ids.append(function_id)
+    for spec in args.bind:
+        function_id, trigger_type, config = spec.split("=", 2)
+        worker.register_trigger({"type": trigger_type, "function_id": function_id, "config": json.loads(config)})
+    for stream_name in args.stream:
+        from iii.helpers import create_stream
+
+        create_stream(worker, stream_name, memory_stream())
+        ids.append(f"stream::list_groups({stream_name})")
     for index, spec in enumerate(args.watch):
         trigger_type, _, config = spec.partition("=")  # TYPE or TYPE=JSON_CONFIG
         function_id = f"{args.name}::on-{index}"
@@ -92,6 +145,10 @@ def main():
         emit(not_ready=type(exc).__name__)
 
     for index, request in enumerate(json.loads(args.calls)):
+        if "unregister" in request:
+            refs[request["unregister"]].unregister()
+            emit(call=index, result=None)
+            continue
         action = request.pop("action", None)
         if action == "void":
             request["action"] = TriggerAction.Void()
