@@ -129,6 +129,9 @@ async def test_http_errors_are_mapped(tmp_path):
         assert (await worker.call("hooks::err", {}))["error"] == {"code": "http_error", "message": "HTTP 502 Bad Gateway"}
         hook.reply = lambda request, body: web.Response(text="not json")
         assert (await worker.call("hooks::err", {}))["error"]["code"] == "invalid_response"
+        big = {"items": ["x" * 1000] * 2000}  # 2 MB: read whole, not just what is buffered
+        hook.reply = lambda request, body: web.json_response(big)
+        assert (await worker.call("hooks::err", {}))["result"] == big
         hook.reply = lambda request, body: web.Response(status=204)
         answer = await worker.call("hooks::err", {})
         assert "error" not in answer and answer.get("result") is None

@@ -186,20 +186,24 @@ class HttpFunctions:
     def __init__(self, config: HttpFunctionsConfig) -> None:
         self.policy = UrlPolicy(config.security)
         self._session: Optional[aiohttp.ClientSession] = None
+        self._resolver: Optional[PublicOnlyResolver] = None
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
         if self._session is not None:
+            resolver = self._resolver
             await self._session.close()
-            self._session = None
+            self._session = self._resolver = None
+            if resolver is not None:  # the connector closes only a resolver it made itself
+                await resolver.close()
 
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use: it belongs to the running loop, which install() may not see yet.
         if self._session is None:
-            resolver = PublicOnlyResolver() if self.policy.security.block_private_ips else None
-            connector = aiohttp.TCPConnector(limit=POOL_SIZE, resolver=resolver)
+            self._resolver = PublicOnlyResolver() if self.policy.security.block_private_ips else None
+            connector = aiohttp.TCPConnector(limit=POOL_SIZE, resolver=self._resolver)
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
         return self._session
 
@@ -258,7 +262,7 @@ class HttpFunctions:
         extra: list[tuple[str, str]],
         timeout: aiohttp.ClientTimeout,
     ) -> Any:
-        self.policy.check(url)  # the policy may have changed since registration (hot reload)
+        self.policy.check(url)  # before every request too, as the original does
         all_headers = CIMultiDict(headers)
         for name, value in extra:
             all_headers.add(name, value)  # a duplicate name is appended, as the original does
@@ -266,13 +270,7 @@ class HttpFunctions:
             async with self._client().request(
                 method, url, data=body, headers=all_headers, allow_redirects=False, timeout=timeout
             ) as response:
-                try:
-                    payload = await response.content.read(MAX_MESSAGE_SIZE + 1)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    raise EngineError("http_response_failed", str(exc) or type(exc).__name__) from None
-                if len(payload) > MAX_MESSAGE_SIZE:
-                    raise EngineError("http_response_failed", f"response body over {MAX_MESSAGE_SIZE} bytes")
-                return _outcome(response, payload)
+                return _outcome(response, await _body(response))
         except _PolicyRefusal as exc:
             raise EngineError("url_validation_failed", str(exc)) from None
         except aiohttp.ClientConnectorError as exc:
@@ -283,6 +281,21 @@ class HttpFunctions:
             raise EngineError("http_request_failed", f"request timed out after {timeout.total}s") from None
         except aiohttp.ClientError as exc:
             raise EngineError("http_request_failed", str(exc) or type(exc).__name__) from None
+
+
+async def _body(response: aiohttp.ClientResponse) -> bytes:
+    """The whole response body, refused beyond the largest message a result can be."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > MAX_MESSAGE_SIZE:
+                raise EngineError("http_response_failed", f"response body over {MAX_MESSAGE_SIZE} bytes")
+            chunks.append(chunk)
+    except aiohttp.ClientPayloadError as exc:
+        raise EngineError("http_response_failed", str(exc) or type(exc).__name__) from None
+    return b"".join(chunks)
 
 
 def _outcome(response: aiohttp.ClientResponse, payload: bytes) -> Any:
