@@ -15,9 +15,9 @@ import json
 import pytest
 from aiohttp import web
 
-from helpers import RawClient, in_process_engine
+from helpers import RawClient, connected as connected_peer, in_process_engine, make_router
 from iii.engine.host import EngineError
-from iii.modules.http_functions import SecurityConfig, UrlPolicy, is_private
+from iii.modules.http_functions import HttpFunctionsConfig, SecurityConfig, UrlPolicy, is_private
 
 pytestmark = pytest.mark.both_loops
 
@@ -188,3 +188,34 @@ async def test_a_name_that_resolves_to_a_private_address_is_refused_at_connect(t
         answer = await worker.call("hooks::local", {})
         assert answer["error"] == {"code": "url_validation_failed", "message": "Private IP blocked"}
         assert hook.requests.empty()
+
+
+# ---------------------------------------------------------------------- registration (sans-I/O)
+
+LOOPBACK = HttpFunctionsConfig(SecurityConfig(url_allowlist=["127.0.0.1"], block_private_ips=False, require_https=False))
+
+
+def _listed(peer) -> list[str]:
+    return [f["function_id"] for f in peer.result_of("engine::functions::list", {"prefix": "hooks::"})["result"]["functions"]]
+
+
+def test_registration_is_claimed_like_a_function_and_removed_with_its_worker():
+    """Conflicts are rejected as for any function; refused URLs, undecodable invocations and
+    missing secrets are dropped; the worker's HTTP functions go with it."""
+
+    router = make_router({"iii-http-functions": LOOPBACK})
+    owner = connected_peer(router, "owner", "hooks::taken")
+    other = connected_peer(router, "other")
+    other.function("hooks::taken", invocation={"url": "http://127.0.0.1:1/x"})
+    assert [f["code"] for f in other.take() if f["type"] == "registrationrejected"] == ["FUNCTION_NAMESPACE_CONFLICT"]
+    other.function("hooks::web", invocation={"url": "http://127.0.0.1:1/x", "method": "PUT"})
+    other.function("hooks::refused", invocation={"url": "http://example.org/x"})  # not in the allowlist
+    other.function("hooks::bad", invocation={"url": "http://127.0.0.1:1/x", "method": "TRACE"})
+    other.function("hooks::secret", invocation={"url": "http://127.0.0.1:1/x", "auth": {"type": "bearer", "token_key": "III_TEST_UNSET_TOKEN"}})
+    router.flush_events()
+    assert _listed(owner) == ["hooks::taken", "hooks::web"]
+    row = owner.result_of("engine::functions::info", {"function_id": "hooks::web"})["result"]
+    assert row["worker_name"] == "other"
+    router.disconnect(other.conn)
+    router.flush_events()
+    assert _listed(owner) == ["hooks::taken"]
