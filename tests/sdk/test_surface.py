@@ -62,12 +62,29 @@ MODULE_AFTER_MERGE = {
     "iii.utils": {"is_channel_ref"},
 }
 
-_OFFICIAL_PROBE = r"""
+#: Module-level functions and methods whose signatures must match the official ones.
+FUNCTIONS = [
+    ("iii.helpers", "create_stream"),
+    ("iii.format_utils", "extract_request_format"),
+    ("iii.format_utils", "extract_response_format"),
+    ("iii.format_utils", "python_type_to_format"),
+    ("iii.utils", "safe_stringify"),
+    ("iii.iii", "resolve_engine_url"),
+] + [("iii.stream", f"IStream.{m}") for m in ("get", "set", "delete", "list", "list_groups", "update")] + [
+    ("iii.state", f"IState.{m}") for m in ("get", "set", "delete", "list", "update")
+]
+
+_OFFICIAL_PROBE = "FUNCTIONS = " + repr(FUNCTIONS) + r"""
 import dataclasses, importlib, inspect, json, pkgutil, types, iii
 from iii.iii import III
 def params(f):
     return [(p.name, p.kind.name, repr(p.default) if p.default is not inspect.Parameter.empty else None)
             for p in inspect.signature(f).parameters.values()]
+def attribute(module_name, path):
+    value = importlib.import_module(module_name)
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
 def public_names(module):
     if hasattr(module, "__all__"):
         return sorted(module.__all__)
@@ -105,6 +122,7 @@ print(json.dumps({
         "trigger_async", "register_trigger_type", "unregister_trigger_type", "shutdown", "shutdown_async",
         "add_connection_state_listener", "get_connection_state", "get_address")},
     "errors": {n: params(getattr(iii, n).__init__) for n in ("InvocationError", "RegistrationRejectedError")},
+    "functions": {f"{m}:{n}": params(attribute(m, n)) for m, n in FUNCTIONS},
 }))
 """
 
@@ -191,6 +209,11 @@ def test_signatures_match(official):
         assert ours == expected, name
     for name, expected in official["errors"].items():
         assert params(getattr(iii, name).__init__) == expected
+    for module_name, path in FUNCTIONS:
+        value = importlib.import_module(module_name)
+        for part in path.split("."):
+            value = getattr(value, part)
+        assert params(value) == official["functions"][f"{module_name}:{path}"], path
 
 
 def test_every_module_imports_alone_and_exports_what_it_lists():
