@@ -164,6 +164,10 @@ def test_url_policy_order_and_private_addresses():
         ("http://example.com/", "HTTPS is required"),
         ("https://127.0.0.1/", "Private IP blocked"),
         ("https://[::ffff:10.0.0.1]/", "Private IP blocked"),
+        # Read as the client reads it: IDNA maps these digits to 127.0.0.1, which aiohttp
+        # connects to without asking the resolver.
+        ("https://①②⑦.0.0.1/", "Private IP blocked"),
+        ("https://example.com:99999/", "Invalid URL"),
     ]:
         with pytest.raises(EngineError) as refused:
             strict.check(url)
@@ -187,6 +191,20 @@ async def test_a_name_that_resolves_to_a_private_address_is_refused_at_connect(t
         await registered(worker, "hooks::local", url=hook.base.replace("127.0.0.1", "localhost") + "/x")
         answer = await worker.call("hooks::local", {})
         assert answer["error"] == {"code": "url_validation_failed", "message": "Private IP blocked"}
+        assert hook.requests.empty()
+
+
+async def test_an_address_spelled_as_a_name_is_refused(tmp_path, caplog):
+    """The URL is read as the client reads it: ``①②⑦.0.0.1`` is 127.0.0.1 to yarl (IDNA), which
+    aiohttp connects to without asking the checking resolver."""
+    config = "workers:\n  - name: iii-http-functions\n    config: {security: {require_https: false}}\n"
+    async with Webhook() as hook, in_process_engine(config, tmp_path) as engine:
+        worker = await connected(engine)
+        url = hook.base.replace("127.0.0.1", "①②⑦.0.0.1") + "/x"
+        worker.send(type="registerfunction", id="hooks::spelled", invocation={"url": url})
+        answer = await worker.call("hooks::spelled", {})
+        assert answer["error"]["code"] == "function_not_found"
+        assert "Private IP blocked" in caplog.text
         assert hook.requests.empty()
 
 

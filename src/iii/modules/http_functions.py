@@ -27,12 +27,12 @@ import socket
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
-from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDict
+from yarl import URL
 
 from iii import codec
 from iii.engine.host import (
@@ -127,15 +127,26 @@ class UrlPolicy:
         Raises:
             EngineError: ``url_validation_failed`` with the reason.
         """
+        return self.parse(url).raw_host  # type: ignore[return-value]
+
+    def parse(self, url: str) -> URL:
+        """:meth:`check` ``url`` and return it parsed, to be requested as it is.
+
+        The URL is read by yarl, the parser the client connects with, so the host checked is the
+        host connected to (``urlsplit`` reads ``https://①②⑦.0.0.1/`` as a name, yarl as
+        ``127.0.0.1``, an address the resolver never sees).
+
+        Raises:
+            EngineError: ``url_validation_failed`` with the reason.
+        """
         try:
-            parts = urlsplit(url)
-            host = parts.hostname
-            parts.port  # noqa: B018 (raises on a bad port)
-        except ValueError:
+            parsed = URL(url)
+            host = parsed.raw_host
+        except (TypeError, ValueError):  # also a bad port
             host = None
-        if not host or parts.scheme not in ("http", "https"):
+        if not host or parsed.scheme not in ("http", "https"):
             raise EngineError("url_validation_failed", "Invalid URL")
-        if self.security.require_https and parts.scheme != "https":
+        if self.security.require_https and parsed.scheme != "https":
             raise EngineError("url_validation_failed", "HTTPS is required")
         if not any(pattern.match(host) for pattern in self._allow):
             raise EngineError("url_validation_failed", "URL not in allowlist")
@@ -143,10 +154,10 @@ class UrlPolicy:
             try:
                 literal = ipaddress.ip_address(host)
             except ValueError:
-                return host  # a name: its addresses are checked by the resolver, at connect
+                return parsed  # a name: its addresses are checked by the resolver, at connect
             if is_private(literal):
                 raise EngineError("url_validation_failed", "Private IP blocked")
-        return host
+        return parsed
 
 
 class PublicOnlyResolver(AbstractResolver):
@@ -262,13 +273,13 @@ class HttpFunctions:
         extra: list[tuple[str, str]],
         timeout: aiohttp.ClientTimeout,
     ) -> Any:
-        self.policy.check(url)  # before every request too, as the original does
+        target = self.policy.parse(url)  # before every request too, as the original does
         all_headers = CIMultiDict(headers)
         for name, value in extra:
             all_headers.add(name, value)  # a duplicate name is appended, as the original does
         try:
             async with self._client().request(
-                method, url, data=body, headers=all_headers, allow_redirects=False, timeout=timeout
+                method, target, data=body, headers=all_headers, allow_redirects=False, timeout=timeout
             ) as response:
                 return _outcome(response, await _body(response))
         except _PolicyRefusal as exc:
