@@ -179,6 +179,11 @@ def test_url_policy_order_and_private_addresses():
         listed.check("https://example.org/")
     assert not is_private(ipaddress.ip_address("100.64.0.1"))
     assert is_private(ipaddress.ip_address("fe80::1"))
+    # IPv6 addresses that carry a private IPv4 one: NAT64 and 6to4 reach it through a gateway.
+    assert is_private(ipaddress.ip_address("64:ff9b::a9fe:a9fe"))  # 169.254.169.254
+    assert is_private(ipaddress.ip_address("2002:7f00:1::1"))  # 127.0.0.1
+    assert not is_private(ipaddress.ip_address("64:ff9b::808:808"))  # 8.8.8.8
+    assert not is_private(ipaddress.ip_address("2606:4700::1111"))
 
 
 async def test_a_name_that_resolves_to_a_private_address_is_refused_at_connect(tmp_path):

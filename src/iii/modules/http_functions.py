@@ -103,10 +103,23 @@ _BLOCKED_V4 = [
 _BLOCKED_V6 = [ipaddress.ip_network(n) for n in ("::1/128", "fc00::/7", "fe80::/10", "::/128", "ff00::/8")]
 
 
+#: NAT64's well-known prefix (RFC 6052): a gateway forwards 64:ff9b::a.b.c.d to a.b.c.d.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def is_private(address: Union[ipaddress.IPv4Address, ipaddress.IPv6Address]) -> bool:
-    """The original's rule: what an HTTP-invoked function may not reach with ``block_private_ips``."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """The original's rule: what an HTTP-invoked function may not reach with ``block_private_ips``.
+
+    An IPv6 address that carries an IPv4 one is judged as that address: IPv4-mapped (as the
+    original does), and also NAT64 and 6to4 ones, which reach it through a gateway or relay.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif address in _NAT64:
+            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        elif address.sixtofour is not None:
+            address = address.sixtofour
     blocked = _BLOCKED_V4 if isinstance(address, ipaddress.IPv4Address) else _BLOCKED_V6
     return any(address in network for network in blocked)
 
