@@ -234,6 +234,8 @@ def test_registration_is_claimed_like_a_function_and_removed_with_its_worker():
     other.function("hooks::web", invocation={"url": "http://127.0.0.1:1/x", "method": "PUT"})
     other.function("hooks::refused", invocation={"url": "http://example.org/x"})  # not in the allowlist
     other.function("hooks::bad", invocation={"url": "http://127.0.0.1:1/x", "method": "TRACE"})
+    other.function("hooks::split", invocation={"url": "http://127.0.0.1:1/x", "headers": {"X-A": "a\r\nX-B: b"}})
+    other.function("hooks::spaced", invocation={"url": "http://127.0.0.1:1/x", "headers": {"X A": "a"}})
     other.function("hooks::secret", invocation={"url": "http://127.0.0.1:1/x", "auth": {"type": "bearer", "token_key": "III_TEST_UNSET_TOKEN"}})
     router.flush_events()
     assert _listed(owner) == ["hooks::taken", "hooks::web"]

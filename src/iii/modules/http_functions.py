@@ -197,6 +197,12 @@ class _PolicyRefusal(OSError):
     """Raised inside the connector: the connection was refused by the URL policy."""
 
 
+#: An HTTP header name (an RFC 9110 token) and what a header value may not hold: refused at
+#: registration, not by the client at every call.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
+
+
 def _secret(env_name: str, code: str) -> str:
     value = os.environ.get(env_name)
     if value is None:
@@ -235,8 +241,9 @@ class HttpFunctions:
         """Check a registration's ``invocation`` and return the function's handler.
 
         Raises:
-            EngineError: an undecodable invocation, a URL the policy refuses, or an auth secret
-                missing from the environment (the registration is then dropped).
+            EngineError: an undecodable invocation, a URL the policy refuses, a header that
+                cannot be sent, or an auth secret missing from the environment (the registration
+                is then dropped).
         """
         try:
             spec = msgspec.convert(invocation, Invocation)
@@ -251,6 +258,9 @@ class HttpFunctions:
             auth_header = (spec.auth.header, _secret(spec.auth.value_key, "api_key_not_found"))
         elif isinstance(spec.auth, HmacAuth):
             hmac_secret = _secret(spec.auth.secret_key, "secret_not_found").encode()
+        for name, value in [*spec.headers.items(), *([auth_header] if auth_header else [])]:
+            if not _HEADER_NAME.fullmatch(name) or _HEADER_VALUE_FORBIDDEN.search(value):
+                raise EngineError("invalid_invocation", f"invalid header {name!r}")
         timeout = aiohttp.ClientTimeout(total=(spec.timeout_ms or DEFAULT_INVOCATION_TIMEOUT_MS) / 1000)
 
         def handler(host: Host, caller: Optional[Connection], data: Any) -> asyncio.Future:
