@@ -15,11 +15,19 @@ M = TypeVar("M", bound="Model")
 
 
 def _without_none(value: Any) -> Any:
+    """``value`` as builtins with the ``None`` fields of its models left out, as pydantic's
+    ``exclude_none`` does: a ``None`` inside plain data (a dict value, a list item) is kept."""
+    if isinstance(value, msgspec.Struct):
+        return {
+            field.encode_name: _without_none(getattr(value, field.name))
+            for field in msgspec.structs.fields(value)
+            if getattr(value, field.name) is not None
+        }
     if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
+        return {k: _without_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
         return [_without_none(v) for v in value]
-    return value
+    return msgspec.to_builtins(value)
 
 
 class _KeywordOnly(type(msgspec.Struct)):  # type: ignore[misc]
@@ -35,8 +43,7 @@ class Model(msgspec.Struct, metaclass=_KeywordOnly):
 
     def model_dump(self, *, exclude_none: bool = False, **_options: Any) -> dict[str, Any]:
         """The model as plain JSON-ready values, by wire name (``exclude_none`` drops ``None``s)."""
-        dumped = msgspec.to_builtins(self)
-        return _without_none(dumped) if exclude_none else dumped
+        return _without_none(self) if exclude_none else msgspec.to_builtins(self)
 
     def model_dump_json(self, *, exclude_none: bool = False, **_options: Any) -> str:
         return msgspec.json.encode(self.model_dump(exclude_none=exclude_none)).decode()

@@ -247,3 +247,14 @@ def test_codec_stub_matches_the_module():
     out, _, status = api.run(["--no-error-summary", "--cache-dir", "/dev/null", "-c", snippet])
     assert status == 1
     assert [line.split(":")[1] for line in out.splitlines() if ": error:" in line] == ["3"], out
+
+
+def test_exclude_none_leaves_out_fields_not_data():
+    """As pydantic: a model's ``None`` fields go, a ``None`` inside a payload stays."""
+    from iii.iii_types import TriggerRequest
+
+    request = TriggerRequest(function_id="f", payload={"keep": None, "items": [None, {"also": None}]})
+    assert request.model_dump(exclude_none=True) == {
+        "function_id": "f", "payload": {"keep": None, "items": [None, {"also": None}]},
+    }
+
