@@ -147,8 +147,19 @@ async def test_every_request_has_a_deadline(tmp_path):
         assert "timed out" in answer["error"]["message"]
 
 
-async def test_defaults_refuse_plain_http_and_loopback(tmp_path, caplog):
+async def test_without_an_entry_the_module_is_off(tmp_path, caplog):
     async with Webhook() as hook, in_process_engine("workers: []\n", tmp_path) as engine:
+        worker = await connected(engine)
+        worker.send(type="registerfunction", id="hooks::off", invocation={"url": hook.base + "/x"})
+        answer = await worker.call("hooks::off", {})
+        assert answer["error"]["code"] == "function_not_found"
+        assert "iii-http-functions module is opt-in" in caplog.text
+        assert hook.requests.empty()
+
+
+async def test_defaults_refuse_plain_http_and_loopback(tmp_path, caplog):
+    config = "workers:\n  - name: iii-http-functions\n"
+    async with Webhook() as hook, in_process_engine(config, tmp_path) as engine:
         worker = await connected(engine)
         worker.send(type="registerfunction", id="hooks::insecure", invocation={"url": hook.base + "/x"})
         answer = await worker.call("hooks::insecure", {})

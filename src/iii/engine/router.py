@@ -392,8 +392,8 @@ class Router:
         function_id = msg.id
         if msg.invocation and self._http_functions is None:
             log.warning(
-                "worker %s: %s is an HTTP-invoked function; the iii-http-functions module is not "
-                "running, so it was not registered",
+                "worker %s: %s is an HTTP-invoked function and was not registered: the "
+                "iii-http-functions module is opt-in (add `- name: iii-http-functions` to config.yaml)",
                 conn.id,
                 function_id,
             )

@@ -41,6 +41,7 @@ from iii.engine.host import (
     Connection,
     EngineError,
     Host,
+    Running,
     TimeoutMs,
 )
 from iii.protocol import MAX_MESSAGE_SIZE
@@ -358,9 +359,12 @@ def _outcome(response: aiohttp.ClientResponse, payload: bytes) -> Any:
         return None
 
 
-def install(host: Host, config: Optional[HttpFunctionsConfig] = None) -> HttpFunctions:
-    """Serve HTTP-invoked functions through ``host``."""
-    module = HttpFunctions(config or HttpFunctionsConfig())
+def install(host: Host, config: Optional[HttpFunctionsConfig] = None) -> Running:
+    """Serve HTTP-invoked functions through ``host`` when ``config.yaml`` has an entry for the
+    module. Opt-in, as in the original: without one, no worker can make the engine send requests."""
+    if config is None:
+        return Running()
+    module = HttpFunctions(config)
     host.serve_http_functions(module.make_handler)
     return module
 
