@@ -21,11 +21,13 @@ import os
 import sys
 import threading
 import time
+import warnings
 from urllib.parse import parse_qs
 
 from iii import InitOptions, register_worker
 from iii.helpers import create_channel, create_channel_async
 
+warnings.filterwarnings("ignore", category=DeprecationWarning)  # register_trigger: still what the suites use
 _lock = threading.Lock()
 RECORDS = [{"name": "cpu", "value": 12}, {"name": "mem", "value": 2048}, {"name": "disk", "value": 300},
            {"name": "net", "value": 107}, {"name": "gpu", "value": 100}]
