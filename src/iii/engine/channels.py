@@ -146,6 +146,11 @@ class Channel:
         return {"channel_id": self.id, "access_key": self.key, "direction": direction}
 
     @property
+    def ended(self) -> bool:
+        """The reader was told end-of-stream."""
+        return self._ended
+
+    @property
     def buffered(self) -> int:
         """Items waiting for the reader."""
         return len(self._items)
@@ -217,7 +222,8 @@ class Channel:
         self._items.clear()
         self._bytes = 0
         source, self._source = self._source, None
-        if source is not None:
+        if source is not None:  # cut off: its end is released with it
+            self._writer_done = True
             source.cut()
         self._forget_if_done()
 
@@ -235,14 +241,11 @@ class Channel:
         if self._writer_done and not items and sink is not None and not self._ended:
             self._ended = True
             sink.end()
+            self._registry.discard(self)  # both ends are done
 
     def _forget_if_done(self) -> None:
-        if (self._writer_done and self._ended) or self._reader_gone and self._writer_done:
+        if self._writer_done and (self._ended or self._reader_gone):
             self._registry.discard(self)
-
-    def finish_reader(self) -> None:
-        """The reader was told end-of-stream and has closed: nothing more to do for it."""
-        self._forget_if_done()
 
     # ------------------------------------------------------------------ removal
 
@@ -531,9 +534,7 @@ class ChannelListener(WSListener):
         self._attached = False
         if self._writer:
             self._channel.release_writer()
-        elif self._channel._ended:
-            self._channel.finish_reader()
-        else:
+        elif not self._channel.ended:  # a reader leaving before the end cuts the writer off
             self._channel.release_reader()
 
     # ------------------------------------------------------------------ Source (writer socket)
