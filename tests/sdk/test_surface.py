@@ -19,8 +19,8 @@ NOT_PROVIDED = {
     "Caller", "Capture", "Filter", "Observed", "ObserveHooks", "Observer", "ObserverHandle",
     "ObserverOptions", "ObserverState", "ObserveSource", "Target", "ObserveRejection",
     "InvocationContext", "current_invocation",
-    # streaming HTTP handlers and custom streams: need channels and the http/stream workers
-    "StreamRequest", "StreamResponse", "IStream",
+    # custom streams: need stream backends in the stream worker
+    "IStream",
     # RBAC middleware input model (RBAC is not implemented)
     "MiddlewareFunctionInput",
 }
