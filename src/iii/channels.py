@@ -213,14 +213,23 @@ class _Socket(WSListener):
 
 
 class _ChannelEnd:
-    """What a writer and a reader share: the lazily opened socket."""
+    """What a writer and a reader share: the lazily opened socket (its URL and headers are made
+    when it opens: every HTTP request's payload carries two ends, most never used)."""
 
     def __init__(self, engine_ws_base: str, ref: StreamChannelRef, headers: Optional[dict[str, str]], direction: str) -> None:
-        self._url = build_channel_url(engine_ws_base, ref.channel_id, ref.access_key, direction)
-        self._headers = resolve_headers(headers)
+        self._base = engine_ws_base
+        self._ref = ref
+        self._explicit_headers = headers
+        self._direction = direction
         self._socket: Optional[_Socket] = None
         self._connecting: Optional[asyncio.Future[_Socket]] = None
         self._connected = False
+        self._stream: Any = None
+
+    @property
+    def _url(self) -> str:
+        ref = self._ref
+        return build_channel_url(self._base, ref.channel_id, ref.access_key, self._direction)
 
     async def _ensure_connected(self) -> _Socket:
         if self._socket is not None and self._connected:
@@ -234,7 +243,7 @@ class _ChannelEnd:
                 self._url,
                 websocket_handshake_timeout=_HANDSHAKE_TIMEOUT_S,
                 max_frame_size=_MAX_INBOUND_FRAME,
-                extra_headers=self._headers,
+                extra_headers=resolve_headers(self._explicit_headers),
             )
         except BaseException as exc:
             self._connecting = None
@@ -298,7 +307,13 @@ class ChannelWriter(_ChannelEnd):
 
     def __init__(self, engine_ws_base: str, ref: StreamChannelRef, headers: Optional[dict[str, str]] = None) -> None:
         super().__init__(engine_ws_base, ref, headers, "write")
-        self.stream = WritableStream(self)
+
+    @property
+    def stream(self) -> WritableStream:
+        """A Node-style writable over this writer."""
+        if self._stream is None:
+            self._stream = WritableStream(self)
+        return self._stream
 
     async def write(self, data: bytes) -> None:
         """Send ``data`` as binary frames of at most :data:`MAX_FRAME_SIZE` bytes; waits while
@@ -315,7 +330,9 @@ class ChannelWriter(_ChannelEnd):
 
     def _send(self, socket: _Socket, msg_type: WSMsgType, data: Any) -> None:
         transport = socket.transport
-        if socket.closed or transport.is_close_frame_sent:
+        # is_closing: the engine dropped the socket (its reader left) and the loop has not yet
+        # run the disconnect callback; writes would vanish without it.
+        if socket.closed or transport.is_close_frame_sent or transport.underlying_transport.is_closing():
             raise ConnectionError("the channel is closed")
         transport.send(msg_type, data)
 
@@ -363,7 +380,13 @@ class ChannelReader(_ChannelEnd):
     def __init__(self, engine_ws_base: str, ref: StreamChannelRef, headers: Optional[dict[str, str]] = None) -> None:
         super().__init__(engine_ws_base, ref, headers, "read")
         self._message_callbacks: list[Callable[[str], Any]] = []
-        self.stream = ReadableStream(self)
+
+    @property
+    def stream(self) -> ReadableStream:
+        """A Node-style readable over this reader."""
+        if self._stream is None:
+            self._stream = ReadableStream(self)
+        return self._stream
 
     def on_message(self, callback: Callable[[str], Any]) -> None:
         """Call ``callback(text)`` for each text frame read while iterating."""
@@ -482,15 +505,22 @@ def _ref(value: dict[str, Any]) -> StreamChannelRef:
     return StreamChannelRef(channel_id=value["channel_id"], access_key=value["access_key"], direction=value["direction"])
 
 
+def _is_ref_dict(value: dict[str, Any]) -> bool:
+    return (
+        type(value.get("channel_id")) is str and type(value.get("access_key")) is str
+        and value.get("direction") in ("read", "write")
+    )
+
+
 def resolve_channels(data: Any, engine_ws_base: str, headers: Optional[dict[str, str]] = None) -> Any:
     """``data`` with every channel ref replaced by a live :class:`ChannelReader` (``read``) or
     :class:`ChannelWriter` (``write``), what a handler gets."""
-    if is_channel_ref(data):
-        ref = _ref(data)
-        if ref.direction == "read":
-            return ChannelReader(engine_ws_base, ref, headers)
-        return ChannelWriter(engine_ws_base, ref, headers)
     if isinstance(data, dict):
+        if "access_key" in data and _is_ref_dict(data):
+            ref = _ref(data)
+            if ref.direction == "read":
+                return ChannelReader(engine_ws_base, ref, headers)
+            return ChannelWriter(engine_ws_base, ref, headers)
         return {key: resolve_channels(value, engine_ws_base, headers) for key, value in data.items()}
     if isinstance(data, list):
         return [resolve_channels(value, engine_ws_base, headers) for value in data]

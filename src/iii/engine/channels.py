@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import uuid
+import os
 from collections import deque
 from typing import Any, Optional, Protocol, Union
 from urllib.parse import parse_qs
@@ -79,6 +79,30 @@ _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
+
+
+class _RandomIds:
+    """UUID v4 strings from the OS's random source, read in batches (one ``getrandom`` per 256
+    ids: at four ids per HTTP request, a call each was most of what channels cost it)."""
+
+    __slots__ = ("_hex", "_at")
+
+    _BATCH = 16 * 256
+    #: The variant nibble (RFC 4122: 10xx) for each random hex digit.
+    _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._at = 0
+
+    def __call__(self) -> str:
+        at = self._at
+        if at >= len(self._hex):
+            self._hex = os.urandom(self._BATCH).hex()
+            at = 0
+        self._at = at + 32
+        h = self._hex[at:at + 32]
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{self._VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 class Text(bytes):
@@ -268,6 +292,7 @@ class ChannelRegistry:
 
     def __init__(self, clock: Any) -> None:
         self._clock = clock
+        self._new_id = _RandomIds()
         self.channels: dict[str, Channel] = {}
 
     def __len__(self) -> int:
@@ -276,7 +301,7 @@ class ChannelRegistry:
     def create(self, buffer_size: int = DEFAULT_BUFFER_SIZE) -> Channel:
         """A new channel of ``buffer_size`` items (clamped to 1..:data:`MAX_BUFFER_SIZE`)."""
         capacity = min(max(buffer_size, 1), MAX_BUFFER_SIZE)
-        channel = Channel(self, str(uuid.uuid4()), str(uuid.uuid4()), capacity, self._clock())
+        channel = Channel(self, self._new_id(), self._new_id(), capacity, self._clock())
         self.channels[channel.id] = channel
         return channel
 
@@ -406,12 +431,18 @@ class ChannelReaderEnd:
 
     def wait(self) -> asyncio.Future[None]:
         """A future done when :attr:`ready` (now, if it already is)."""
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.wake(future)
+        return future
+
+    def wake(self, future: asyncio.Future[None]) -> None:
+        """Set ``future``'s result when :attr:`ready` (now, if it already is); it may be
+        shared with another event (whoever comes first sets it)."""
         if self.ready:
-            future.set_result(None)
+            if not future.done():
+                future.set_result(None)
         else:
             self._waiter = future
-        return future
 
     def take(self) -> Optional[Item]:
         """The next item, or ``None`` at the end; only when :attr:`ready`."""

@@ -270,17 +270,34 @@ def _valid_header(name: str, value: str) -> bool:
     )
 
 
-def _first_of(a: asyncio.Future[Any], b: asyncio.Future[Any]) -> asyncio.Future[None]:
-    """A future done when ``a`` or ``b`` is (neither is cancelled)."""
-    either = asyncio.get_running_loop().create_future()
+class _Answer:
+    """The function's answer, and one future woken by whichever comes first: the answer or an
+    item on the response channel (a buffered answer costs one future, as a plain call does)."""
 
-    def done(_: Any) -> None:
-        if not either.done():
-            either.set_result(None)
+    __slots__ = ("done", "result", "error", "_reader", "_wake")
 
-    a.add_done_callback(done)
-    b.add_done_callback(done)
-    return either
+    def __init__(self, reader: ChannelReaderEnd) -> None:
+        self.done = False
+        self.result = b"null"
+        self.error: Optional[ErrorBody] = None
+        self._reader = reader
+        self._wake: Optional[asyncio.Future[None]] = None
+
+    def answered(self, result: bytes, error: Optional[ErrorBody]) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.result = result
+        self.error = error
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def next_event(self) -> asyncio.Future[None]:
+        """A future done at the answer or the response channel's next item (or end)."""
+        self._wake = wake = asyncio.get_running_loop().create_future()
+        self._reader.wake(wake)
+        return wake
 
 
 async def _pump_body(request: web.BaseRequest, writer: ChannelWriterEnd) -> None:
@@ -514,31 +531,31 @@ class HttpServer:
         response_channel = channels.create()
         fields["request_body"] = request_channel.ref("read")
         fields["response"] = response_channel.ref("write")
-        body_writer = ChannelWriterEnd(request_channel)
         response_reader = ChannelReaderEnd(response_channel)
         pump: Optional[asyncio.Task[None]] = None
         try:
             if raw is None:  # the function runs while the body comes in
-                pump = asyncio.get_running_loop().create_task(_pump_body(request, body_writer))
+                pump = asyncio.get_running_loop().create_task(_pump_body(request, ChannelWriterEnd(request_channel)))
             else:
                 for start in range(0, len(raw), _BODY_FRAME):
-                    body_writer.put(raw[start:start + _BODY_FRAME])
-                body_writer.close()
-            answer = call(
-                self._host, namespace, binding.function_id, codec.encode_json(fields), binding.metadata or b"",
+                    request_channel.push(raw[start:start + _BODY_FRAME])
+                request_channel.release_writer()
+            answer = _Answer(response_reader)
+            self._host.invoke(
+                namespace, binding.function_id, codec.encode_json(fields), binding.metadata or b"", answer.answered,
                 timeout_ms=self._remaining_ms(deadline),
             )
             return await self._answer(request, answer, response_reader, deadline)
         finally:
             if pump is not None:
                 pump.cancel()
-            body_writer.close()
+            request_channel.release_writer()
             response_reader.close()
             channels.remove(request_channel)
             channels.remove(response_channel)
 
     async def _answer(
-        self, request: web.BaseRequest, answer: asyncio.Future[Any], reader: ChannelReaderEnd, deadline: float
+        self, request: web.BaseRequest, answer: _Answer, reader: ChannelReaderEnd, deadline: float
     ) -> web.StreamResponse:
         """The function's answer: a buffered response when it returns a value, else the one it
         streams on its ``response`` channel (which also wins when it starts first)."""
@@ -549,15 +566,15 @@ class HttpServer:
                 if item is None or type(item) is not Text:
                     return await self._stream(request, start, item, reader)
                 start.control(item)
-            elif answer.done():
-                result, error = answer.result()
-                if error is not None:
-                    return _failure(error)
+            elif answer.done:
+                if answer.error is not None:
+                    return _failure(answer.error)
+                result = codec.decode_json(answer.result)
                 if result is not None:
                     return buffered_response(result)
                 break
             else:
-                await _first_of(answer, reader.wait())
+                await answer.next_event()
         try:  # it returned null: its response comes on the channel, before the deadline
             async with asyncio.timeout_at(deadline):
                 while (item := await reader.next()) is not None and type(item) is Text:
