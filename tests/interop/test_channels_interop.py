@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_http_streaming import start_channel_worker
+from test_http_streaming_interop import start_channel_worker
 
 pytestmark = pytest.mark.interop
 
