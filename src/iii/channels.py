@@ -250,6 +250,7 @@ class _ChannelEnd:
             future.set_exception(exc)
             future.exception()  # retrieved: whoever awaits gets it, nobody else is warned
             raise
+        assert isinstance(socket, _Socket)
         self._socket = socket
         self._connected = True
         self._connecting = None

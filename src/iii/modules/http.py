@@ -93,9 +93,10 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: Absent: any origin, method and header.
     cors: Union[CorsConfig, None] = None
     middleware: list[GlobalMiddleware] = []
-    #: Time allowed to receive a request's body, ms (then 408).
+    #: Time allowed to receive a body read whole (JSON), ms (then 408).
     body_read_timeout_ms: Annotated[int, Meta(ge=1)] = 10_000
-    #: The largest request body, bytes (a larger one: 413).
+    #: The largest body read whole (JSON), bytes (a larger one: 413). Other bodies stream
+    #: through ``request_body`` at the handler's pace and are not capped.
     max_body_bytes: Annotated[int, Meta(ge=0)] = 16 * 1024 * 1024
 
 
@@ -540,12 +541,12 @@ class HttpServer:
                 for start in range(0, len(raw), _BODY_FRAME):
                     request_channel.push(raw[start:start + _BODY_FRAME])
                 request_channel.release_writer()
-            answer = _Answer(response_reader)
+            outcome = _Answer(response_reader)
             self._host.invoke(
-                namespace, binding.function_id, codec.encode_json(fields), binding.metadata or b"", answer.answered,
+                namespace, binding.function_id, codec.encode_json(fields), binding.metadata or b"", outcome.answered,
                 timeout_ms=self._remaining_ms(deadline),
             )
-            return await self._answer(request, answer, response_reader, deadline)
+            return await self._answer(request, outcome, response_reader, deadline)
         finally:
             if pump is not None:
                 pump.cancel()
