@@ -292,3 +292,17 @@ async def test_a_binary_frame_over_1_mib_reaches_the_reader_split(tmp_path):
         received = await frames.all()
         assert all(kind == "binary" and len(payload) <= MAX_READER_FRAME for kind, payload in received)
         assert b"".join(payload for _, payload in received) == big
+
+
+async def test_a_writer_that_drops_without_a_close_ends_the_stream_like_a_close(tmp_path):
+    async with in_process_engine(CONFIG, tmp_path) as app:
+        url = app.urls[0]
+        refs = await new_channel(url)
+        reader, frames = await attach(url, refs["reader"])
+        writer, _ = await attach(url, refs["writer"])
+        writer.send(WSMsgType.BINARY, b"before the crash")
+        assert await frames.queue.get() == ("binary", b"before the crash")
+        writer.disconnect(graceful=False)
+        assert await frames.all() == []
+        assert frames.close_code.value == 1000
+        assert len(app.router.channels) == 0
