@@ -306,3 +306,28 @@ async def test_a_writer_that_drops_without_a_close_ends_the_stream_like_a_close(
         assert await frames.all() == []
         assert frames.close_code.value == 1000
         assert len(app.router.channels) == 0
+
+
+async def test_a_reader_socket_that_stops_reading_stops_its_writer(tmp_path):
+    async with in_process_engine(CONFIG, tmp_path) as app:
+        url = app.urls[0]
+        refs = await new_channel(url, buffer_size=4)
+        channel = app.router.channels.channels[refs["writer"]["channel_id"]]
+        reader, frames = await attach(url, refs["reader"])
+        reader.underlying_transport.pause_reading()  # attached, but reads nothing
+        writer, _ = await attach(url, refs["writer"])
+        chunk = b"y" * 65536
+        count = 400  # 25.6 MB
+        for _ in range(count):
+            writer.send(WSMsgType.BINARY, chunk)
+        written = writer.underlying_transport
+        for _ in range(500):  # until the writer's socket backs up: the engine stopped reading it
+            if written.get_write_buffer_size() > 0 and channel.buffered >= 4:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert channel.buffered <= 4 + 64 and written.get_write_buffer_size() > 0
+        writer.send_close()
+        reader.underlying_transport.resume_reading()
+        received = await frames.all(timeout=60)
+        assert len(received) == count and all(payload == chunk for _, payload in received)
