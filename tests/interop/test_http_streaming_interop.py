@@ -144,7 +144,6 @@ async def test_50_mb_upload_and_download_stream_through_a_flat_engine(web, engin
             assert response.status == 201
             answer = await response.json(content_type=None)
         assert answer == {"received_size": BIG, "sha256": hashlib.sha256(body).hexdigest()}
-        del body
         digest, size = hashlib.sha256(), 0
         async with session.get(f"{web}/download/{BIG}") as response:
             assert response.status == 200
