@@ -10,6 +10,7 @@ The engine lives in :mod:`iii.engine` and runs with the ``iii`` command.
 """
 
 from iii._version import __version__
+from iii.channels import StreamRequest, StreamResponse
 from iii.errors import IIIError, InvocationError, RegistrationRejectedError
 from iii.iii_constants import (
     DEFAULT_ENGINE_URL,
@@ -54,6 +55,8 @@ __all__ = [
     "MiddlewareFunctionInput",
     "ReconnectionConfig",
     "RegistrationRejectedError",
+    "StreamRequest",
+    "StreamResponse",
     "TelemetryOptions",
     "TriggerAction",
     "TriggerActionEnqueue",

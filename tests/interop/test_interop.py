@@ -312,8 +312,10 @@ async def test_http_requests_reach_official_workers(workers, engine, runtime):
         f"{base}/hello/ada?lang=en", data=b'{"greeting": "hi"}', method="POST", headers={"Content-Type": "application/json"}
     )
     with await asyncio.to_thread(urllib.request.urlopen, request, timeout=10) as response:
-        assert response.status == 200 and json.loads(response.read()) == {}  # the handler returned nothing
+        assert response.status == 200 and json.loads(response.read()) == {}  # what the handler answered
     delivered = await watcher.expect(lambda item: isinstance(item, dict) and item.get("type") == "http")
     event = delivered["event"]
     assert (event["path_params"], event["query_params"], event["body"]) == ({"name": "ada"}, {"lang": "en"}, {"greeting": "hi"})
     assert (event["method"], event["path"]) == ("POST", "hello/:name")
+    # The request's channels reached the handler as live channel ends.
+    assert (event["request_body"], event["response"]) == ("<ChannelReader>", "<ChannelWriter>")

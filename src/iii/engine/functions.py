@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import msgspec
 
 from iii import codec
+from iii.engine.channels import create_channel
 from iii.engine.host import DEFAULT_INVOCATION_TIMEOUT_MS, parse_input
 from iii.engine.registry import Binding, Connection, EngineError, FunctionEntry, Module, TriggerType
 from iii.protocol import DEFAULT_NAMESPACE, ErrorCode, WireId, is_blank
@@ -587,7 +588,12 @@ _FUNCTIONS_EVENT_SCHEMA = {
 }
 _NO_CONFIG_SCHEMA = {"type": "object", "description": "Ignored: pass {}."}
 
+def channels_create(router: Router, caller: Optional[Connection], data: Any) -> Any:
+    return create_channel(router.channels, data)
+
+
 _HANDLERS = {
+    "engine::channels::create": (channels_create, "Create a data channel: a writer and a reader ref"),
     "engine::workers::register": (workers_register, "Announce a worker's metadata and namespace"),
     "engine::workers::list": (workers_list, "List connected workers and engine modules"),
     "engine::workers::info": (workers_info, "One worker's functions, trigger types and triggers"),

@@ -4,7 +4,8 @@ A module imports this and nothing else of the engine. It gets:
 
 - :class:`Host`, what the engine offers a module (the router satisfies it): register functions
   and trigger types, call functions (always with a deadline), run work after the current
-  message, the clock and fresh ids;
+  message, the clock and fresh ids, data channels (:class:`ChannelRegistry`, the ends a module
+  holds: :class:`ChannelWriterEnd`, :class:`ChannelReaderEnd`, :class:`Text` items);
 - :class:`Provider`, the base of an in-process trigger type, with :meth:`Provider.fire` (call a
   binding's function, its condition function first) and :func:`call` (the same, awaited);
 - :class:`Scheduler` / :class:`LoopScheduler` (wall-clock timers; tests pass a fake),
@@ -31,6 +32,7 @@ import msgspec
 from msgspec import Meta
 
 from iii import codec
+from iii.engine.channels import ChannelReaderEnd, ChannelRegistry, ChannelWriterEnd, Text
 from iii.engine.registry import Binding, Connection, EngineError
 from iii.protocol import ErrorBody, ErrorCode
 
@@ -38,6 +40,9 @@ __all__ = [
     "DEFAULT_INVOCATION_TIMEOUT_MS",
     "Binding",
     "BuiltinModule",
+    "ChannelReaderEnd",
+    "ChannelRegistry",
+    "ChannelWriterEnd",
     "Connection",
     "EngineError",
     "ErrorBody",
@@ -48,6 +53,7 @@ __all__ = [
     "Provider",
     "RunningModule",
     "Scheduler",
+    "Text",
     "TimeoutMs",
     "call",
     "check_condition",
@@ -71,6 +77,10 @@ Config = TypeVar("Config")
 
 class Host(Protocol):
     """What the engine offers its modules (``iii.engine.router.Router`` is one)."""
+
+    #: The engine's data channels: a module makes channels and holds ends of them
+    #: (:class:`ChannelWriterEnd`, :class:`ChannelReaderEnd`) while workers attach the others.
+    channels: ChannelRegistry
 
     def add_function(
         self,

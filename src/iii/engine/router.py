@@ -24,6 +24,7 @@ from msgspec import UNSET
 
 from iii import codec
 from iii.codec import ROUTE_INVOKE
+from iii.engine.channels import ChannelRegistry
 from iii.engine.host import DEFAULT_INVOCATION_TIMEOUT_MS, KindCounts
 from iii.engine.invocations import Invocations, Pending
 from iii.engine.registry import (
@@ -144,6 +145,8 @@ class Router:
         #: Bindings waiting for a provider of their type, by id.
         self.parked: dict[str, Binding] = {}
         self.invocations = Invocations()
+        #: Data channels (``engine::channels::create``, the HTTP module's request/response pairs).
+        self.channels = ChannelRegistry(clock)
         #: The same dict as ``invocations.pending``, bound for the hot path.
         self.pending: dict[str, Pending] = self.invocations.pending
         #: ``(namespace, worker name)`` -> the connection leasing it.

@@ -2,7 +2,8 @@
 timer that expires the engine's own calls at their deadlines.
 
 Path ``/`` carries the worker protocol (a ``WorkerListener``), ``/otel`` is the SDKs' telemetry
-socket (a ``TelemetryListener``: accepted and drained, never a worker); anything else is answered
+socket (a ``TelemetryListener``: accepted and drained, never a worker), ``/ws/channels/{id}`` one
+end of a data channel (:mod:`iii.engine.channels`, swept every minute); anything else is answered
 404. The listeners, and what they do with every frame, are :mod:`iii.engine.frames`'s.
 
 Every connection is pinged every ``ping_interval_ms``; one that has sent nothing (not even a
@@ -22,6 +23,7 @@ from msgspec import Meta
 from picows import WSUpgradeRequest, ws_create_server
 
 from iii._version import __version__
+from iii.engine.channels import SWEEP_EVERY_MS, channel_listener
 from iii.engine.frames import TelemetryListener, WorkerListener
 from iii.engine.router import Router
 from iii.protocol import DEFAULT_GRACE_MS, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE
@@ -71,6 +73,7 @@ class Engine:
         #: The timer that expires the engine's own calls at their deadline.
         self._expiry: Optional[asyncio.TimerHandle] = None
         self._expiry_due_ms = 0
+        self._channel_sweep: Optional[asyncio.TimerHandle] = None
         self._stopped = False
         self.urls: list[str] = []
 
@@ -135,6 +138,7 @@ class Engine:
     async def listen(self) -> list[str]:
         """Bind every listener; returns their ``ws://`` URLs (with the real port for port 0)."""
         loop = asyncio.get_running_loop()
+        self._channel_sweep = loop.call_later(SWEEP_EVERY_MS / 1000, self._sweep_channels)
         for config in self._listener_configs:
             server = await self._serve(config)
             self._servers.append(server)
@@ -146,6 +150,12 @@ class Engine:
                 log.info("iii engine %s listening on %s", __version__, url)
         return self.urls
 
+    def _sweep_channels(self) -> None:
+        try:
+            self.router.channels.sweep()
+        finally:
+            self._channel_sweep = asyncio.get_running_loop().call_later(SWEEP_EVERY_MS / 1000, self._sweep_channels)
+
     async def _serve(self, config: ListenerConfig) -> asyncio.AbstractServer:
         def route(request: WSUpgradeRequest) -> Any:
             path = request.path.split(b"?", 1)[0].rstrip(b"/")
@@ -153,6 +163,8 @@ class Engine:
                 return WorkerListener(self, config)
             if path == b"/otel":
                 return TelemetryListener(self, config)
+            if path.startswith(b"/ws/channels/"):
+                return channel_listener(self, config, request)
             return None  # picows answers 404
 
         return await ws_create_server(
@@ -175,6 +187,9 @@ class Engine:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        if self._channel_sweep is not None:
+            self._channel_sweep.cancel()
+            self._channel_sweep = None
         for server in self._servers:
             server.close()
         for listener in list(self.listeners):

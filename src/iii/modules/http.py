@@ -1,19 +1,30 @@
 """HTTP (``iii-http``): the ``http`` trigger type, an HTTP server (aiohttp) calling functions.
 
-A route is ``METHOD + api_path`` (``:name`` segments are path parameters). A request's body is
-read first (within ``body_read_timeout_ms``, at most ``max_body_bytes``); only then does the
-request take one of the ``concurrency_request_limit`` slots, so clients trickling their bodies
-hold no slot. It then runs the global middlewares, the route's condition, its middlewares, then
-the function, which gets ``{query_params, path_params, headers, path, method, body, trigger}``
-and answers ``{status_code?, headers?, body?}`` (a buffered response). Every call a request makes
-carries the request's deadline (``default_timeout`` after its body is in), so when it expires
-the engine has already forgotten the call.
+A route is ``METHOD + api_path`` (``:name`` segments are path parameters). A JSON request's body
+(``Content-Type`` containing ``application/json``), and any body already received whole, is read
+first (within ``body_read_timeout_ms``, at most ``max_body_bytes``); only then does the request
+take one of the ``concurrency_request_limit`` slots, so clients trickling their bodies hold no
+slot. It then runs the global middlewares, the route's condition, its middlewares, then the
+function, which gets ``{query_params, path_params, headers, path, method, body, trigger,
+request_body, response}``. Every call a request makes carries the request's deadline
+(``default_timeout`` after its body is in), so when it expires the engine has already forgotten
+the call.
+
+Two data channels per request carry bytes (as the original does): ``request_body`` (a read ref)
+has the raw body for any content type, in frames of at most 64 KiB; ``body`` is the parsed JSON
+for JSON requests and ``null`` otherwise (forms, multipart, files: the handler reads
+``request_body``). Other bodies are not read up front: they are pumped into the channel while the
+function runs, as fast as it reads them (never whole in memory, no size cap). ``response`` (a
+write ref) lets the function stream its answer: text frames ``{"type": "set_status",
+"status_code"}`` / ``{"type": "set_headers", "headers"}`` first, then binary frames (the body,
+sent on as they come, chunked: SSE, downloads), then close. A function that returns a non-null
+value instead answers ``{status_code?, headers?, body?}`` (a buffered response). The deadline
+holds until the response starts; a streamed body may then run as long as its writer writes.
 
 Engine errors answer ``{"error": {"code", "message"}}``: 400 a malformed request or a JSON body
 that does not parse, 404 no route, 408 a body not received in time, 413 a body too large, 422
 condition not met, 500 failed call, 504 timeout. Bad client input is logged once per connection
-and kind (then only counted). Streaming through channels (``request_body`` / ``response``) is not
-provided.
+and kind (then only counted).
 """
 
 from __future__ import annotations
@@ -31,6 +42,9 @@ from msgspec import Meta
 from iii import codec
 from iii.engine.host import (
     Binding,
+    ChannelReaderEnd,
+    ChannelWriterEnd,
+    Text,
     BuiltinModule,
     ErrorBody,
     Host,
@@ -49,6 +63,11 @@ NAME = "iii-http"
 log = logging.getLogger("iii.modules")
 
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
+#: Request body frames put into a ``request_body`` channel are at most this large.
+_BODY_FRAME = 64 * 1024
+#: Headers a streaming handler may not set: the engine frames the body (chunked) itself.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
+_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 class CorsConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -74,9 +93,10 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True):
     #: Absent: any origin, method and header.
     cors: Union[CorsConfig, None] = None
     middleware: list[GlobalMiddleware] = []
-    #: Time allowed to receive a request's body, ms (then 408).
+    #: Time allowed to receive a body read whole (JSON), ms (then 408).
     body_read_timeout_ms: Annotated[int, Meta(ge=1)] = 10_000
-    #: The largest request body, bytes (a larger one: 413).
+    #: The largest body read whole (JSON), bytes (a larger one: 413). Other bodies stream
+    #: through ``request_body`` at the handler's pace and are not capped.
     max_body_bytes: Annotated[int, Meta(ge=0)] = 16 * 1024 * 1024
 
 
@@ -215,6 +235,85 @@ def buffered_response(value: Any) -> web.Response:
     return web.Response(status=status, body=data, headers=headers)
 
 
+class _ResponseStart:
+    """A streamed response's status and headers, from the function's control messages."""
+
+    __slots__ = ("status", "headers")
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.headers: dict[str, str] = {}
+
+    def control(self, text: bytes) -> None:
+        """Apply one control message (anything else, or an invalid value, is ignored)."""
+        try:
+            message = codec.decode_json(text)
+        except (codec.DecodeError, RecursionError):
+            return
+        if not isinstance(message, dict):
+            return
+        kind = message.get("type")
+        if kind == "set_status":
+            status = message.get("status_code")
+            if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
+                self.status = status
+        elif kind == "set_headers" and isinstance(message.get("headers"), dict):
+            for name, value in message["headers"].items():
+                if isinstance(value, str) and _valid_header(name, value):
+                    self.headers[name] = value
+
+
+def _valid_header(name: str, value: str) -> bool:
+    """A header a handler may set: a token name, a value without line breaks, not framing."""
+    return (
+        bool(name) and name.isascii() and all(c in _TOKEN_CHARS for c in name.encode())
+        and name.lower() not in _FRAMING_HEADERS and "\r" not in value and "\n" not in value and "\0" not in value
+    )
+
+
+class _Answer:
+    """The function's answer, and one future woken by whichever comes first: the answer or an
+    item on the response channel (a buffered answer costs one future, as a plain call does)."""
+
+    __slots__ = ("done", "result", "error", "_reader", "_wake")
+
+    def __init__(self, reader: ChannelReaderEnd) -> None:
+        self.done = False
+        self.result = b"null"
+        self.error: Optional[ErrorBody] = None
+        self._reader = reader
+        self._wake: Optional[asyncio.Future[None]] = None
+
+    def answered(self, result: bytes, error: Optional[ErrorBody]) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.result = result
+        self.error = error
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def next_event(self) -> asyncio.Future[None]:
+        """A future done at the answer or the response channel's next item (or end)."""
+        self._wake = wake = asyncio.get_running_loop().create_future()
+        self._reader.wake(wake)
+        return wake
+
+
+async def _pump_body(request: web.BaseRequest, writer: ChannelWriterEnd) -> None:
+    """Feed a request's body into its ``request_body`` channel as it arrives, at the pace the
+    function reads it; end the channel at the end of the body (or when the client fails)."""
+    try:
+        async for chunk in request.content.iter_chunked(_BODY_FRAME):
+            if not await writer.write(chunk):
+                return  # the function's reader left
+    except Exception as exc:  # the client failed or left mid-body: the reader sees the end
+        log.debug("iii-http: a request body ended early: %s", exc)
+    finally:
+        writer.close()
+
+
 def _refuse(request: web.BaseRequest, status: int, code: str, message: str) -> web.Response:
     return cast(_Connection, request.protocol).refuse(request, status, code, message)
 
@@ -314,7 +413,8 @@ class HttpServer:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         response = await self._respond(request)
-        self._cors(request, response)
+        if not response.prepared:  # a streamed response got them before it started
+            self._cors(request, response)
         return response
 
     async def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -325,20 +425,24 @@ class HttpServer:
                 return web.Response(status=204)  # a CORS preflight (headers added by _cors)
             return _error(404, "NOT_FOUND", "Not Found")
         route, path_params = found
-        raw = await self._body(request)
-        if not isinstance(raw, bytes):
-            return raw
         headers = {name.lower(): value for name, value in request.headers.items()}
         query = {name: value for name, value in request.query.items()}
+        is_json = "application/json" in headers.get("content-type", "")
+        raw: Optional[bytes] = None
         body = None
-        if raw and "application/json" in headers.get("content-type", ""):
-            try:
-                body = codec.decode_json(raw)
-            except codec.DecodeError as exc:
-                return _refuse(request, 400, "INVALID_JSON", f"The body is not valid JSON: {exc}")
-            except RecursionError:
-                return _refuse(request, 400, "INVALID_JSON", "The body's JSON is nested too deeply")
-        payload = {
+        if is_json or request.content.is_eof():  # read whole: JSON, or a body already all in
+            read = await self._body(request)
+            if not isinstance(read, bytes):
+                return read
+            raw = read
+            if raw and is_json:
+                try:
+                    body = codec.decode_json(raw)
+                except codec.DecodeError as exc:
+                    return _refuse(request, 400, "INVALID_JSON", f"The body is not valid JSON: {exc}")
+                except RecursionError:
+                    return _refuse(request, 400, "INVALID_JSON", "The body's JSON is nested too deeply")
+        fields = {
             "query_params": query,
             "path_params": path_params,
             "headers": headers,
@@ -347,10 +451,6 @@ class HttpServer:
             "body": body,
             "trigger": route.trigger,
         }
-        try:
-            data = codec.encode_json(payload)  # once, for the condition and the function
-        except RecursionError:  # a body at the decoder's depth limit, one level deeper here
-            return _refuse(request, 400, "INVALID_JSON", "The body's JSON is nested too deeply")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.default_timeout / 1000
         limit = self._limit
@@ -363,7 +463,9 @@ class HttpServer:
         else:
             await limit.acquire()
         try:
-            return await self._run(route, path_params, query, headers, data, deadline)
+            return await self._run(request, route, fields, raw, deadline)
+        except RecursionError:  # a body at the decoder's depth limit, one level deeper here
+            return _refuse(request, 400, "INVALID_JSON", "The body's JSON is nested too deeply")
         finally:
             limit.release()
 
@@ -392,8 +494,7 @@ class HttpServer:
         return max(1, int((deadline - asyncio.get_running_loop().time()) * 1000))
 
     async def _run(
-        self, route: Route, path_params: dict[str, str], query: dict[str, str], headers: dict[str, str],
-        payload: bytes, deadline: float,
+        self, request: web.BaseRequest, route: Route, fields: dict[str, Any], raw: Optional[bytes], deadline: float,
     ) -> web.StreamResponse:
         if asyncio.get_running_loop().time() >= deadline:  # spent waiting for a slot: call nobody
             return _error(504, "TIMEOUT", f"No request slot was free within {self.config.default_timeout} ms")
@@ -403,7 +504,10 @@ class HttpServer:
         if self._middleware or route.config.middleware_function_ids:  # the same for each of them
             middleware_payload = codec.encode_json({
                 "phase": "preHandler",
-                "request": {"path_params": path_params, "query_params": query, "headers": headers, "method": route.method},
+                "request": {
+                    "path_params": fields["path_params"], "query_params": fields["query_params"],
+                    "headers": fields["headers"], "method": route.method,
+                },
                 "context": {},
             })
         for middleware in self._middleware:
@@ -413,7 +517,7 @@ class HttpServer:
         condition = route.config.condition_function_id
         if condition:
             passed, error = await condition_passes(
-                self._host, namespace, condition, payload, timeout_ms=self._remaining_ms(deadline)
+                self._host, namespace, condition, codec.encode_json(fields), timeout_ms=self._remaining_ms(deadline)
             )
             if error is not None:
                 return _failure(error)
@@ -423,11 +527,81 @@ class HttpServer:
             answer = await self._middleware_answer(namespace, function_id, middleware_payload, deadline)
             if answer is not None:
                 return answer
-        result, error = await call(
-            self._host, namespace, binding.function_id, payload, binding.metadata or b"",
-            timeout_ms=self._remaining_ms(deadline),
-        )
-        return _failure(error) if error is not None else buffered_response(result)
+        channels = self._host.channels
+        request_channel = channels.create()
+        response_channel = channels.create()
+        fields["request_body"] = request_channel.ref("read")
+        fields["response"] = response_channel.ref("write")
+        response_reader = ChannelReaderEnd(response_channel)
+        pump: Optional[asyncio.Task[None]] = None
+        try:
+            if raw is None:  # the function runs while the body comes in
+                pump = asyncio.get_running_loop().create_task(_pump_body(request, ChannelWriterEnd(request_channel)))
+            else:
+                for start in range(0, len(raw), _BODY_FRAME):
+                    request_channel.push(raw[start:start + _BODY_FRAME])
+                request_channel.release_writer()
+            outcome = _Answer(response_reader)
+            self._host.invoke(
+                namespace, binding.function_id, codec.encode_json(fields), binding.metadata or b"", outcome.answered,
+                timeout_ms=self._remaining_ms(deadline),
+            )
+            return await self._answer(request, outcome, response_reader, deadline)
+        finally:
+            if pump is not None:
+                pump.cancel()
+            request_channel.release_writer()
+            response_reader.close()
+            channels.remove(request_channel)
+            channels.remove(response_channel)
+
+    async def _answer(
+        self, request: web.BaseRequest, answer: _Answer, reader: ChannelReaderEnd, deadline: float
+    ) -> web.StreamResponse:
+        """The function's answer: a buffered response when it returns a value, else the one it
+        streams on its ``response`` channel (which also wins when it starts first)."""
+        start = _ResponseStart()
+        while True:  # until the function answers or the response starts
+            if reader.ready:
+                item = reader.take()
+                if item is None or type(item) is not Text:
+                    return await self._stream(request, start, item, reader)
+                start.control(item)
+            elif answer.done:
+                if answer.error is not None:
+                    return _failure(answer.error)
+                result = codec.decode_json(answer.result)
+                if result is not None:
+                    return buffered_response(result)
+                break
+            else:
+                await answer.next_event()
+        try:  # it returned null: its response comes on the channel, before the deadline
+            async with asyncio.timeout_at(deadline):
+                while (item := await reader.next()) is not None and type(item) is Text:
+                    start.control(item)
+        except TimeoutError:
+            return _error(504, "TIMEOUT", f"The response did not start within {self.config.default_timeout} ms")
+        return await self._stream(request, start, item, reader)
+
+    async def _stream(
+        self, request: web.BaseRequest, start: _ResponseStart, first: Optional[bytes], reader: ChannelReaderEnd
+    ) -> web.StreamResponse:
+        """Send the streamed response: status and headers, ``first``, then every binary frame
+        as it comes (chunked) until the channel ends."""
+        response = web.StreamResponse(status=start.status, headers=start.headers)
+        self._cors(request, response)
+        try:
+            await response.prepare(request)
+            if first is not None:
+                await response.write(first)
+                while (item := await reader.next()) is not None:
+                    if type(item) is not Text:  # control messages after the start mean nothing
+                        await response.write(item)
+            await response.write_eof()
+        except ConnectionError:  # the client left: the writer is cut off with the channel
+            pass
+        return response
 
     async def _middleware_answer(
         self, namespace: str, function_id: str, payload: bytes, deadline: float

@@ -17,6 +17,7 @@ import inspect
 import logging
 import os
 import platform
+import re
 import socket
 import traceback
 import uuid
@@ -53,6 +54,9 @@ from iii.protocol import (
 )
 from iii.sdk.actions import TriggerActionEnqueue, TriggerActionVoid
 from iii.triggers import RegisterTriggerTypeInput, TriggerConfig, TriggerHandler
+
+#: Seen in a call's raw data: it may hold channel refs (searched in the buffer, no copy).
+_CHANNEL_REF_KEY = re.compile(rb'"access_key"')
 
 __all__ = [
     "WorkerProtocol",
@@ -92,6 +96,8 @@ class InvokeHandler:
     invocation_id: Optional[str]
     #: ``(data,)``, or ``(data, metadata)`` for a handler that declares ``metadata``.
     args: tuple[Any, ...]
+    #: ``data`` may hold channel refs (the client makes them live channel ends).
+    channel_refs: bool = False
 
 
 @dataclass(frozen=True)
@@ -321,7 +327,8 @@ class WorkerProtocol:
             args: tuple[Any, ...] = (data, _decode(msg.metadata) if msg.metadata else None)
         else:
             args = (data,)
-        return [InvokeHandler(function.handler, function.is_async, function_id, invocation_id, args)]
+        refs = data is not None and _CHANNEL_REF_KEY.search(msg.data) is not None
+        return [InvokeHandler(function.handler, function.is_async, function_id, invocation_id, args, refs)]
 
     def _on_bind(self, msg: RegisterTrigger) -> list[Event]:
         provided = self._trigger_types.get(msg.trigger_type)

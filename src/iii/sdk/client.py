@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import random
@@ -23,6 +24,7 @@ from typing import Any, Callable, Optional, Union
 import uvloop
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from iii.channels import resolve_channels
 from iii.iii_constants import (
     DEFAULT_ENGINE_URL,
     DEFAULT_RECONNECTION_CONFIG,
@@ -262,7 +264,12 @@ class III:
                 self._connected.set()
 
     def _run_handler(self, invocation: InvokeHandler) -> None:
-        """Async handlers run on the loop, sync ones on the default executor's threads."""
+        """Async handlers run on the loop, sync ones on the default executor's threads; channel
+        refs in the data become live channel ends first (as the official SDK does)."""
+        if invocation.channel_refs:
+            args = invocation.args
+            data = resolve_channels(args[0], self._address, self._options.headers)
+            invocation = dataclasses.replace(invocation, args=(data, *args[1:]))
         if invocation.is_async:
             self._loop.create_task(self._run_async(invocation))
         else:

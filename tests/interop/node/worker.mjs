@@ -3,7 +3,9 @@
 import { registerWorker, TriggerAction } from "iii-sdk";
 import { createStream } from "iii-sdk/helpers";
 
-const emit = (fields) => process.stdout.write(JSON.stringify(fields) + "\n");
+// Channel ends (an http request's request_body / response) are shown by their class.
+const plain = (key, value) => (value && /^Channel(Reader|Writer)$/.test(value.constructor?.name) ? `<${value.constructor.name}>` : value);
+const emit = (fields) => process.stdout.write(JSON.stringify(fields, plain) + "\n");
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const argv = process.argv.slice(2);
@@ -90,7 +92,11 @@ watch.forEach((spec, index) => {
   const triggerType = split < 0 ? spec : spec.slice(0, split);
   const config = split < 0 ? {} : JSON.parse(spec.slice(split + 1));
   const functionId = `${name}::on-${index}`;
-  worker.registerFunction(functionId, async (data) => { emit({ event: data, type: triggerType }); });
+  // An http request is answered {} (returning nothing would stream the response on its channel).
+  worker.registerFunction(functionId, async (data) => {
+    emit({ event: data, type: triggerType });
+    return triggerType === "http" ? { status_code: 200, body: {} } : undefined;
+  });
   worker.registerTrigger({ type: triggerType, function_id: functionId, config });
   ids.push(functionId);
 });

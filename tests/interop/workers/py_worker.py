@@ -24,8 +24,16 @@ _lock = threading.Lock()
 
 def emit(**fields):
     with _lock:
-        sys.stdout.write(json.dumps(fields) + "\n")
+        # Channel ends (an http request's request_body / response) are shown by their class.
+        sys.stdout.write(json.dumps(fields, default=lambda value: f"<{type(value).__name__}>") + "\n")
         sys.stdout.flush()
+
+
+def watched(trigger_type, data):
+    """Print an event; an http request is answered ``{}`` (a handler returning nothing would
+    stream its response on the ``response`` channel, and the client would wait for it)."""
+    emit(event=data, type=trigger_type)
+    return {"status_code": 200, "body": {}} if trigger_type == "http" else None
 
 
 def handler_for(behavior, function_id):
@@ -124,7 +132,7 @@ def main():
     for index, spec in enumerate(args.watch):
         trigger_type, _, config = spec.partition("=")  # TYPE or TYPE=JSON_CONFIG
         function_id = f"{args.name}::on-{index}"
-        worker.register_function(function_id, lambda data, t=trigger_type: emit(event=data, type=t))
+        worker.register_function(function_id, lambda data, t=trigger_type: watched(t, data))
         worker.register_trigger({"type": trigger_type, "function_id": function_id, "config": json.loads(config or "{}")})
         ids.append(function_id)
     # Ready = the engine lists this worker by name and every function it registered.

@@ -1,0 +1,99 @@
+"""Our SDK's channels (``iii.channels``, ``iii.helpers``): URLs, refs in payloads, the ends over
+real sockets on an in-process engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from helpers import LOCAL_MODULES, in_process_engine
+from iii import InitOptions, register_worker_async
+from iii.channels import (
+    ChannelReader,
+    ChannelWriter,
+    StreamChannelRef,
+    build_channel_url,
+    extract_channel_refs,
+    is_channel_ref,
+    resolve_channels,
+)
+from iii.helpers import create_channel_async
+from iii.sdk._protocol import InvokeHandler
+
+REF = {"channel_id": "c1", "access_key": "k/1 +", "direction": "read"}
+
+
+def test_channel_urls_keep_the_engine_query_and_quote_the_key():
+    assert build_channel_url("ws://h:1/", "c1", "k/1 +", "read") == "ws://h:1/ws/channels/c1?key=k/1%20%2B&dir=read"
+    assert build_channel_url("ws://h:1?token=t", "c1", "k", "write") == "ws://h:1/ws/channels/c1?token=t&key=k&dir=write"
+
+
+def test_refs_are_found_and_made_live_wherever_they_are():
+    data = {"label": "x", "items": [{"reader": REF}, {"writer": {**REF, "direction": "write", "extra": 1}}],
+            "not_a_ref": {**REF, "direction": "sideways"}, "pair": (REF,)}
+    assert is_channel_ref(REF) and not is_channel_ref(data["not_a_ref"]) and not is_channel_ref({**REF, "access_key": 1})
+    assert [path for path, _ in extract_channel_refs(data)] == ["items[0].reader", "items[1].writer"]
+    assert extract_channel_refs([REF])[0] == ("[0]", StreamChannelRef(channel_id="c1", access_key="k/1 +", direction="read"))
+    live = resolve_channels(data, "ws://h:1")
+    assert isinstance(live["items"][0]["reader"], ChannelReader)
+    assert isinstance(live["items"][1]["writer"], ChannelWriter)
+    assert live["not_a_ref"] == data["not_a_ref"] and live["label"] == "x"
+    assert isinstance(live["pair"][0], ChannelReader)
+    assert StreamChannelRef(**REF).model_dump() == REF
+
+
+def test_a_call_whose_data_holds_a_ref_is_flagged_for_resolution():
+    from iii.sdk._protocol import WorkerProtocol
+    from iii.sdk._protocol import worker_metadata
+
+    protocol = WorkerProtocol(worker_metadata(InitOptions(), "default"), "default", 30000)
+    protocol.register_function("f", lambda data: data)
+    with_ref = b'{"type":"invokefunction","invocation_id":"i1","function_id":"f","data":{"r":%s}}' % (
+        b'{"channel_id":"c","access_key":"k","direction":"read"}')
+    plain = b'{"type":"invokefunction","invocation_id":"i2","function_id":"f","data":{"access":"key"}}'
+    flagged = [e.channel_refs for e in protocol.receive(with_ref) + protocol.receive(plain) if isinstance(e, InvokeHandler)]
+    assert flagged == [True, False]
+
+
+async def test_a_writer_that_never_connected_closes_at_once():
+    writer = ChannelWriter("ws://127.0.0.1:1", StreamChannelRef(**{**REF, "direction": "write"}))
+    started = time.monotonic()
+    await writer.close_async()
+    assert time.monotonic() - started < 0.5
+
+
+async def test_create_channel_async_and_both_ends_on_one_loop(tmp_path):
+    async with in_process_engine("workers:\n  - name: iii-worker-manager\n" + LOCAL_MODULES, tmp_path) as app:
+        worker = await register_worker_async(app.urls[0], InitOptions(worker_name="chan"))
+        try:
+            channel = await create_channel_async(worker, buffer_size=2)
+            assert channel.writer_ref.direction == "write" and channel.reader_ref.direction == "read"
+            texts: list[str] = []
+            channel.reader.on_message(texts.append)
+            payload = bytes(range(256)) * 1024  # 256 KiB: four frames, over a buffer of 2
+
+            async def write() -> None:
+                await channel.writer.send_message_async('{"type":"start"}')
+                await channel.writer.write(payload)
+                await channel.writer.close_async()
+
+            writing = asyncio.ensure_future(write())
+            assert await asyncio.wait_for(channel.reader.read_all(), 10) == payload
+            await writing
+            assert texts == ['{"type":"start"}']
+        finally:
+            await worker.shutdown_async()
+
+
+@pytest.mark.parametrize("size", [None, 0])
+async def test_create_channel_sends_the_size_it_is_given(tmp_path, size):
+    async with in_process_engine("workers:\n  - name: iii-worker-manager\n" + LOCAL_MODULES, tmp_path) as app:
+        worker = await register_worker_async(app.urls[0], InitOptions(worker_name="chan"))
+        try:
+            channel = await create_channel_async(worker, size)
+            created = app.router.channels.channels[channel.writer_ref.channel_id]
+            assert created.capacity == (64 if size is None else 1)
+        finally:
+            await worker.shutdown_async()
