@@ -23,6 +23,7 @@ from picows import WSUpgradeRequest, ws_create_server
 
 from iii._version import __version__
 from iii.engine.frames import TelemetryListener, WorkerListener
+from iii.engine.rbac import Policy, RbacConfig
 from iii.engine.router import Router
 from iii.protocol import DEFAULT_GRACE_MS, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE
 
@@ -45,6 +46,11 @@ class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_write_buffer_bytes: Annotated[int, Meta(ge=1024 * 1024)] = 256 * 1024 * 1024
     #: … or once it has been behind (its buffer over 4 MiB) this long.
     stall_timeout_ms: Annotated[int, Meta(ge=100, le=3_600_000)] = 30_000
+    #: Every call made from this listener's connections goes through this function instead
+    #: (rbac.md §6).
+    middleware_function_id: Optional[Annotated[str, Meta(min_length=1)]] = None
+    #: Authentication, exposure rules and registration hooks of this listener (rbac.md).
+    rbac: Optional[RbacConfig] = None
 
 
 class Engine:
@@ -72,6 +78,12 @@ class Engine:
         self._expiry: Optional[asyncio.TimerHandle] = None
         self._expiry_due_ms = 0
         self._stopped = False
+        #: Listener config -> its RBAC policy (listeners without ``rbac`` or middleware have none).
+        self._policies: dict[int, Policy] = {
+            id(config): Policy(config.rbac, config.middleware_function_id)
+            for config in listeners
+            if config.rbac is not None or config.middleware_function_id is not None
+        }
         self.urls: list[str] = []
 
     def start_batch(self) -> None:
@@ -122,6 +134,10 @@ class Engine:
             next_deadline = self.router.invocations.next_deadline()
             if next_deadline is not None:
                 self._expire_at(next_deadline)
+
+    def policy_of(self, config: ListenerConfig) -> Optional[Policy]:
+        """The RBAC policy of a listener (``None``: a trusted listener)."""
+        return self._policies.get(id(config))
 
     def _heartbeat(self, config: ListenerConfig) -> None:
         """Ping the connections of one listener (and drop the silent ones); come back later."""
