@@ -152,7 +152,7 @@ class WorkerListener(WSListener):
         if transport is None or transport.is_disconnected:
             return
         if session is None:
-            log.info("connection from %s refused: %s", ip, reason)
+            self._policy.log_refusal(ip, reason or "", asyncio.get_running_loop().time())
             self._early = []
             transport.send(_TEXT, auth_error_frame(reason or "authentication failed"))
             transport.send_close(WSCloseCode.OK)

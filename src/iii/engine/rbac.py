@@ -294,6 +294,19 @@ class Policy:
         self.middleware_function_id = middleware_function_id
         #: Connections waiting for their auth call now.
         self.pending_auth = 0
+        #: Refusals not logged yet (at most one line per second: a flood must not flood the log).
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = float("-inf")
+
+    def log_refusal(self, ip: Optional[str], reason: str, now: float) -> None:
+        """Log a refused connection, or count it when one was logged less than a second ago."""
+        if now - self._refusal_logged_at < 1.0:
+            self._refusals_unlogged += 1
+            return
+        more = self._refusals_unlogged
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = now
+        log.info("connection from %s refused: %s%s", ip, reason, f" ({more} more refused since the last such line)" if more else "")
 
     def authenticate(
         self, router: Any, request: Any, ip: Optional[str], done: Callable[[Optional[Session], Optional[str]], None]

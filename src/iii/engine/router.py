@@ -820,16 +820,23 @@ class Router:
 
     def expire_calls(self) -> Optional[int]:
         """Time out the engine's calls whose deadline has passed; returns the next deadline."""
+        #: (function id, worker id) -> [first call id, calls timed out, anyone waited]: one log
+        #: line per function and worker, however many of its calls came due together.
+        expired: dict[tuple[str, str], list[Any]] = {}
         for key, pending in self.invocations.expire(self.now_ms()):
-            # A void call that got no answer is no news (nobody waited for it).
-            log.log(
-                logging.WARNING if pending.on_result is not None else logging.DEBUG,
-                "call %s to %s timed out (worker %s did not answer in time)",
-                key, pending.function_id, pending.target.id,
-            )
+            entry = expired.setdefault((pending.function_id, pending.target.id), [key, 0, False])
+            entry[1] += 1
+            entry[2] = entry[2] or pending.on_result is not None
             self._fail_call(key, pending, ErrorBody(
                 ErrorCode.TIMEOUT, f"Invocation of {pending.function_id} timed out"
             ))
+        for (function_id, worker_id), (key, count, waited) in expired.items():
+            # A void call that got no answer is no news (nobody waited for it).
+            log.log(
+                logging.WARNING if waited else logging.DEBUG,
+                "call %s to %s timed out (worker %s did not answer in time)%s",
+                key, function_id, worker_id, f", and {count - 1} more with it" if count > 1 else "",
+            )
         return self.invocations.next_deadline()
 
     def _halt_invocations(self, conn: Connection) -> None:
