@@ -10,7 +10,10 @@ deadline, the ones over ``max_pending_auth`` are refused at once. The flood keep
 ``--connections`` sockets trying (each reconnects when refused) for the whole measured run, then
 closes them all. The same caller → engine → callee run on the trusted listener is timed without
 and with the flood, interleaved; medians are printed (calls/s, p50/p99 µs) with the flood's
-outcome counts. Roles ``auth`` and ``flood`` are this script's own subprocesses.
+outcome counts and the engine's CPU per trusted call (which, under the flood, includes the
+flood's handshakes). Everything shares the machine's CPUs; with ``--pin`` the engine and its
+trusted peers run on cpu0 and the flood's client on the others (an attacker does not share the
+engine's machine). Roles ``auth`` and ``flood`` are this script's own subprocesses.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import Callee, Server, median, raise_fd_limit, run_calls  # noqa: E402
+from harness import ALL_CPUS, Callee, Server, median, pin, raise_fd_limit, run_calls  # noqa: E402
 
 FUNCTION = "bench::echo"
 AUTH = "bench::slow-auth"
@@ -169,6 +172,7 @@ def main() -> None:
     parser.add_argument("--auth-delay", type=float, default=5.0)
     parser.add_argument("--auth-timeout-ms", type=int, default=1000)
     parser.add_argument("--max-pending", type=int, default=256)
+    parser.add_argument("--pin", action="store_true", help="engine and trusted peers on cpu0, the flood elsewhere")
     options = parser.parse_args()
     if options.role == "auth":
         uvloop.run(run_auth(options.args[0], float(options.args[1])))
@@ -185,26 +189,31 @@ def main() -> None:
     try:
         assert auth.stdout is not None and auth.stdout.readline().strip() == "ready"
         callee = Callee(trusted, FUNCTION)
+        if options.pin:
+            pin([auth.pid], {0})
         quiet, flooded, floods = [], [], []
         for _ in range(options.reps):
-            quiet.append(run_calls(server, callee, FUNCTION, 160, options.in_flight, options.seconds, 10**9, False))
+            quiet.append(run_calls(server, callee, FUNCTION, 160, options.in_flight, options.seconds, 10**9, options.pin))
             flood = subprocess.Popen(
                 [sys.executable, __file__, "flood", restricted, str(options.connections), str(options.seconds + 1.5)],
                 stdout=subprocess.PIPE, text=True,
             )
+            if options.pin:
+                pin([flood.pid], (ALL_CPUS - {0}) or ALL_CPUS)
             assert flood.stdout is not None and flood.stdout.readline().strip() == "started"
             time.sleep(0.5)  # the flood is in full swing before the timed run starts
-            flooded.append(run_calls(server, callee, FUNCTION, 160, options.in_flight, options.seconds, 10**9, False))
+            flooded.append(run_calls(server, callee, FUNCTION, 160, options.in_flight, options.seconds, 10**9, options.pin))
             out, _ = flood.communicate(timeout=options.seconds + 60)
             floods.append(json.loads(out.strip().splitlines()[-1]))
         print(f"trusted listener, {options.in_flight} calls in flight, 160 B, medians of {options.reps} "
               f"interleaved runs of {options.seconds:g} s; flood: {options.connections} sockets on the RBAC "
               f"listener, auth answers after {options.auth_delay:g} s, auth_timeout_ms {options.auth_timeout_ms}, "
-              f"max_pending_auth {options.max_pending}")
-        print("| run | calls/s | p50 µs | p99 µs |\n|---|---|---|---|")
+              f"max_pending_auth {options.max_pending}{'; pinned' if options.pin else ''}")
+        print("| run | calls/s | p50 µs | p99 µs | engine CPU µs/call |\n|---|---|---|---|---|")
         for label, runs in (("no flood", quiet), ("flood", flooded)):
             print(f"| {label} | {median([r['calls_per_s'] for r in runs]):,.0f} | "
-                  f"{median([r['p50_us'] for r in runs]):,.0f} | {median([r['p99_us'] for r in runs]):,.0f} |")
+                  f"{median([r['p50_us'] for r in runs]):,.0f} | {median([r['p99_us'] for r in runs]):,.0f} | "
+                  f"{median([r['cpu_us_per_call'] for r in runs]):,.1f} |")
         ratio = median([f["calls_per_s"] / q["calls_per_s"] for q, f in zip(quiet, flooded)])
         print(f"flood / no flood calls/s (median of paired runs): {ratio:.2f}")
         totals: Counter[str] = Counter()

@@ -339,6 +339,11 @@ class Policy:
                 return
             done(Session(self, decoded), None)
 
+        if router.find_function(DEFAULT_NAMESPACE, self.auth_function_id) is None:
+            answered(b"null", ErrorBody(
+                ErrorCode.FUNCTION_NOT_FOUND, f"Function {self.auth_function_id} not found in namespace default"
+            ))
+            return
         data = codec.encode_json(auth_input(request.headers, request.path, ip))
         try:
             router.invoke(DEFAULT_NAMESPACE, self.auth_function_id, data, on_result=answered, timeout_ms=self.auth_timeout_ms)
@@ -352,7 +357,7 @@ def auth_input(headers: Any, path: bytes, ip: Optional[str]) -> dict[str, Any]:
     last of repeated names), the raw query split into lists, the peer IP."""
     header_map: dict[str, str] = {}
     for name, value in headers.items():
-        if value.isascii() and all(32 <= ord(ch) < 127 or ch == "\t" for ch in value):
+        if value.isascii() and value.isprintable():  # visible ASCII and spaces
             header_map[name.lower()] = value
     query_params: dict[str, list[str]] = {}
     _, _, query = path.partition(b"?")
