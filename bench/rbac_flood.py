@@ -6,9 +6,9 @@
 One engine with two listeners: a trusted one (the auth worker, the bench callee and caller) and an
 RBAC one whose auth function answers only after ``--auth-delay`` seconds, longer than the
 listener's ``auth_timeout_ms``: every handshake that gets an auth call ends refused at the
-deadline, the ones over ``max_pending_auth`` are refused at once. The flood keeps
-``--connections`` sockets trying (each reconnects when refused) for the whole measured run, then
-closes them all. The same caller → engine → callee run on the trusted listener is timed without
+deadline, the ones over ``max_pending_auth`` are refused at once (HTTP 503, before the
+upgrade). The flood keeps ``--connections`` sockets trying (each reconnects at once when refused)
+for the whole measured run, then closes them all. The same caller → engine → callee run on the trusted listener is timed without
 and with the flood, interleaved; medians are printed (calls/s, p50/p99 µs) with the flood's
 outcome counts and the engine's CPU per trusted call (which, under the flood, includes the
 flood's handshakes). Everything shares the machine's CPUs; with ``--pin`` the engine and its
@@ -138,8 +138,11 @@ async def run_flood(url: str, connections: int, seconds: float) -> None:
         while loop.time() < stop_at:
             try:
                 transport, listener = await ws_connect(FloodSocket, f"{url}/?token=flood-{index}")
-            except Exception as exc:  # the backlog was full, say: try again shortly
-                outcomes[f"connect failed: {type(exc).__name__}"] += 1
+            except Exception as exc:
+                if "503" in str(exc):  # max_pending_auth reached: refused before the upgrade
+                    outcomes["refused: 503 before the upgrade"] += 1
+                    continue
+                outcomes[f"connect failed: {type(exc).__name__}"] += 1  # a full backlog, say
                 await asyncio.sleep(0.05)
                 continue
             live.add(transport)
@@ -155,7 +158,7 @@ async def run_flood(url: str, connections: int, seconds: float) -> None:
     await asyncio.gather(*tasks)
     for transport in list(live):  # close them all
         transport.disconnect()
-    print(json.dumps(dict(outcomes)), flush=True)
+    print(json.dumps({"outcomes": dict(outcomes), "cpu_s": time.process_time(), "seconds": seconds}), flush=True)
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -218,8 +221,9 @@ def main() -> None:
         print(f"flood / no flood calls/s (median of paired runs): {ratio:.2f}")
         totals: Counter[str] = Counter()
         for outcome in floods:
-            totals.update(outcome)
+            totals.update(outcome["outcomes"])
         print("flood handshakes (all reps):", json.dumps(dict(totals)))
+        print(f"the flood client's own CPU: {median([f['cpu_s'] / f['seconds'] for f in floods]):.2f} CPU-seconds per second")
     finally:
         if callee is not None:
             callee.stop()

@@ -9,7 +9,7 @@ import os
 import re
 
 import pytest
-from picows import WSMsgType, ws_connect
+from picows import WSError, WSMsgType, ws_connect
 
 from helpers import LOCAL_MODULES, RawClient, _Collector
 
@@ -163,9 +163,8 @@ async def test_the_auth_call_has_a_deadline_and_pending_handshakes_a_bound(procs
         waiting = [await open_socket(restricted, "token=silent") for _ in range(2)]
         while len(host.inputs) < 2:  # both auth calls are in flight
             await asyncio.sleep(0.01)
-        _, refused = await open_socket(restricted, "token=good")
-        frame = await asyncio.wait_for(refused.queue.get(), 10)
-        assert "too many connections waiting for authentication (max 2)" in frame["error"]["message"]
+        with pytest.raises(WSError, match="503"):  # refused before the upgrade
+            await open_socket(restricted, "token=good")
         assert len(host.inputs) == 2  # refused without calling the auth function
         # the trusted listener keeps serving while they wait
         caller = await RawClient.connect(trusted)
@@ -176,5 +175,24 @@ async def test_the_auth_call_has_a_deadline_and_pending_handshakes_a_bound(procs
             await asyncio.wait_for(listener.closed.wait(), 10)
         _, admitted = await open_socket(restricted, "token=good")  # the slots are free again
         assert (await asyncio.wait_for(admitted.queue.get(), 10))["type"] == "workerregistered"
+    finally:
+        await host.stop()
+
+
+async def test_the_telemetry_socket_is_authenticated_too(procs, tmp_path, build_env):
+    trusted, restricted = await start(procs, tmp_path, build_env)
+    host = await AuthHost.start(trusted)
+    try:
+        transport, listener = await ws_connect(_Collector, f"{restricted}/otel?token=bad")
+        frame = await asyncio.wait_for(listener.queue.get(), 10)
+        assert frame["error"] == {"code": "AUTH_ERROR", "message": "invalid token"}
+        await asyncio.wait_for(listener.closed.wait(), 10)
+        transport, listener = await ws_connect(_Collector, f"{restricted}/otel?token=good")
+        while len(host.inputs) < 2:  # the good socket's auth call
+            await asyncio.sleep(0.01)
+        transport.send_ping(b"after-auth")  # answered once the auth answer has been handled
+        assert await asyncio.wait_for(listener.queue.get(), 10) == {"_pong": "after-auth"}
+        assert not listener.closed.is_set()
+        transport.disconnect()
     finally:
         await host.stop()

@@ -170,6 +170,9 @@ def parse_expose_rule(raw: Any) -> ExposeRule:
 # --------------------------------------------------------------------------- config
 
 
+_FunctionId = Annotated[str, Meta(min_length=1)]
+
+
 class RbacConfig(msgspec.Struct, forbid_unknown_fields=True):
     """The ``rbac`` block of a listener.
 
@@ -177,11 +180,11 @@ class RbacConfig(msgspec.Struct, forbid_unknown_fields=True):
     does not apply is refused, so a misspelt hook never leaves a listener open.
     """
 
-    auth_function_id: Optional[str] = None
+    auth_function_id: Optional[_FunctionId] = None
     expose_functions: list[Any] = []
-    on_function_registration_function_id: Optional[str] = None
-    on_trigger_registration_function_id: Optional[str] = None
-    on_trigger_type_registration_function_id: Optional[str] = None
+    on_function_registration_function_id: Optional[_FunctionId] = None
+    on_trigger_registration_function_id: Optional[_FunctionId] = None
+    on_trigger_type_registration_function_id: Optional[_FunctionId] = None
     #: Deadline of one auth call: a connection not authenticated by then is refused.
     auth_timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] = 10_000
     #: Deadline of one registration hook call: past it, the registration is refused.
@@ -308,6 +311,13 @@ class Policy:
         self._refusal_logged_at = now
         log.info("connection from %s refused: %s%s", ip, reason, f" ({more} more refused since the last such line)" if more else "")
 
+    def auth_full(self) -> bool:
+        """Are ``max_pending_auth`` connections waiting for the auth function already?"""
+        return self.auth_function_id is not None and self.pending_auth >= self.max_pending_auth
+
+    def auth_full_message(self) -> str:
+        return f"too many connections waiting for authentication (max {self.max_pending_auth})"
+
     def authenticate(
         self, router: Any, request: Any, ip: Optional[str], done: Callable[[Optional[Session], Optional[str]], None]
     ) -> None:
@@ -319,8 +329,8 @@ class Policy:
         if self.auth_function_id is None:
             done(Session(self), None)
             return
-        if self.pending_auth >= self.max_pending_auth:
-            done(None, f"too many connections waiting for authentication (max {self.max_pending_auth})")
+        if self.auth_full():
+            done(None, self.auth_full_message())
             return
         self.pending_auth += 1
 

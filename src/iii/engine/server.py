@@ -19,9 +19,10 @@ from typing import Annotated, Any, Optional
 
 import msgspec
 from msgspec import Meta
-from picows import WSUpgradeRequest, ws_create_server
+from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server
 
 from iii._version import __version__
+from iii.engine.auth_gate import AuthGate
 from iii.engine.frames import TelemetryListener, WorkerListener
 from iii.engine.rbac import Policy, RbacConfig
 from iii.engine.router import Router
@@ -163,12 +164,22 @@ class Engine:
         return self.urls
 
     async def _serve(self, config: ListenerConfig) -> asyncio.AbstractServer:
+        policy = self.policy_of(config)
+
         def route(request: WSUpgradeRequest) -> Any:
             path = request.path.split(b"?", 1)[0].rstrip(b"/")
+            if policy is not None and policy.auth_full():
+                # Refused before the upgrade: a flood of handshakes costs as little as possible.
+                return WSUpgradeResponseWithListener(
+                    WSUpgradeResponse.create_error_response(503, policy.auth_full_message().encode()), None
+                )
             if path == b"":
                 return WorkerListener(self, config)
             if path == b"/otel":
-                return TelemetryListener(self, config)
+                telemetry = TelemetryListener(self, config)
+                if policy is not None and policy.auth_function_id is not None:
+                    return AuthGate(self, config, policy, telemetry)  # authenticated like `/`
+                return telemetry
             return None  # picows answers 404
 
         return await ws_create_server(
