@@ -263,6 +263,14 @@ def test_function_hook_allows_only_with_an_object(router, verdict, registered):
         assert router.find_function("default", "renamed").metadata is None  # key present: replaced
 
 
+def test_a_session_cannot_take_its_listeners_own_functions(router):
+    client = session_peer(router, {}, policy(rules=['match("*")'], middleware="mw::fn", auth_function_id="auth::fn"))
+    client.function("auth::fn")
+    client.function("mw::fn")
+    client.function("fine::fn")
+    assert {fn.id for fn in router.all_functions() if fn.owner is client.conn} == {"fine::fn"}
+
+
 def test_registration_flags_drop_silently(router):
     client = session_peer(router, {"allow_function_registration": False})
     client.function("f::x")

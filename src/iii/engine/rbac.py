@@ -295,6 +295,11 @@ class Policy:
         self.hook_timeout_ms = config.hook_timeout_ms
         self.max_pending_auth = config.max_pending_auth
         self.middleware_function_id = middleware_function_id
+        #: The functions this listener calls to apply its rules: never a session's to register.
+        self.own_functions = frozenset(filter(None, (
+            self.auth_function_id, self.on_function_registration, self.on_trigger_registration,
+            self.on_trigger_type_registration, middleware_function_id,
+        )))
         #: Connections waiting for their auth call now.
         self.pending_auth = 0
         #: Refusals not logged yet (at most one line per second: a flood must not flood the log).
@@ -493,7 +498,13 @@ def register_function(router: Any, conn: Any, msg: RegisterFunction, apply: Call
         return
 
     def admit(registration: RegisterFunction) -> None:
-        apply(conn, msgspec.structs.replace(registration, id=session.registered_id(registration.id)))
+        function_id = session.registered_id(registration.id)
+        if function_id in session.policy.own_functions:
+            # A session serving its own listener's auth, hooks or middleware would decide for
+            # everyone (the original lets it when the trusted worker is not connected).
+            log.warning("worker %s: function %s refused: this listener calls it for its rules", conn.id, function_id)
+            return
+        apply(conn, msgspec.structs.replace(registration, id=function_id))
 
     hook_id = session.policy.on_function_registration
     if hook_id is None:
