@@ -196,3 +196,16 @@ async def test_the_telemetry_socket_is_authenticated_too(procs, tmp_path, build_
         transport.disconnect()
     finally:
         await host.stop()
+
+
+async def test_what_waits_for_the_auth_answer_is_bounded(procs, tmp_path, build_env):
+    trusted, restricted = await start(procs, tmp_path, build_env)
+    host = await AuthHost.start(trusted)
+    try:
+        transport, listener = await open_socket(restricted, "token=silent")
+        for index in range(300):  # more than a connection may send before it is admitted
+            transport.send(WSMsgType.TEXT, json.dumps({"type": "registerfunction", "id": f"early::{index}"}).encode())
+        await asyncio.wait_for(listener.closed.wait(), 10)
+        assert listener.queue.empty()  # dropped, never admitted
+    finally:
+        await host.stop()
