@@ -168,7 +168,7 @@ class Engine:
 
         def route(request: WSUpgradeRequest) -> Any:
             path = request.path.split(b"?", 1)[0].rstrip(b"/")
-            if policy is not None and policy.auth_full():
+            if policy is not None and policy.auth_full() and path in (b"", b"/otel"):
                 # Refused before the upgrade: a flood of handshakes costs as little as possible.
                 return WSUpgradeResponseWithListener(
                     WSUpgradeResponse.create_error_response(503, policy.auth_full_message().encode()), None
