@@ -62,11 +62,6 @@ _UNSUPPORTED_MODULES = {
     "iii-bridge": "the bridge to another engine",
     "iii-worker-ops": "the worker-ops daemon (worker::* is served by the engine itself)",
 }
-#: Listener keys of the original that would open the engine if they were ignored.
-_REFUSED_LISTENER_KEYS = {
-    "rbac": "RBAC is not implemented by this engine",
-    "middleware_function_id": "invocation middleware is not implemented by this engine",
-}
 #: Modules of the original that always run here: their entries are accepted and have no config.
 _ALWAYS_ON_MODULES = {ENGINE_FUNCTIONS}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
@@ -137,13 +132,6 @@ def _convert(value: Any, config_type: type, where: str, path: Path, what: str = 
 
 
 def _listener(entry_config: Any, where: str, path: Path) -> ListenerConfig:
-    if isinstance(entry_config, dict):
-        for key, why in _REFUSED_LISTENER_KEYS.items():
-            if key in entry_config:
-                raise ConfigError(
-                    f"{path}: {where}.config.{key}: {why}; remove it (without it this listener "
-                    "admits every client that can reach it, so bind it to 127.0.0.1)"
-                )
     return _convert(entry_config, ListenerConfig, f"{where}.config", path)
 
 

@@ -99,6 +99,8 @@ class ErrorCode:
     TIMEOUT = "TIMEOUT"
     #: A caller may not call this function (``worker::*`` from a remote address).
     FORBIDDEN = "FORBIDDEN"
+    #: A listener's auth function refused a connection (sent in an ``error`` frame, then Close).
+    AUTH_ERROR = "AUTH_ERROR"
     NOT_FOUND = "NOT_FOUND"
     INVALID_ARGUMENTS = "INVALID_ARGUMENTS"
     WORKER_NAMESPACE_CONFLICT = "WORKER_NAMESPACE_CONFLICT"

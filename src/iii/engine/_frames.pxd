@@ -30,6 +30,9 @@ cdef class WorkerListener(WSListener):
     cdef public bint _skipping
     cdef public double _paused_at
     cdef public object _stall_check
+    cdef public object _policy
+    cdef public list _early
+    cdef public Py_ssize_t _early_size
 
     cpdef on_ws_connected(self, WSTransport transport)
     @cython.locals(last=bint, payload=bytes)

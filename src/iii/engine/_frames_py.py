@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from typing import Any, Optional
 
 from picows import WSCloseCode
 
 from iii.codec import route_frame
+from iii.engine.rbac import Session, auth_error_frame
 from iii.protocol import MAX_MESSAGE_SIZE
 
 try:
@@ -51,6 +53,9 @@ _CLOSE = WSMsgType.CLOSE
 #: Outbound bytes buffered for a worker before the engine watches whether it still reads.
 _HIGH_WATER = 4 * 1024 * 1024
 _STALL_CHECK_S = 0.5
+#: What a connection may send while its auth call runs (replayed once it is admitted).
+_MAX_EARLY_FRAMES = 256
+_MAX_EARLY_BYTES = 4 * 1024 * 1024
 #: Binary frames with these prefixes are OpenTelemetry payloads, not protocol messages.
 _TELEMETRY_PREFIXES = (b"OTLP", b"MTRC", b"LOGS")
 
@@ -86,7 +91,7 @@ class WorkerListener(WSListener):
     __slots__ = (
         "_engine", "_config", "_conn", "_caller", "_forward", "_handle", "_transport", "_out",
         "_write", "_heard", "_idle_since", "_grace", "_parts", "_parts_size", "_skipping",
-        "_paused_at", "_stall_check",
+        "_paused_at", "_stall_check", "_policy", "_early", "_early_size",
     )
 
     def __init__(self, engine: Any, config: Any) -> None:
@@ -111,19 +116,70 @@ class WorkerListener(WSListener):
         self._heard = True
         #: When the heartbeat first found it silent (loop time), or ``None``.
         self._idle_since: Optional[float] = None
+        #: The listener's RBAC policy (``None``: a trusted listener, calls take the fast path).
+        self._policy: Any = None
+        #: Frames received while the auth call runs (``_MAX_EARLY_*`` bounds them).
+        self._early: list[bytes] = []
+        self._early_size = 0
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
         transport.underlying_transport.set_write_buffer_limits(high=_HIGH_WATER)
         self._engine.listeners.add(self)
-        peer = transport.underlying_transport.get_extra_info("peername")
-        router = self._engine.router
         self._write = transport.underlying_transport.writelines
-        self._conn = conn = router.connect(self._send, self._close, peer[0] if peer else None, _now_ms())
+        peer = transport.underlying_transport.get_extra_info("peername")
+        ip = peer[0] if peer else None
+        self._policy = policy = self._engine.policy_of(self._config)
+        if policy is None:
+            self._admit(None, ip)
+            return
+        # Nothing is registered (not even `workerregistered` sent) until the auth call says who
+        # this is; what the worker sends meanwhile waits, bounded.
+        self._forward = _decline
+        self._handle = self._hold_early
+        policy.authenticate(self._engine.router, transport.request, ip, partial(self._authenticated, ip=ip))
+
+    def _admit(self, session: Optional[Session], ip: Optional[str]) -> None:
+        router = self._engine.router
+        self._conn = conn = router.connect(self._send, self._close, ip, _now_ms(), session)
         self._caller = conn.caller_field
         self._grace = asyncio.get_running_loop().call_later(
             router.grace_ms / 1000, router.expire_grace, conn
         )
+
+    def _authenticated(self, session: Optional[Session], reason: Optional[str], ip: Optional[str]) -> None:
+        transport = self._transport
+        if transport is None or transport.is_disconnected:
+            return
+        if session is None:
+            self._policy.log_refusal(ip, reason or "", asyncio.get_running_loop().time())
+            self._early = []
+            transport.send(_TEXT, auth_error_frame(reason or "authentication failed"))
+            transport.send_close(WSCloseCode.OK)
+            transport.disconnect()
+            return
+        router = self._engine.router
+        self._admit(session, ip)
+        self._forward = router.forward_answer
+        self._handle = router.handle
+        early, self._early = self._early, []
+        for payload in early:
+            router.receive(self._conn, payload)
+
+    def _hold_early(self, conn: Any, payload: bytes) -> None:
+        """A frame that arrived before the connection was admitted: kept for after the auth."""
+        if self._conn is not None:  # admitted meanwhile (a reassembled fragment)
+            self._engine.router.receive(self._conn, payload)
+            return
+        self._early.append(payload)
+        self._early_size += len(payload)
+        if len(self._early) > _MAX_EARLY_FRAMES or self._early_size > _MAX_EARLY_BYTES:
+            log.warning("a connection sent more than %d frames before it was authenticated: disconnecting it", _MAX_EARLY_FRAMES)
+            self._early = []
+            self._transport.disconnect(graceful=False)  # type: ignore[union-attr]
+
+    def _who(self) -> str:
+        return f"worker {self._conn.id}" if self._conn is not None else "a connection being authenticated"
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         """The per-frame path: route whole text messages, send what the router answers."""
@@ -152,7 +208,7 @@ class WorkerListener(WSListener):
             else:
                 self._other_frame(transport, frame)
         except Exception:  # a router bug must cost one frame, never the connection
-            log.exception("worker %s: frame handling failed", self._conn.id)
+            log.exception("%s: frame handling failed", self._who())
         if last and engine.batching:
             engine.end_batch()
 
@@ -208,8 +264,9 @@ class WorkerListener(WSListener):
                 if self._parts_size > MAX_MESSAGE_SIZE:
                     self._skipping = True
                     self._parts = []
-                    self._conn.frames_dropped += 1
-                    log.warning("worker %s: dropped a message larger than %d bytes", self._conn.id, MAX_MESSAGE_SIZE)
+                    if self._conn is not None:
+                        self._conn.frames_dropped += 1
+                    log.warning("%s: dropped a message larger than %d bytes", self._who(), MAX_MESSAGE_SIZE)
                 else:
                     self._parts.append(frame.get_payload_as_bytes())
             if frame.fin:
@@ -222,7 +279,10 @@ class WorkerListener(WSListener):
 
     def _deliver(self, payload: bytes, binary: bool) -> None:
         if not (binary and payload[:4] in _TELEMETRY_PREFIXES):
-            self._engine.router.receive(self._conn, payload)
+            if self._conn is None:
+                self._hold_early(None, payload)
+            else:
+                self._engine.router.receive(self._conn, payload)
 
     def pause_writing(self) -> None:
         """The worker is not keeping up with what it is sent: watch it (it may be stuck)."""
@@ -243,7 +303,7 @@ class WorkerListener(WSListener):
         loop = asyncio.get_running_loop()
         waiting = transport.underlying_transport.get_write_buffer_size()  # type: ignore[union-attr]
         if waiting > config.max_write_buffer_bytes or loop.time() - self._paused_at > config.stall_timeout_ms / 1000:
-            log.warning("worker %s is not reading (%d bytes waiting for it): disconnecting it", self._conn.id, waiting)
+            log.warning("%s is not reading (%d bytes waiting for it): disconnecting it", self._who(), waiting)
             self._stall_check = None
             transport.disconnect(graceful=False)  # type: ignore[union-attr]
         else:
@@ -267,7 +327,7 @@ class WorkerListener(WSListener):
         if self._heard:
             self._heard = False
             self._idle_since = now
-        _ping_or_drop(self._transport, self._idle_since, now, self._config, f"worker {self._conn.id}")
+        _ping_or_drop(self._transport, self._idle_since, now, self._config, self._who())
 
     def shutdown(self) -> None:
         """Send what is queued, then close with ``GOING_AWAY`` (the engine is stopping)."""
@@ -276,6 +336,11 @@ class WorkerListener(WSListener):
         if transport is not None and not transport.is_disconnected:
             transport.send_close(WSCloseCode.GOING_AWAY)
             transport.disconnect()
+
+
+def _decline(conn: Any, routed: Any, payload: Any) -> bool:
+    """The ``forward`` of a connection being authenticated: everything goes to ``_hold_early``."""
+    return False
 
 
 def _ping_or_drop(transport: Any, idle_since: Optional[float], now: float, config: Any, who: str) -> None:

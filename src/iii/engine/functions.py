@@ -354,9 +354,12 @@ def functions_list(router: Router, caller: Optional[Connection], data: Any) -> A
     wanted_workers = set(args.workers or ())
     if args.worker:
         wanted_workers.add(args.worker)
+    session = caller.session if caller is not None else None
     rows = []
     for fn in router.all_functions():
         if not args.include_internal and fn.internal:
+            continue
+        if session is not None and not session.allows(fn.id, fn.namespace, fn):
             continue
         if args.prefix and not fn.id.startswith(args.prefix):
             continue
@@ -399,9 +402,14 @@ def functions_info(router: Router, caller: Optional[Connection], data: Any) -> A
         raise EngineError(
             ErrorCode.INVALID_ARGUMENTS, "pass either `function_id` or `function_ids`, not both"
         )
+    session = caller.session if caller is not None else None
     if args.function_id is not None:
         found = _resolve_function(router, args.function_id, args.namespace)
         if isinstance(found, FunctionEntry):
+            if session is not None and not session.allows(found.id, found.namespace, found):
+                raise EngineError(
+                    ErrorCode.FORBIDDEN, f"Function '{args.function_id}' is not visible to this session."
+                )
             return function_detail(router, found)
         if found:
             raise EngineError(
@@ -426,7 +434,10 @@ def functions_info(router: Router, caller: Optional[Connection], data: Any) -> A
     for function_id in ids:
         found = _resolve_function(router, function_id, args.namespace)
         if isinstance(found, FunctionEntry):
-            rows.append(function_detail(router, found))
+            if session is not None and not session.allows(found.id, found.namespace, found):
+                rows.append({"function_id": function_id, "error": "forbidden"})
+            else:
+                rows.append(function_detail(router, found))
         else:
             rows.append({"function_id": function_id, "error": "not_found"})
     return {"functions": rows}
@@ -502,10 +513,19 @@ def triggers_info(router: Router, caller: Optional[Connection], data: Any) -> An
 
 def register_trigger(router: Router, caller: Optional[Connection], data: Any) -> Any:
     args = parse_input("engine::register_trigger", data, RegisterTriggerInput)
+    function_id = args.function_id
+    session = caller.session if caller is not None else None
+    if session is not None:  # the type list and prefix apply; the trigger hook does not (rbac.md §7.4)
+        allowed_types = session.allowed_trigger_types
+        if allowed_types is not None and args.trigger_type not in allowed_types:
+            raise EngineError(
+                ErrorCode.FORBIDDEN, f"Trigger type '{args.trigger_type}' is not allowed for this session."
+            )
+        function_id = session.registered_id(function_id)
     binding = Binding(
         router.new_id(),
         args.trigger_type,
-        args.function_id,
+        function_id,
         codec.encode_json(args.config),
         b"" if args.metadata is None else codec.encode_json(args.metadata),
         None,

@@ -6,6 +6,7 @@ that change them (and ``invocations`` the calls in flight).
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Callable, Optional
 
 from iii.protocol import DEFAULT_NAMESPACE
@@ -61,6 +62,9 @@ class Connection:
         "invocations_made",
         "frames_dropped",
         "dropped_kinds",
+        "session",
+        "gate",
+        "gate_bytes",
     )
 
     def __init__(
@@ -104,6 +108,11 @@ class Connection:
         self.frames_dropped = 0
         #: Its bad frames by ``type`` (a ``host.KindCounts``; ``None`` until the first).
         self.dropped_kinds: Any = None
+        #: Its listener's RBAC session (``rbac.Session``); ``None`` on a trusted listener.
+        self.session: Any = None
+        #: Messages held while a registration hook of this session runs, in arrival order.
+        self.gate: Optional[deque[tuple[Any, bytes]]] = None
+        self.gate_bytes = 0
 
     @property
     def closed(self) -> bool:
@@ -134,6 +143,7 @@ class FunctionEntry:
         "request_format",
         "response_format",
         "metadata",
+        "local_id",
     )
 
     def __init__(
@@ -158,6 +168,8 @@ class FunctionEntry:
         self.request_format = request_format
         self.response_format = response_format
         self.metadata = metadata
+        #: The id its owner registered it as, when a session prefix changed it (``None``: ``id``).
+        self.local_id: Optional[str] = None
 
     @property
     def worker_name(self) -> str:

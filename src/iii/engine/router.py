@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from typing import Any, Callable, Optional
 
 import msgspec
@@ -24,6 +25,7 @@ from msgspec import UNSET
 
 from iii import codec
 from iii.codec import ROUTE_INVOKE
+from iii.engine import rbac
 from iii.engine.channels import ChannelRegistry
 from iii.engine.host import DEFAULT_INVOCATION_TIMEOUT_MS, KindCounts
 from iii.engine.invocations import Invocations, Pending
@@ -185,12 +187,18 @@ class Router:
         close: Callable[[], None],
         ip: Optional[str],
         now_ms: int,
+        session: Optional[rbac.Session] = None,
     ) -> Connection:
-        """Admit a new worker connection: sends ``workerregistered``, fires ``worker_connected``."""
+        """Admit a new worker connection: sends ``workerregistered``, fires ``worker_connected``.
+
+        A connection with a ``session`` (an RBAC or middleware listener's) has its calls and
+        registrations checked; its calls never take :meth:`forward`'s fast path.
+        """
         worker_id = self.new_id()
         conn = Connection(
             worker_id, self.new_id(), send, close, codec.caller_field(worker_id), ip, now_ms
         )
+        conn.session = session
         self.connections[worker_id] = conn
         send(codec.encode_message(WorkerRegistered(worker_id=worker_id, reattach_token=conn.token)))
         self.fire_workers_available("worker_connected", worker_id)
@@ -204,7 +212,8 @@ class Router:
         whole frames; this serves reassembled fragments and tests.
         """
         routed = self._route_frame(frame, conn.caller_field)
-        if routed is None or not self.forward(conn, routed, frame):
+        forward = self.forward if conn.session is None else self.forward_answer
+        if routed is None or not forward(conn, routed, frame):
             self.handle(conn, frame)
 
     def forward(self, conn: Connection, routed: tuple, frame: Optional[bytes]) -> bool:
@@ -224,7 +233,7 @@ class Router:
         if kind == ROUTE_INVOKE:
             by_id = self.functions.get(DEFAULT_NAMESPACE)
             fn = by_id.get(function_id) if by_id is not None else None
-            if pending is not None or fn is None or fn.handler is not None:
+            if pending is not None or fn is None or fn.handler is not None or fn.local_id is not None:
                 return False
             target = fn.owner
             conn.invocations_made += 1
@@ -250,6 +259,13 @@ class Router:
             caller.send(frame)
         return True
 
+    def forward_answer(self, conn: Connection, routed: tuple, frame: Optional[bytes]) -> bool:
+        """:meth:`forward` for a connection with a session: its answers take the fast path, its
+        calls the full one (where the session's rules apply)."""
+        if routed[0] == ROUTE_INVOKE:
+            return False
+        return self.forward(conn, routed, frame)
+
     def handle(self, conn: Connection, frame: bytes) -> None:
         """The full path: decode the frame (payloads stay raw) and act on the message."""
         if conn.state == ABORTED:
@@ -258,6 +274,9 @@ class Router:
             msg = codec.decode_frame(frame)
         except codec.DecodeError as exc:
             self._on_bad_frame(conn, frame, exc)
+            return
+        if conn.gate is not None:
+            self._hold_behind_hook(conn, msg, frame)
             return
         msg_type = type(msg)
         if conn.state == PENDING and msg_type in HELD_TYPES:
@@ -271,6 +290,7 @@ class Router:
             return
         conn.state = ABORTED
         conn.held.clear()
+        conn.gate = None
         for ns, function_id in list(conn.functions):
             self._remove_function(conn, ns, function_id)
         self._halt_invocations(conn)
@@ -292,10 +312,49 @@ class Router:
         conn.state = RESOLVED
         held, conn.held = conn.held, []
         for msg in held:
+            if conn.gate is not None:  # a registration hook started: the rest waits for it
+                self._hold_behind_hook(conn, msg, b"")
+                continue
             try:
                 self._handlers[type(msg)](conn, msg, b"")
             except Exception:  # one bad held message must not stop the drain
                 log.exception("worker %s: applying a held %s failed", conn.id, type(msg).__name__)
+
+    def gate(self, conn: Connection) -> None:
+        """Hold what ``conn`` sends next until :meth:`ungate` (a registration hook is running:
+        the session's messages keep their order around it)."""
+        if conn.gate is None:
+            conn.gate = deque()
+            conn.gate_bytes = 0
+
+    def ungate(self, conn: Connection) -> None:
+        """The hook answered: act on the held messages, up to the next one that starts a hook."""
+        gate, conn.gate = conn.gate, None
+        while gate and conn.state != ABORTED:
+            msg, frame = gate.popleft()
+            conn.gate_bytes -= len(frame)
+            if conn.state == PENDING and type(msg) in HELD_TYPES:
+                conn.held.append(msg)
+                continue
+            try:
+                self._handlers[type(msg)](conn, msg, frame)
+            except Exception:
+                log.exception("worker %s: a held %s failed", conn.id, type(msg).__name__)
+            if conn.gate is not None:  # another hook started: the rest waits for that one
+                conn.gate = gate
+                return
+
+    def _hold_behind_hook(self, conn: Connection, msg: Any, frame: bytes) -> None:
+        gate = conn.gate
+        gate.append((msg, frame))  # type: ignore[union-attr]
+        conn.gate_bytes += len(frame)
+        if len(gate) > rbac.MAX_GATED_MESSAGES or conn.gate_bytes > rbac.MAX_GATED_BYTES:  # type: ignore[arg-type]
+            log.warning(
+                "worker %s sent more than %d messages (%d bytes) while a registration hook ran: disconnecting it",
+                conn.id, rbac.MAX_GATED_MESSAGES, rbac.MAX_GATED_BYTES,
+            )
+            self.disconnect(conn)
+            conn.close()
 
     def _on_bad_frame(self, conn: Connection, frame: bytes, exc: Exception) -> None:
         conn.frames_dropped += 1
@@ -391,6 +450,12 @@ class Router:
         self._functions_changed()
 
     def _on_register_function(self, conn: Connection, msg: RegisterFunction, frame: bytes) -> None:
+        if conn.session is None:
+            self._register_function(conn, msg)
+        else:
+            rbac.register_function(self, conn, msg, self._register_function)
+
+    def _register_function(self, conn: Connection, msg: RegisterFunction) -> None:
         ns = conn.namespace
         function_id = msg.id
         if msg.invocation and self._http_functions is None:
@@ -432,7 +497,7 @@ class Router:
                 return
         if existing is not None and existing.owner is not conn:
             existing.owner.functions.discard((ns, function_id))
-        self.functions.setdefault(ns, {})[function_id] = FunctionEntry(
+        self.functions.setdefault(ns, {})[function_id] = entry = FunctionEntry(
             function_id,
             ns,
             owner=conn,
@@ -442,6 +507,8 @@ class Router:
             response_format=_decode_raw(msg.response_format),
             metadata=_decode_raw(msg.metadata),
         )
+        if conn.session is not None and conn.session.prefix is not None:
+            entry.local_id = function_id[len(conn.session.prefix) + 2:]
         conn.functions.add((ns, function_id))
         self._functions_changed()
 
@@ -454,7 +521,8 @@ class Router:
     def _on_unregister_function(
         self, conn: Connection, msg: UnregisterFunction, frame: bytes
     ) -> None:
-        self._remove_function(conn, conn.namespace, msg.id)
+        function_id = msg.id if conn.session is None else conn.session.registered_id(msg.id)
+        self._remove_function(conn, conn.namespace, function_id)
 
     def _remove_function(self, conn: Connection, ns: str, function_id: str) -> None:
         """Compare-and-delete: only the owner removes its function."""
@@ -524,6 +592,8 @@ class Router:
         elif ns is None or is_blank(ns):
             self._reply_error(answer_to, invocation_id, msg.function_id, _namespace_error("namespace"))
             return
+        if conn.session is not None and rbac.screen_call(self, conn, conn.session, msg, ns):
+            return
         if type(action) is ActionEnqueue:
             self._enqueue(conn, msg, ns)
             return
@@ -563,7 +633,7 @@ class Router:
         fn.owner.send(
             codec.encode_invoke(
                 key,
-                function_id,
+                fn.local_id or function_id,
                 codec.with_caller(data, conn.caller_field),
                 bytes(msg.metadata) if msg.metadata else b"",
                 msg.traceparent,
@@ -742,7 +812,7 @@ class Router:
         self._open_with_deadline(Pending(None, fn.owner, function_id, on_result), key, timeout_ms)
         if self._batch is not None:  # fan-outs and queue deliveries: one write per worker
             self._batch()
-        fn.owner.send(codec.encode_invoke(key, function_id, data, metadata, None, None))
+        fn.owner.send(codec.encode_invoke(key, fn.local_id or function_id, data, metadata, None, None))
 
     def _open_with_deadline(self, pending: Pending, key: str, timeout_ms: int) -> None:
         pending.deadline_ms = deadline_ms = self.now_ms() + timeout_ms
@@ -753,16 +823,23 @@ class Router:
 
     def expire_calls(self) -> Optional[int]:
         """Time out the engine's calls whose deadline has passed; returns the next deadline."""
+        #: (function id, worker id) -> [first call id, calls timed out, anyone waited]: one log
+        #: line per function and worker, however many of its calls came due together.
+        expired: dict[tuple[str, str], list[Any]] = {}
         for key, pending in self.invocations.expire(self.now_ms()):
-            # A void call that got no answer is no news (nobody waited for it).
-            log.log(
-                logging.WARNING if pending.on_result is not None else logging.DEBUG,
-                "call %s to %s timed out (worker %s did not answer in time)",
-                key, pending.function_id, pending.target.id,
-            )
+            entry = expired.setdefault((pending.function_id, pending.target.id), [key, 0, False])
+            entry[1] += 1
+            entry[2] = entry[2] or pending.on_result is not None
             self._fail_call(key, pending, ErrorBody(
                 ErrorCode.TIMEOUT, f"Invocation of {pending.function_id} timed out"
             ))
+        for (function_id, worker_id), (key, count, waited) in expired.items():
+            # A void call that got no answer is no news (nobody waited for it).
+            log.log(
+                logging.WARNING if waited else logging.DEBUG,
+                "call %s to %s timed out (worker %s did not answer in time)%s",
+                key, function_id, worker_id, f", and {count - 1} more with it" if count > 1 else "",
+            )
         return self.invocations.next_deadline()
 
     def _halt_invocations(self, conn: Connection) -> None:
@@ -817,6 +894,13 @@ class Router:
         if ns is None or is_blank(ns):
             log.error("worker %s: registertriggertype %s: blank namespace ignored", conn.id, msg.id)
             return
+        if conn.session is None:
+            self._register_trigger_type(conn, msg)
+        else:
+            rbac.register_trigger_type(self, conn, msg, self._register_trigger_type)
+
+    def _register_trigger_type(self, conn: Connection, msg: RegisterTriggerType) -> None:
+        ns = conn.namespace if msg.namespace is UNSET else msg.namespace
         if self._is_engine_trigger_type(msg.id):
             # A worker taking over `http` would receive every request, and take the type with it
             # when it leaves.
@@ -974,6 +1058,12 @@ class Router:
             if value is None or (value is not UNSET and is_blank(value)):
                 self._refuse_binding(conn, msg.id, msg.trigger_type, msg.function_id, _namespace_error(field))
                 return
+        if conn.session is None:
+            self._register_trigger(conn, msg)
+        else:
+            rbac.register_trigger(self, conn, msg, self._register_trigger)
+
+    def _register_trigger(self, conn: Connection, msg: RegisterTrigger) -> None:
         binding = Binding(
             msg.id,
             msg.trigger_type,

@@ -20,11 +20,13 @@ from typing import Annotated, Any, Optional
 
 import msgspec
 from msgspec import Meta
-from picows import WSUpgradeRequest, ws_create_server
+from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server
 
 from iii._version import __version__
+from iii.engine.auth_gate import AuthGate
 from iii.engine.channels import SWEEP_EVERY_MS, channel_listener
 from iii.engine.frames import TelemetryListener, WorkerListener
+from iii.engine.rbac import Policy, RbacConfig
 from iii.engine.router import Router
 from iii.protocol import DEFAULT_GRACE_MS, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE
 
@@ -47,6 +49,11 @@ class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_write_buffer_bytes: Annotated[int, Meta(ge=1024 * 1024)] = 256 * 1024 * 1024
     #: … or once it has been behind (its buffer over 4 MiB) this long.
     stall_timeout_ms: Annotated[int, Meta(ge=100, le=3_600_000)] = 30_000
+    #: Every call made from this listener's connections goes through this function instead
+    #: (rbac.md §6).
+    middleware_function_id: Optional[Annotated[str, Meta(min_length=1)]] = None
+    #: Authentication, exposure rules and registration hooks of this listener (rbac.md).
+    rbac: Optional[RbacConfig] = None
 
 
 class Engine:
@@ -75,6 +82,12 @@ class Engine:
         self._expiry_due_ms = 0
         self._channel_sweep: Optional[asyncio.TimerHandle] = None
         self._stopped = False
+        #: Listener config -> its RBAC policy (listeners without ``rbac`` or middleware have none).
+        self._policies: dict[int, Policy] = {
+            id(config): Policy(config.rbac, config.middleware_function_id)
+            for config in listeners
+            if config.rbac is not None or config.middleware_function_id is not None
+        }
         self.urls: list[str] = []
 
     def start_batch(self) -> None:
@@ -126,6 +139,10 @@ class Engine:
             if next_deadline is not None:
                 self._expire_at(next_deadline)
 
+    def policy_of(self, config: ListenerConfig) -> Optional[Policy]:
+        """The RBAC policy of a listener (``None``: a trusted listener)."""
+        return self._policies.get(id(config))
+
     def _heartbeat(self, config: ListenerConfig) -> None:
         """Ping the connections of one listener (and drop the silent ones); come back later."""
         loop = asyncio.get_running_loop()
@@ -157,12 +174,22 @@ class Engine:
             self._channel_sweep = asyncio.get_running_loop().call_later(SWEEP_EVERY_MS / 1000, self._sweep_channels)
 
     async def _serve(self, config: ListenerConfig) -> asyncio.AbstractServer:
+        policy = self.policy_of(config)
+
         def route(request: WSUpgradeRequest) -> Any:
             path = request.path.split(b"?", 1)[0].rstrip(b"/")
+            if policy is not None and policy.auth_full() and path in (b"", b"/otel"):
+                # Refused before the upgrade: a flood of handshakes costs as little as possible.
+                return WSUpgradeResponseWithListener(
+                    WSUpgradeResponse.create_error_response(503, policy.auth_full_message().encode()), None
+                )
             if path == b"":
                 return WorkerListener(self, config)
             if path == b"/otel":
-                return TelemetryListener(self, config)
+                telemetry = TelemetryListener(self, config)
+                if policy is not None and policy.auth_function_id is not None:
+                    return AuthGate(self, config, policy, telemetry)  # authenticated like `/`
+                return telemetry
             if path.startswith(b"/ws/channels/"):
                 return channel_listener(self, config, request)
             return None  # picows answers 404
