@@ -46,6 +46,8 @@ SHOP_WORKER = Path(__file__).with_name("shop_worker.py")
 SCREENSHOTS = ROOT / "docs" if os.environ.get("III_SCREENSHOTS") else None
 ENGINE_CONFIG = """\
 workers:
+  - name: hello-worker
+    worker_path: HELLO_WORKER
   - name: iii-worker-manager
     config: {host: 127.0.0.1, port: 0}
   - name: iii-http
@@ -105,15 +107,16 @@ class Stack:
 
     def __init__(self, directory: Path) -> None:
         self.processes: list[Process] = []
-        (directory / "config.yaml").write_text(ENGINE_CONFIG)
-        engine = self.start(sys.executable, "-m", "iii", "-c", str(directory / "config.yaml"))
+        (directory / "config.yaml").write_text(ENGINE_CONFIG.replace("HELLO_WORKER", str(ROOT / "examples/demo/hello-worker")))
+        self.env = {"III_LOGS_DIR": str(directory / "logs")}  # the manager's worker output
+        engine = self.start(sys.executable, "-m", "iii", "-c", str(directory / "config.yaml"), env=self.env)
         self.worker_url = engine.wait_for(lambda line: _search(r"iii engine \S+ listening on (ws://\S+)", line))
         http_url = engine.wait_for(lambda line: _search(r"iii-http listening on (http://\S+)", line))
         stream_url = engine.wait_for(lambda line: _search(r"iii-stream listening on (ws://\S+)", line))
         port = lambda url: url.rsplit(":", 1)[1].strip("/")  # noqa: E731
         self.console = self.start(
             sys.executable, "-m", "iii", "console", "--port", "0", "--bridge-port", port(self.worker_url),
-            "--engine-port", port(http_url), "--ws-port", port(stream_url),
+            "--engine-port", port(http_url), "--ws-port", port(stream_url), env=self.env,
         )
         self.url = self.console.wait_for(lambda line: _search(r"Console available at (http://\S+)", line))
 
@@ -203,6 +206,9 @@ def test_workers_page_lists_workers_and_opens_one(page, stack):
     expect(detail.locator("#worker-functions")).to_contain_text("shop::order")
     expect(detail).to_contain_text("Recent log lines")
     screenshot(page, "workers")
+    # A worker the engine supervises: its process output, as `iii worker logs` shows it.
+    page.locator('tr[data-worker="hello-worker"]').get_by_role("button", name="hello-worker").click()
+    expect(detail.locator("pre.worker-stdout")).to_contain_text("hello-worker is up")
 
 
 def test_invoking_a_function_from_its_schema_form_shows_the_result(page, stack):

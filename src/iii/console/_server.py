@@ -8,6 +8,8 @@ Routes:
   worker; always 200 with ``{ok, result | error: {code, message}, latency_ms}``.
 - ``POST /api/cron`` ``{expressions: [...]}``: each expression's next run (UTC, ISO 8601) as the
   engine's cron module computes it, or ``null`` when it does not parse.
+- ``GET /api/worker-output?name=NAME``: the last lines of a worker's stdout and stderr as the
+  engine's worker manager keeps them (``iii worker logs``), when the engine runs on this machine.
 - ``GET /api/live``: WebSocket of change notices ``{topic, detail}`` (see :mod:`._link`).
 - ``GET /ws/streams``: a pipe to the engine's stream WebSocket (``--ws-port``), so the page can
   join a stream group and see its changes.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -47,6 +50,10 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 #: The longest a call made for the page may wait.
 MAX_CALL_TIMEOUT_MS = 60_000
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+#: A worker name that is one path component (it names its log directory).
+_LOG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_TAIL_LINES = 20
+_TAIL_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -79,19 +86,23 @@ class CronRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPTIONS = web.AppKey("options", ConsoleOptions)
+LINK = web.AppKey("link", EngineLink)
+HUB = web.AppKey("hub", LiveHub)
 
 
 def make_app(options: ConsoleOptions, link: EngineLink, hub: LiveHub) -> web.Application:
     """The console's aiohttp application (the engine link is started by :func:`serve`)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_same_origin_only(options)])
-    app["options"] = options
-    app["link"] = link
-    app["hub"] = hub
+    app[OPTIONS] = options
+    app[LINK] = link
+    app[HUB] = hub
     app.router.add_get("/", _index)
     app.router.add_static("/static/", STATIC, follow_symlinks=False, append_version=False)
     app.router.add_get("/api/config", _config)
     app.router.add_post("/api/call", _call)
     app.router.add_post("/api/cron", _cron)
+    app.router.add_get("/api/worker-output", _worker_output)
     app.router.add_get("/api/live", _live)
     app.router.add_get("/ws/streams", _streams_pipe)
     return app
@@ -120,8 +131,8 @@ async def _index(request: web.Request) -> web.StreamResponse:
 
 
 async def _config(request: web.Request) -> web.StreamResponse:
-    options: ConsoleOptions = request.app["options"]
-    link: EngineLink = request.app["link"]
+    options: ConsoleOptions = request.app[OPTIONS]
+    link: EngineLink = request.app[LINK]
     return web.json_response({
         "version": __version__,
         "engineHost": options.engine_host,
@@ -146,7 +157,7 @@ async def _read_json(request: web.Request, struct: type) -> Any:
 
 async def _call(request: web.Request) -> web.StreamResponse:
     call: CallRequest = await _read_json(request, CallRequest)
-    link: EngineLink = request.app["link"]
+    link: EngineLink = request.app[LINK]
     timeout_ms = min(max(call.timeout_ms, 1), MAX_CALL_TIMEOUT_MS)
     started = time.perf_counter()
     try:
@@ -159,7 +170,7 @@ async def _call(request: web.Request) -> web.StreamResponse:
         body = {"ok": True, "result": result}
     body["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
     if call.function_id.startswith(("iii::queue::", "iii::durable::")):
-        request.app["hub"].publish("queues")  # no trigger tells of queue changes
+        request.app[HUB].publish("queues")  # no trigger tells of queue changes
     return web.Response(body=msgspec.json.encode(body), content_type="application/json")
 
 
@@ -181,8 +192,38 @@ async def _cron(request: web.Request) -> web.StreamResponse:
     return web.json_response({"next": runs})
 
 
+def _tail(path: Path) -> list[str]:
+    """The last lines of a file, reading at most its last ``_TAIL_BYTES``."""
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(max(0, size - _TAIL_BYTES))
+            lines = handle.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+    return lines[-_TAIL_LINES:] if size <= _TAIL_BYTES else lines[1:][-_TAIL_LINES:]
+
+
+async def _worker_output(request: web.Request) -> web.StreamResponse:
+    from iii.manager.supervisor import logs_root
+
+    options: ConsoleOptions = request.app[OPTIONS]
+    name = request.query.get("name", "")
+    if options.engine_host not in _LOOPBACK or not _LOG_NAME.fullmatch(name) or ".." in name:
+        return web.json_response({"available": False})
+    directory = logs_root() / name
+    if not directory.is_dir():
+        return web.json_response({"available": False})
+    return web.json_response({
+        "available": True,
+        "directory": str(directory),
+        "stdout": _tail(directory / "stdout.log"),
+        "stderr": _tail(directory / "stderr.log"),
+    })
+
+
 async def _live(request: web.Request) -> web.StreamResponse:
-    hub: LiveHub = request.app["hub"]
+    hub: LiveHub = request.app[HUB]
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4096)
     await ws.prepare(request)
     client = hub.subscribe()
@@ -213,7 +254,7 @@ async def _live(request: web.Request) -> web.StreamResponse:
 
 
 async def _streams_pipe(request: web.Request) -> web.StreamResponse:
-    options: ConsoleOptions = request.app["options"]
+    options: ConsoleOptions = request.app[OPTIONS]
     page = web.WebSocketResponse(heartbeat=20, max_msg_size=MAX_BODY_BYTES)
     await page.prepare(request)
     timeout = aiohttp.ClientTimeout(total=None, connect=5)

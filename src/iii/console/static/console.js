@@ -256,7 +256,7 @@
         { label: "Functions", num: true, cell: (w) => w.function_count },
         { label: "In flight", num: true, cell: (w) => w.metrics ? w.metrics.invocations_in_flight : w.active_invocations },
         { label: "Handled", num: true, cell: (w) => w.metrics ? w.metrics.invocations_handled : "" },
-        { label: "Connected", cell: (w) => h("span", { title: new Date(w.connected_at_ms).toLocaleString() }, since(w.connected_at_ms)) },
+        { label: "Since", cell: (w) => h("span", { class: "nowrap", title: `connected ${new Date(w.connected_at_ms).toLocaleString()}` }, since(w.connected_at_ms)) },
       ], rows, (w) => ({
         class: [w.name === selected ? "selected" : "", !firstLoad && !seen.has(w.id) ? "fresh" : ""].join(" ").trim() || null,
         "data-worker": w.name, "data-runtime": w.runtime,
@@ -270,6 +270,8 @@
       if (!worker) { replace(detail, selected ? notice(`${selected} is not connected.`) : null); return; }
       const info = await call("engine::workers::info", { name: worker.name, namespace: worker.namespace });
       const logs = await call("engine::logs::list", { limit: 300 });
+      let output = { available: false };
+      try { output = await (await fetch(`/api/worker-output?name=${encodeURIComponent(worker.name)}`)).json(); } catch (err) { /* shown as absent */ }
       const functions = info.ok ? info.result.functions : [];
       const content = [
         h("h2", {}, worker.name),
@@ -289,9 +291,14 @@
             f.description ? h("span", { class: "muted" }, " — ", f.description) : null))) : h("p", { class: "muted" }, "None."),
         h("h2", {}, "Recent log lines"),
         logs.ok ? logLines(logs.result.logs.filter((l) => logSource(l) === worker.name || logWorkerId(l) === worker.id).slice(0, 20))
-          : telemetryNotice(new CallError(logs.error)),
+          : output.available ? null : telemetryNotice(new CallError(logs.error)),
+        output.available ? [
+          h("h3", { class: "muted" }, "Process output ", h("span", { class: "mono" }, output.directory)),
+          ["stdout", "stderr"].map((stream) => output[stream].length
+            ? h("pre", { class: `worker-${stream}`, "aria-label": stream }, output[stream].join("\n")) : null),
+        ] : null,
       ];
-      if (changed(detail, [worker, functions, logs])) replace(detail, content);
+      if (changed(detail, [worker, functions, logs, output])) replace(detail, content);
     }
 
     function logLines(lines) {
