@@ -1,5 +1,5 @@
 """A worker on the official Python iii-sdk for the console's browser tests: a function with
-schemas (``shop::order``) behind an http route, a cron job, a queue consumer that fails until
+schemas (``shop::order``, which logs through the SDK's Logger) behind an http route, a cron job, a queue consumer that fails until
 ``shop::heal`` is called (so its job lands in the dead letters), and some state and stream data.
 
 Prints JSON lines: ``{"ready": true}`` once the engine lists its functions, ``{"mailed": data}``
@@ -13,6 +13,7 @@ import threading
 import time
 
 from iii import InitOptions, TriggerAction, register_worker
+from iii_helpers.observability import Logger
 
 healed = threading.Event()
 
@@ -22,7 +23,11 @@ def emit(**fields):
     sys.stdout.flush()
 
 
+logger = Logger(service_name="shop")
+
+
 def order(data):
+    logger.info("order placed", {"item": data["item"]})
     return {"item": data["item"], "qty": data["qty"], "total": data["qty"] * 2}
 
 

@@ -222,6 +222,19 @@
 
   // ------------------------------------------------------------------ Workers
 
+  /** The gauges an SDK reports (telemetry), when the engine keeps them. */
+  function workerGauges(metrics) {
+    if (!metrics) return [];
+    const mib = (bytes) => (typeof bytes === "number" ? `${(bytes / 1048576).toFixed(1)} MiB` : null);
+    return [
+      ["CPU", typeof metrics.cpu_percent === "number" ? `${metrics.cpu_percent.toFixed(1)} %` : null],
+      ["Memory (RSS)", mib(metrics.memory_rss)],
+      ["Heap used", mib(metrics.memory_heap_used)],
+      ["Event loop lag", typeof metrics.event_loop_lag_ms === "number" ? formatMs(metrics.event_loop_lag_ms) : null],
+      ["Uptime", typeof metrics.uptime_seconds === "number" ? `${Math.round(metrics.uptime_seconds)} s` : null],
+    ];
+  }
+
   function workersPage(root, params) {
     let selected = params.get("worker");
     let workers = [];
@@ -282,7 +295,8 @@
             ["Connected", worker.connected_at_ms ? new Date(worker.connected_at_ms).toLocaleString() : null],
             ["Calls handled", worker.metrics && worker.metrics.invocations_handled],
             ["Calls failed", worker.metrics && worker.metrics.invocations_failed],
-            ["Calls made", worker.metrics && worker.metrics.invocations_made]]
+            ["Calls made", worker.metrics && worker.metrics.invocations_made],
+            ...workerGauges(worker.latest_metrics)]
             .filter(([, v]) => v !== null && v !== undefined && v !== "")
             .map(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))])),
         h("h2", {}, `Functions (${functions.length})`),
@@ -820,13 +834,20 @@
     for (const name of names) if (attrs[name] !== undefined) return attrs[name];
     return undefined;
   };
-  const logSource = (l) => attribute(l, "worker.name", "worker_name") || (l.service_name && l.service_name !== "unknown" ? l.service_name : (l.resource || {})["service.name"]) || "unknown";
+  const logSource = (l) => attribute(l, "worker.name", "worker_name", "service.name") ||
+    (l.service_name && l.service_name !== "unknown" ? l.service_name : (l.resource || {})["service.name"]) || "unknown";
   const logWorkerId = (l) => attribute(l, "worker.id", "worker_id");
-  const logFunction = (l) => attribute(l, "function_id", "faas.invoked_name", "iii.function.id") || "";
+  /** The span a log line was written in names its function ("execute <id>"); see logsPage. */
+  const spanFunctions = new Map();
+  const spanMisses = new Map();
+  const logFunction = (l) => attribute(l, "function_id", "faas.invoked_name", "iii.function.id") || spanFunctions.get(l.span_id) || "";
+  const spanFunction = (s) => attribute(s, "faas.invoked_name", "function_id", "iii.function.id") || (s.name.startsWith("execute ") ? s.name.slice(8) : "");
   const logBody = (l) => (typeof l.body === "string" ? l.body : compact(l.body));
 
   function logsPage(root, params) {
-    const worker = h("select", { id: "log-worker", "aria-label": "Worker", onchange: render }, h("option", { value: "" }, "all workers"));
+    let wantedWorker = "";
+    const worker = h("select", { id: "log-worker", "aria-label": "Worker", onchange: () => { wantedWorker = worker.value; render(); } },
+      h("option", { value: "" }, "all workers"));
     const level = h("select", { id: "log-level", "aria-label": "Lowest level", onchange: () => { list.signature = undefined; refresh(); } },
       h("option", { value: "" }, "all levels"), Object.keys(SEVERITY_MIN).map((l) => h("option", { value: l }, `${l} and above`)));
     const fn = h("input", { type: "search", id: "log-function", placeholder: "Function or text", "aria-label": "Function or text", oninput: render, value: params.get("q") || "" });
@@ -837,12 +858,15 @@
 
     function render() {
       const needle = fn.value.toLowerCase();
-      const rows = logs.filter((l) => (!worker.value || logSource(l) === worker.value) &&
+      const rows = logs.filter((l) => (!wantedWorker || logSource(l) === wantedWorker) &&
         (!needle || logFunction(l).toLowerCase().includes(needle) || logBody(l).toLowerCase().includes(needle)));
       count.textContent = `${rows.length} of ${logs.length}`;
-      const sources = [...new Set(logs.map(logSource))].sort();
-      const chosen = worker.value;
-      replace(worker, h("option", { value: "" }, "all workers"), sources.map((s) => h("option", { value: s, selected: s === chosen }, s)));
+      // The chosen worker stays a choice while a filter hides all its lines.
+      const sources = [...new Set([...logs.map(logSource), wantedWorker].filter(Boolean))].sort();
+      if (changed(worker, sources)) {
+        replace(worker, h("option", { value: "" }, "all workers"), sources.map((s) => h("option", { value: s }, s)));
+        worker.value = wantedWorker;
+      }
       replace(list, rows.length ? table([
         { label: "Time", cell: (l) => h("span", { class: "mono" }, clock(nanosToMs(l.timestamp_unix_nano))) },
         { label: "Level", cell: (l) => h("span", { class: `level-${(l.severity_text || "").toUpperCase()}` }, l.severity_text || "") },
@@ -861,7 +885,16 @@
         if (level.value) payload.severity_min = SEVERITY_MIN[level.value];
         const result = await must("engine::logs::list", payload);
         logs = result.logs || [];
-        if (changed(list, logs)) render();
+        // A line can arrive before its span: ask again on later polls, a few times.
+        const unknown = [...new Set(logs.filter((l) => l.span_id && !spanFunctions.has(l.span_id) && (spanMisses.get(l.span_id) || 0) < 5)
+          .map((l) => l.trace_id))];
+        if (unknown.length) {
+          const spans = await call("engine::traces::list", { trace_ids: unknown.slice(0, 200), search_all_spans: true, include_internal: true, limit: 1000 });
+          for (const span of spans.ok ? spans.result.spans : []) spanFunctions.set(span.span_id, spanFunction(span));
+          for (const l of logs) if (l.span_id && !spanFunctions.has(l.span_id)) spanMisses.set(l.span_id, (spanMisses.get(l.span_id) || 0) + 1);
+          if (spanFunctions.size + spanMisses.size > 20000) { spanFunctions.clear(); spanMisses.clear(); }
+        }
+        if (changed(list, [logs, spanFunctions.size])) render();
       },
       onError: telemetryNotice,
     };
@@ -881,7 +914,8 @@
     root.append(h("h1", {}, "Traces"), h("div", { class: "toolbar" }, service, fn, status, h("label", {}, internal, " internal")),
       h("div", { class: "split" }, list, detail));
     let spans = [];
-    const functionOf = (s) => attribute(s, "faas.invoked_name", "function_id") || "";
+    // The SDKs name a handler's span "execute <function id>" and may set no attribute for it.
+    const functionOf = spanFunction;
     const duration = (s) => (Number(s.end_time_unix_nano) - Number(s.start_time_unix_nano)) / 1e6;
 
     function render() {
@@ -890,7 +924,7 @@
       replace(list, rows.length ? table([
         { label: "Trace", cell: (s) => h("button", { class: "rowlink", "data-key": s.trace_id, onclick: () => select(s.trace_id) }, s.name) },
         { label: "Function", cell: (s) => functionOf(s) },
-        { label: "Worker", cell: (s) => s.service_name || "" },
+        { label: "Worker", cell: (s) => h("span", { class: "nowrap" }, s.service_name || "") },
         { label: "Status", cell: (s) => h("span", { class: `status-${s.status}` }, s.status) },
         { label: "Start", cell: (s) => h("span", { class: "mono" }, clock(nanosToMs(s.start_time_unix_nano))) },
         { label: "Duration", num: true, cell: (s) => formatMs(duration(s)) },
