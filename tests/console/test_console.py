@@ -348,3 +348,32 @@ def test_the_console_answers_only_its_own_pages(stack):
     assert post({"Content-Type": "text/plain"}) == 415
     assert post({"Content-Type": "application/json", "Host": "evil.example"}) == 403
     assert post({"Content-Type": "application/json"}, b'{"function": 1}') == 400
+
+
+def test_pages_fit_a_narrow_window_and_work_from_the_keyboard(page, stack):
+    page.set_viewport_size({"width": 400, "height": 700})
+    try:
+        for route in ("workers", "functions?fn=shop::order", "triggers", "queues", "state?scope=carts", "streams", "logs", "traces"):
+            open_page(page, stack, route)
+            expect(page.locator("main h1")).to_be_visible()
+            overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 0, f"{route} is {overflow}px wider than a 400px window"
+    finally:
+        page.set_viewport_size({"width": 1000, "height": 620})
+    open_page(page, stack, "workers")
+    expect(page.locator('tr[data-worker="shop"]')).to_be_visible()
+    page.locator("body").press("/")
+    page.keyboard.type("shop")
+    expect(page.locator("#workers-list tbody tr")).to_have_count(1)
+    page.keyboard.press("Tab")  # the modules toggle
+    page.keyboard.press("Tab")  # the row
+    page.keyboard.press("Enter")
+    expect(page.locator("#worker-detail")).to_contain_text("Takes orders")
+    page.keyboard.press("Escape")
+    expect(page.locator("#worker-detail")).not_to_contain_text("Takes orders")
+
+
+def test_a_second_console_on_the_same_engine_says_so_and_exits(stack):
+    second = stack.start(sys.executable, "-m", "iii", "console", "--port", "0", "--bridge-port", stack.worker_url.rsplit(":", 1)[1])
+    second.wait_for(lambda line: "another iii console is connected" in line)
+    assert second.popen.wait(20) == 1

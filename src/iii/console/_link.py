@@ -100,6 +100,8 @@ class EngineLink:
         self.url = url
         self.hub = hub
         self.client: Optional[III] = None
+        #: Set when the engine refused this worker for good (another console holds the name).
+        self.refused = asyncio.Event()
 
     def start(self) -> None:
         """Start connecting (retried forever in the background) and register the console's
@@ -131,6 +133,8 @@ class EngineLink:
         return relay
 
     def _on_state(self, state: str) -> None:
+        if state == "failed":
+            self.refused.set()
         try:
             self.hub.publish("connection", {"state": state})
             if state == "connected":  # what changed while we were away

@@ -300,7 +300,7 @@ async def serve(options: ConsoleOptions, ready: Optional[Callable[[str], None]] 
         ready: called with the page's URL once the server listens (default: print it).
 
     Returns:
-        The exit code (0).
+        The exit code: 0, or 1 when the engine refuses the console's worker (another console).
     """
     hub = LiveHub()
     link = EngineLink(options.engine_url, hub)
@@ -318,9 +318,18 @@ async def serve(options: ConsoleOptions, ready: Optional[Callable[[str], None]] 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(link.refused.wait())]
     try:
-        await stop.wait()
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if link.refused.is_set():
+            log.error(
+                "the engine at %s refused this console's worker: another iii console is connected to it "
+                "(one per engine); use that one, or stop it first", options.engine_url,
+            )
+            return 1
     finally:
+        for wait in waits:
+            wait.cancel()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         await link.stop()
