@@ -263,6 +263,15 @@ def test_redriving_a_dead_letter_puts_it_back_in_its_queue(page, stack):
     stack.shop.wait_for(lambda line: '"mailed": {"to": "bob"}' in line)  # type: ignore[attr-defined]
     expect(row.locator("td").nth(5)).to_have_text("0")  # dead letters
     expect(row.locator("td").nth(6)).to_have_text("1")  # delivered
+    # A durable topic's subscriber queue: listed once it holds dead letters; redrive them all.
+    subscriber = page.locator('tr[data-queue="receipts::shop::archive"]')
+    expect(subscriber).to_contain_text("topic subscriber")
+    subscriber.get_by_role("button").click()
+    expect(page.locator("#dead-letter-list li")).to_contain_text("archive offline")
+    page.get_by_role("button", name="Redrive all").click()
+    page.locator("#dead-letters").get_by_role("button", name="Yes").click()
+    expect(page.locator("#queue-message")).to_have_text("Redrove 1 messages to receipts::shop::archive.")
+    expect(subscriber.locator("td").nth(6)).to_have_text("1")  # delivered
 
 
 def test_state_page_edits_a_value(page, stack):

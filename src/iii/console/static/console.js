@@ -576,6 +576,8 @@
     return isNaN(date) ? String(value) : `failed ${date.toLocaleString()}`;
   }
 
+  const subscriberQueues = new Set();
+
   function queuesPage(root, params) {
     let selected = params.get("queue");
     const list = h("div", { id: "queues-list" });
@@ -625,18 +627,27 @@
       topics: ["queues"],
       pollMs: 2000,
       async refresh() {
-        const topics = await must("engine::queue::list_topics", {});
+        const [topics, dead] = await Promise.all([must("engine::queue::list_topics", {}), call("engine::queue::dlq_topics", {})]);
+        // A durable topic's subscribers each have a queue ("<topic>::<function>"); the engine
+        // lists those only while they hold dead letters, so the page remembers the ones it saw.
+        const listed = new Set(topics.map((t) => t.name));
+        for (const d of dead.ok ? dead.result : []) if (!listed.has(d.topic)) subscriberQueues.add(d.topic);
+        for (const name of subscriberQueues) {
+          if (!listed.has(name)) topics.push({ name, broker_type: "subscriber", subscriber_count: "" });
+        }
         rows = await Promise.all(topics.map(async (t) => {
           const stats = await call("engine::queue::topic_stats", { topic: t.name });
           return { ...t, stats: stats.ok ? stats.result : null };
         }));
+        for (const r of rows) if (r.broker_type === "subscriber" && !r.stats) subscriberQueues.delete(r.name);
+        rows = rows.filter((r) => r.broker_type !== "subscriber" || r.stats);
         rows.sort((a, b) => a.name.localeCompare(b.name));
         if (changed(list, [rows, selected])) {
           const stat = (r, key) => (r.stats && r.stats[key] !== undefined ? r.stats[key] : "—");
           replace(list, rows.length ? table([
             { label: "Queue", cell: (r) => h("button", { class: "rowlink", "data-key": r.name, onclick: () => select(r.name) }, r.name) },
-            { label: "Kind", cell: (r) => (r.broker_type === "function_queue" ? "queue" : r.broker_type === "builtin" ? "topic" : r.broker_type) },
-            { label: "Consumers", num: true, cell: (r) => r.subscriber_count },
+            { label: "Kind", cell: (r) => (r.broker_type === "function_queue" ? "queue" : r.broker_type === "builtin" ? "topic" : r.broker_type === "subscriber" ? "topic subscriber" : r.broker_type) },
+            { label: "Consumers", num: true, cell: (r) => (r.subscriber_count === "" ? stat(r, "consumer_count") : r.subscriber_count) },
             { label: "Depth", num: true, cell: (r) => stat(r, "depth") },
             { label: "In flight", num: true, cell: (r) => stat(r, "in_flight") },
             { label: "Dead letters", num: true, cell: (r) => { const n = stat(r, "dlq_depth"); return n > 0 ? h("strong", { class: "err" }, n) : n; } },
@@ -715,6 +726,7 @@
 
     return {
       topics: ["state"],
+      pollMs: 5000, // in case the state module's triggers are off
       async refresh() {
         const groups = (await must("state::list_groups", {})).groups;
         if (changed(scopes, [groups, scope])) {
