@@ -106,8 +106,10 @@ class Process:
 class Stack:
     """The engine, the shop worker and the console, with the console's URL."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self) -> None:
         self.processes: list[Process] = []
+
+    def launch(self, directory: Path, official_python: str) -> None:
         (directory / "config.yaml").write_text(ENGINE_CONFIG.replace("HELLO_WORKER", str(ROOT / "examples/demo/hello-worker")))
         self.env = {"III_LOGS_DIR": str(directory / "logs")}  # the manager's worker output
         engine = self.start(sys.executable, "-m", "iii", "-c", str(directory / "config.yaml"), env=self.env)
@@ -115,11 +117,13 @@ class Stack:
         http_url = engine.wait_for(lambda line: _search(r"iii-http listening on (http://\S+)", line))
         stream_url = engine.wait_for(lambda line: _search(r"iii-stream listening on (ws://\S+)", line))
         port = lambda url: url.rsplit(":", 1)[1].strip("/")  # noqa: E731
+        self.shop = self.worker(official_python, str(SHOP_WORKER))
         self.console = self.start(
             sys.executable, "-m", "iii", "console", "--port", "0", "--bridge-port", port(self.worker_url),
             "--engine-port", port(http_url), "--ws-port", port(stream_url), env=self.env,
         )
         self.url = self.console.wait_for(lambda line: _search(r"Console available at (http://\S+)", line))
+        self.shop.wait_for(lambda line: '"ready"' in line)
 
     def start(self, *cmd: str, env: Optional[dict[str, Optional[str]]] = None) -> Process:
         process = Process(*cmd, env=env)
@@ -158,10 +162,9 @@ def _search(pattern: str, line: str) -> Optional[str]:
 @pytest.fixture(scope="module")
 def stack(official_python: str) -> Iterator[Stack]:
     with tempfile.TemporaryDirectory() as directory:
-        running = Stack(Path(directory))
+        running = Stack()
         try:
-            running.shop = running.worker(official_python, str(SHOP_WORKER))  # type: ignore[attr-defined]
-            running.shop.wait_for(lambda line: '"ready"' in line)  # type: ignore[attr-defined]
+            running.launch(Path(directory), official_python)
             yield running
         finally:
             running.close()
@@ -260,7 +263,7 @@ def test_redriving_a_dead_letter_puts_it_back_in_its_queue(page, stack):
     stack.call("shop::heal")
     letter.get_by_role("button", name="Redrive").click()
     expect(page.locator("#dead-letters")).to_contain_text("No dead letters")
-    stack.shop.wait_for(lambda line: '"mailed": {"to": "bob"}' in line)  # type: ignore[attr-defined]
+    stack.shop.wait_for(lambda line: '"mailed": {"to": "bob"}' in line)
     expect(row.locator("td").nth(5)).to_have_text("0")  # dead letters
     expect(row.locator("td").nth(6)).to_have_text("1")  # delivered
     # A durable topic's subscriber queue: listed once it holds dead letters; redrive them all.
