@@ -35,6 +35,8 @@ def order(data):
 def mail(data):
     if not healed.is_set():
         raise RuntimeError("mail server down")
+    if data.get("to") == "nobody":
+        raise RuntimeError("no such mailbox")
     emit(mailed=data)
     return {"sent": True}
 

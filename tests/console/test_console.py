@@ -266,6 +266,14 @@ def test_redriving_a_dead_letter_puts_it_back_in_its_queue(page, stack):
     stack.shop.wait_for(lambda line: '"mailed": {"to": "bob"}' in line)
     expect(row.locator("td").nth(5)).to_have_text("0")  # dead letters
     expect(row.locator("td").nth(6)).to_have_text("1")  # delivered
+    # A dead letter nobody wants: discard it.
+    stack.call("engine::queue::enqueue", {"queue": "mail", "function_id": "shop::mail", "data": {"to": "nobody"}})
+    expect(letter).to_contain_text("no such mailbox")
+    letter.get_by_role("button", name="Discard").click()
+    letter.get_by_role("button", name="Yes").click()
+    expect(page.locator("#dead-letters")).to_contain_text("No dead letters")
+    expect(row.locator("td").nth(5)).to_have_text("0")  # dead letters
+    expect(row.locator("td").nth(6)).to_have_text("1")  # delivered: still only bob's
     # A durable topic's subscriber queue: listed once it holds dead letters; redrive them all.
     subscriber = page.locator('tr[data-queue="receipts::shop::archive"]')
     expect(subscriber).to_contain_text("topic subscriber")
@@ -301,6 +309,12 @@ def test_streams_page_shows_a_group_and_its_changes(page, stack):
     expect(page.locator('tr[data-item="o-2"]')).to_contain_text("cake")
     expect(page.locator("#stream-events")).to_contain_text("o-2")
     screenshot(page, "streams")
+    page.locator("#stream-items").get_by_role("button", name="o-1").click()
+    page.locator("#value-editor").fill('{"item": "green tea"}')
+    page.locator("#save-value").click()
+    expect(page.locator("#editor-result")).to_have_text("Saved.")
+    assert stack.call("stream::get", {"stream_name": "orders", "group_id": "today", "item_id": "o-1"}) == {"item": "green tea"}
+    expect(page.locator('tr[data-item="o-1"]')).to_contain_text("green tea")
 
 
 def test_logs_and_traces_pages_show_what_the_engine_keeps(page, stack):

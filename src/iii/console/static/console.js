@@ -336,7 +336,7 @@
       async refresh() {
         const result = await must("engine::workers::list", {});
         workers = result.workers.slice().sort((a, b) => (a.runtime === "engine") - (b.runtime === "engine") || (a.name || "").localeCompare(b.name || ""));
-        if (changed(list, workers)) render();
+        if (changed(list, [workers, Math.floor(Date.now() / 15000)])) render(); // "Since" ages too
         await loadDetail();
       },
       close() { if (selected) select(selected); },
