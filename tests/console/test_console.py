@@ -185,6 +185,7 @@ def page(stack: Stack) -> Iterator[Any]:
         errors: list[str] = []
         tab = context.pages[0] if context.pages else context.new_page()
         tab.on("pageerror", lambda error: errors.append(str(error)))
+        tab.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)  # CSP, 404s
         tab.set_default_timeout(15_000)
         try:
             yield tab

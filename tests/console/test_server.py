@@ -118,6 +118,8 @@ async def test_the_page_and_its_files_are_served_from_the_package():
     try:
         index = await client.get("/")
         assert index.status == 200 and "/static/console.js" in await index.text()
+        policy = index.headers["Content-Security-Policy"]
+        assert "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
         script = await client.get("/static/console.js")
         assert script.status == 200 and "javascript" in script.content_type
         assert (await client.get("/static/../_server.py")).status in (403, 404)

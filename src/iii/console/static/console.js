@@ -13,6 +13,7 @@
     for (const [name, value] of Object.entries(attrs || {})) {
       if (value === null || value === undefined || value === false) continue;
       if (name === "class") el.className = value;
+      else if (name === "style") el.style.cssText = value; // CSSOM: allowed by the page's CSP
       else if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
       else if (name === "checked" || name === "value" || name === "disabled" || name === "selected") el[name] = value;
       else el.setAttribute(name, value === true ? "" : value);
