@@ -344,6 +344,7 @@ def test_logs_and_traces_pages_show_what_the_engine_keeps(page, stack):
     page.locator("#traces").get_by_role("button", name="execute shop::order").first.click()
     expect(page.locator("#trace-tree [role=treeitem]").first).to_contain_text("execute shop::order")
     expect(page.locator("#trace-tree")).to_contain_text(" ms")
+    expect(page.locator("#span-detail")).to_contain_text('"item": "jam"')  # the call's input, recorded by the SDK
     screenshot(page, "traces")
 
 

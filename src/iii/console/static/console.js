@@ -929,14 +929,16 @@
     let spans = [];
     // The SDKs name a handler's span "execute <function id>" and may set no attribute for it.
     const functionOf = spanFunction;
-    const duration = (s) => (Number(s.end_time_unix_nano) - Number(s.start_time_unix_nano)) / 1e6;
+    // A pending span (end 0) has lasted until now.
+    const duration = (s) => ((Number(s.end_time_unix_nano) || Date.now() * 1e6) - Number(s.start_time_unix_nano)) / 1e6;
+    const spanBox = h("div", { id: "span-detail", "aria-live": "polite" });
 
     function render() {
       const needle = fn.value.toLowerCase();
       const rows = spans.filter((s) => !needle || functionOf(s).toLowerCase().includes(needle) || s.name.toLowerCase().includes(needle));
       replace(list, rows.length ? table([
-        { label: "Trace", cell: (s) => h("button", { class: "rowlink", "data-key": s.trace_id, onclick: () => select(s.trace_id) }, s.name) },
-        { label: "Function", cell: (s) => functionOf(s) },
+        { label: "Trace", cell: (s) => [h("button", { class: "rowlink", "data-key": s.trace_id, onclick: () => select(s.trace_id) }, s.name),
+          functionOf(s) && !s.name.endsWith(functionOf(s)) ? h("div", { class: "muted" }, functionOf(s)) : null] },
         { label: "Worker", cell: (s) => h("span", { class: "nowrap" }, s.service_name || "") },
         { label: "Status", cell: (s) => h("span", { class: `status-${s.status}` }, s.status) },
         { label: "Start", cell: (s) => h("span", { class: "mono" }, clock(nanosToMs(s.start_time_unix_nano))) },
@@ -953,17 +955,40 @@
       for (const node of tree.roots || []) walk(node, 0);
       if (!flat.length) { replace(detail, notice(`Trace ${selected} holds no spans.`)); return; }
       const start = Math.min(...flat.map(([n]) => Number(n.start_time_unix_nano)));
-      const end = Math.max(...flat.map(([n]) => Number(n.end_time_unix_nano)));
+      const end = Math.max(...flat.map(([n]) => Number(n.start_time_unix_nano) + duration(n) * 1e6));
       const total = Math.max(end - start, 1);
       replace(detail,
         h("h2", {}, `Trace ${selected.slice(0, 12)}…`, h("span", { class: "muted" }, ` ${flat.length} spans · ${formatMs(total / 1e6)}`)),
         h("div", { id: "trace-tree", role: "tree" }, flat.map(([node, depth]) => h("div", { class: "span-row", role: "treeitem", "aria-level": depth + 1 },
-          h("span", { style: `padding-left:${depth * 14}px`, title: node.span_id }, node.name, node.service_name ? h("span", { class: "muted" }, ` · ${node.service_name}`) : null),
+          h("span", { style: `padding-left:${depth * 14}px` },
+            h("button", { class: "rowlink", "data-key": node.span_id, title: node.span_id, onclick: () => replace(spanBox, spanDetail(node)) }, node.name),
+            node.service_name ? h("span", { class: "muted" }, ` · ${node.service_name}`) : null),
           h("span", { class: "bar-track", "aria-hidden": "true" }, h("span", {
             class: node.status === "error" ? "bar error" : "bar",
             style: `left:${((Number(node.start_time_unix_nano) - start) / total) * 100}%;width:${(duration(node) * 1e6 / total) * 100}%`,
           })),
-          h("span", { class: "mono" }, formatMs(duration(node)))))));
+          h("span", { class: "mono" }, formatMs(duration(node)))))),
+        spanBox);
+      replace(spanBox, spanDetail(flat[0][0]));
+    }
+
+    /** One span: status, attributes, and its events (the SDKs record a call's input and output). */
+    function spanDetail(span) {
+      const pairs = (attributes) => (Array.isArray(attributes) ? attributes : Object.entries(attributes || {}));
+      const value = (key, text) => {
+        if (key !== "iii.payload.json") return h("code", {}, String(text));
+        try { return h("pre", {}, pretty(JSON.parse(text))); } catch (err) { return h("code", {}, String(text)); }
+      };
+      const kv = (attributes) => h("dl", { class: "kv" }, pairs(attributes).map(([k, v]) => [h("dt", {}, k), h("dd", {}, value(k, v))]));
+      return [
+        h("h3", {}, span.name),
+        h("dl", { class: "kv" },
+          h("dt", {}, "Span"), h("dd", { class: "mono" }, span.span_id),
+          h("dt", {}, "Status"), h("dd", { class: `status-${span.status}` }, span.status, span.status_description ? `: ${span.status_description}` : ""),
+          h("dt", {}, "Duration"), h("dd", {}, formatMs(duration(span)))),
+        pairs(span.attributes).length ? [h("h3", { class: "muted" }, "Attributes"), kv(span.attributes)] : null,
+        (span.events || []).map((event) => [h("h3", { class: "muted" }, event.name), kv(event.attributes)]),
+      ];
     }
 
     function select(id) {
