@@ -6,9 +6,12 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from iii.console import ConsoleOptions, LiveHub, make_app
+from iii.console._server import HUB
 from iii.console._link import LiveClient, _event_detail
 from iii.errors import InvocationError
 
@@ -125,5 +128,30 @@ async def test_the_page_and_its_files_are_served_from_the_package():
         assert (await client.get("/static/../_server.py")).status in (403, 404)
         config = await (await client.get("/api/config")).json()
         assert config["connection"] == "connected" and config["bridgePort"] == 49134
+    finally:
+        await client.close()
+
+
+async def test_stopping_closes_the_pages_live_sockets():
+    client = await client_for(FakeLink({}))
+    try:
+        page = await client.ws_connect("/api/live")
+        await asyncio.wait_for(client.app.shutdown(), 5)
+        message = await asyncio.wait_for(page.receive(), 5)
+        assert message.type == aiohttp.WSMsgType.CLOSE and message.data == aiohttp.WSCloseCode.GOING_AWAY
+    finally:
+        await client.close()
+
+
+async def test_live_notices_reach_an_open_page_and_cross_site_sockets_are_refused():
+    client = await client_for(FakeLink({}))
+    try:
+        page = await client.ws_connect("/api/live")
+        client.app[HUB].publish("workers", {"event": "worker_connected", "worker_id": "w1"})
+        notice = json.loads((await asyncio.wait_for(page.receive(), 5)).data)
+        assert notice == {"topic": "workers", "detail": {"event": "worker_connected", "worker_id": "w1"}}
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect("/api/live", headers={"Origin": "http://evil.example"})
+        assert refused.value.status == 403
     finally:
         await client.close()

@@ -28,6 +28,7 @@ import logging
 import re
 import signal
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
@@ -92,6 +93,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPTIONS = web.AppKey("options", ConsoleOptions)
 LINK = web.AppKey("link", EngineLink)
 HUB = web.AppKey("hub", LiveHub)
+#: The pages' open sockets: closed at shutdown, so stopping never waits for a browser to leave.
+SOCKETS = web.AppKey("sockets", weakref.WeakSet)
 
 
 def make_app(options: ConsoleOptions, link: EngineLink, hub: LiveHub) -> web.Application:
@@ -100,6 +103,8 @@ def make_app(options: ConsoleOptions, link: EngineLink, hub: LiveHub) -> web.App
     app[OPTIONS] = options
     app[LINK] = link
     app[HUB] = hub
+    app[SOCKETS] = weakref.WeakSet()
+    app.on_shutdown.append(_close_sockets)
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/", _index)
     app.router.add_static("/static/", STATIC, follow_symlinks=False, append_version=False)
@@ -206,6 +211,13 @@ async def _cron(request: web.Request) -> web.StreamResponse:
     return web.json_response({"next": runs})
 
 
+async def _close_sockets(app: web.Application) -> None:
+    await asyncio.gather(
+        *(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"console stopping") for ws in list(app[SOCKETS])),
+        return_exceptions=True,
+    )
+
+
 def _tail(path: Path) -> list[str]:
     """The last lines of a file, reading at most its last ``_TAIL_BYTES``."""
     try:
@@ -238,6 +250,7 @@ async def _live(request: web.Request) -> web.StreamResponse:
     hub: LiveHub = request.app[HUB]
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4096)
     await ws.prepare(request)
+    request.app[SOCKETS].add(ws)
     client = hub.subscribe()
 
     async def drain_incoming() -> None:  # the page sends nothing; this notices it leaving
@@ -269,6 +282,7 @@ async def _streams_pipe(request: web.Request) -> web.StreamResponse:
     options: ConsoleOptions = request.app[OPTIONS]
     page = web.WebSocketResponse(heartbeat=20, max_msg_size=MAX_BODY_BYTES)
     await page.prepare(request)
+    request.app[SOCKETS].add(page)
     timeout = aiohttp.ClientTimeout(total=None, connect=5)
     try:
         async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session:
