@@ -94,7 +94,7 @@ OPTIONS = web.AppKey("options", ConsoleOptions)
 LINK = web.AppKey("link", EngineLink)
 HUB = web.AppKey("hub", LiveHub)
 #: The pages' open sockets: closed at shutdown, so stopping never waits for a browser to leave.
-SOCKETS = web.AppKey("sockets", weakref.WeakSet)
+SOCKETS: web.AppKey["weakref.WeakSet[web.WebSocketResponse]"] = web.AppKey("sockets")
 
 
 def make_app(options: ConsoleOptions, link: EngineLink, hub: LiveHub) -> web.Application:
