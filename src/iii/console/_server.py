@@ -212,8 +212,9 @@ async def _cron(request: web.Request) -> web.StreamResponse:
 
 
 async def _close_sockets(app: web.Application) -> None:
+    sockets = app[SOCKETS]
     await asyncio.gather(
-        *(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"console stopping") for ws in list(app[SOCKETS])),
+        *(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"console stopping") for ws in list(sockets)),
         return_exceptions=True,
     )
 
