@@ -155,3 +155,16 @@ async def test_live_notices_reach_an_open_page_and_cross_site_sockets_are_refuse
         assert refused.value.status == 403
     finally:
         await client.close()
+
+
+async def test_calls_fail_at_once_while_the_engine_is_away():
+    from iii.console import EngineLink
+
+    link = EngineLink("ws://127.0.0.1:9", LiveHub())  # nothing listens on the discard port
+    link.start()
+    try:
+        with pytest.raises(InvocationError) as failed:
+            await asyncio.wait_for(link.call("engine::workers::list"), 1)
+        assert failed.value.code == "not_connected" and "ws://127.0.0.1:9" in failed.value.message
+    finally:
+        await link.stop()

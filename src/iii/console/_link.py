@@ -151,10 +151,13 @@ class EngineLink:
         """Call a function through the engine.
 
         Raises:
-            InvocationError: the call failed (``code`` ``function_not_found``, ``TIMEOUT`` …).
+            InvocationError: the call failed (``code`` ``function_not_found``, ``TIMEOUT`` …, or
+                ``not_connected`` while the console's worker is not connected).
         """
-        if self.client is None:
-            raise InvocationError("not_connected", "The console is not connected to the engine", function_id)
+        if self.client is None or self.state != "connected":  # fail at once, not after the timeout
+            raise InvocationError(
+                "not_connected", f"The console is not connected to the engine at {self.url} ({self.state})", function_id
+            )
         request = {"function_id": function_id, "payload": {} if payload is None else payload, "timeout_ms": timeout_ms}
         return await self.client.trigger_async(request)
 
