@@ -306,6 +306,7 @@ def test_streams_page_shows_a_group_and_its_changes(page, stack):
     open_page(page, stack, "streams")
     page.locator("#streams").get_by_role("button", name="today").click()
     expect(page.locator('tr[data-item="o-1"]')).to_contain_text("tea")
+    expect(page.locator("#stream-events")).to_contain_text("sync")  # the page has joined the group
     stack.call("stream::set", {"stream_name": "orders", "group_id": "today", "item_id": "o-2", "data": {"item": "cake"}})
     expect(page.locator('tr[data-item="o-2"]')).to_contain_text("cake")
     expect(page.locator("#stream-events")).to_contain_text("o-2")
