@@ -682,7 +682,7 @@
           let parsed;
           try { parsed = JSON.parse(area.value); } catch (err) { report({ ok: false, error: { code: "invalid_json", message: err.message } }); return; }
           const answer = await save(parsed);
-          if (answer.ok) editor.dirty = false;
+          if (answer.ok) { editor.dirty = false; editor.value = parsed; } // in step with the store again
           report(answer, "Saved.");
         } }, "Save"),
         confirmButton("Delete", "Delete this value?", async () => report(await remove(), "Deleted."))),
