@@ -2,7 +2,8 @@
 # Installs what the engine and its tests need into this checkout, from scratch on a new machine
 # (Python 3.11, gcc, node/npm): .venv (this package, compiled codec, test tools), .venv-official
 # (the official Python iii-sdk, which also imports as `iii`, so it lives apart) and the official
-# Node iii-sdk for the interop workers. Safe to run again.
+# Node iii-sdk for the interop workers. Safe to run again. The console's browser tests also need
+# Debian's chromium (.ci/run installs it); Playwright comes with the test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}

@@ -62,7 +62,7 @@ def test_an_enqueued_job_is_acknowledged_then_delivered(router):
     reply(worker, job)
     assert caller.take() == []  # the enqueuer never sees the function's result
     assert stats(caller) | {"config": None} == {
-        "depth": 0, "consumer_count": 10, "dlq_depth": 0, "config": None, "delivered": 1, "failed": 0,
+        "depth": 0, "in_flight": 0, "consumer_count": 10, "dlq_depth": 0, "config": None, "delivered": 1, "failed": 0,
     }
 
 

@@ -38,6 +38,9 @@ def test_set_get_delete_list_and_groups(router):
     assert result(peer, "state::get", {"scope": "s", "key": "a"}) == [2]
     assert result(peer, "state::get", {"scope": "s", "key": "missing"}) is None
     assert sorted(map(repr, result(peer, "state::list", {"scope": "s"}))) == ["[2]"]
+    result(peer, "state::set", {"scope": "s", "key": "0", "value": "zero"})
+    assert result(peer, "state::list", {"scope": "s", "with_keys": True}) == [{"key": "0", "value": "zero"}, {"key": "a", "value": [2]}]
+    result(peer, "state::delete", {"scope": "s", "key": "0"})
     assert result(peer, "state::list_groups", {}) == {"groups": ["s", "t"]}
     assert result(peer, "state::delete", {"scope": "s", "key": "a"}) == [2]
     assert result(peer, "state::delete", {"scope": "s", "key": "a"}) is None

@@ -60,6 +60,8 @@ async def test_items_and_their_events_reach_subscribers_and_bindings(engine):
     assert (await worker.call("stream::list_all", {}))["result"] == {"stream": [{"id": "chat", "groups": ["room-2"]}], "count": 1}
     assert (await worker.call("stream::list_groups", {"stream_name": "chat"}))["result"] == ["room-2"]
     assert (await worker.call("stream::get", {"stream_name": "chat", "group_id": "room-2", "item_id": "x"}))["result"] == 1
+    listed = await worker.call("stream::list", {"stream_name": "chat", "group_id": "room-2", "with_ids": True})
+    assert listed["result"] == [{"id": "x", "data": 1}]
     await client.close()
     await worker.close()
 

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 from iii._version import __version__
 from iii.cli import trigger, worker
 from iii.cli.output import fail
+from iii.console import cli as console
 from iii.config import ConfigError, write_starter
 
 __all__ = ["main", "build_parser"]
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     trigger.add_parser(commands)
     worker.add_parser(commands)
+    console.add_parser(commands)
     return parser
 
 

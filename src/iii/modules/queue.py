@@ -542,6 +542,7 @@ class Queues:
         queue = self._queue(request.queue or request.topic, "topic_required")
         return {
             "depth": len(queue.waiting) + queue.active,
+            "in_flight": queue.active,
             "consumer_count": queue.limit,
             "dlq_depth": len(queue.dead),
             "config": msgspec.to_builtins(queue.settings),

@@ -77,6 +77,11 @@ class ScopeInput(msgspec.Struct):
     scope: str
 
 
+class ListInput(ScopeInput):
+    #: An extension of the original: ``[{key, value}]`` sorted by key instead of bare values.
+    with_keys: bool = False
+
+
 class StateTriggerConfig(msgspec.Struct):
     scope: Union[str, None] = None
     key: Union[str, None] = None
@@ -151,8 +156,11 @@ class State:
         return self._answer(result, request.scope, request.key, old, raw)
 
     def list(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
-        request = parse_input("state::list", data, ScopeInput)
-        return [msgspec.Raw(raw) for raw in self.scopes.get(request.scope, {}).values()]
+        request = parse_input("state::list", data, ListInput)
+        values = self.scopes.get(request.scope, {})
+        if request.with_keys:
+            return [{"key": key, "value": msgspec.Raw(values[key])} for key in sorted(values)]
+        return [msgspec.Raw(raw) for raw in values.values()]
 
     def list_groups(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         return {"groups": sorted(scope for scope, keys in self.scopes.items() if keys)}
@@ -238,7 +246,7 @@ def install(host: Host, config: Optional[StateConfig] = None) -> State:
         ("get", state.get, "The value under (scope, key), or null", json_schema(KeyInput)),
         ("delete", state.delete, "Delete (scope, key); returns the deleted value", json_schema(KeyInput)),
         ("update", state.update, "Apply update ops to the value under (scope, key)", json_schema(UpdateInput)),
-        ("list", state.list, "Every value in a scope", None),
+        ("list", state.list, "Every value in a scope (with_keys: [{key, value}])", json_schema(ListInput)),
         ("list_groups", state.list_groups, "The scopes holding values", None),
     ):
         host.add_function(

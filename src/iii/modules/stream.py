@@ -99,6 +99,11 @@ class GroupInput(msgspec.Struct):
     group_id: str
 
 
+class ListInput(GroupInput):
+    #: An extension of the original: ``[{id, data}]`` sorted by id instead of bare items.
+    with_ids: bool = False
+
+
 class StreamInput(msgspec.Struct):
     stream_name: str
 
@@ -306,11 +311,15 @@ class Streams:
         )
 
     def list(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
-        request = parse_input("stream::list", data, GroupInput)
-        delegated = self._delegate("list", request, lambda result: result)
+        request = parse_input("stream::list", data, ListInput)
+        # A worker's backend gets the original's input; with_ids is this store's extension.
+        delegated = self._delegate("list", GroupInput(request.stream_name, request.group_id), lambda result: result)
         if delegated is not None:
             return delegated
-        return [msgspec.Raw(raw) for raw in self._group(request.stream_name, request.group_id).values()]
+        items = self._group(request.stream_name, request.group_id)
+        if request.with_ids:
+            return [{"id": item_id, "data": msgspec.Raw(items[item_id])} for item_id in sorted(items)]
+        return [msgspec.Raw(raw) for raw in items.values()]
 
     def list_groups(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::list_groups", data, StreamInput)
