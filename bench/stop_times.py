@@ -1,5 +1,6 @@
 """How long stopping takes: ``iii worker stop``, ``iii worker restart``, and Ctrl-C of the engine
-with 0, 1 and 2 managed workers (each a Python worker that exits on SIGTERM).
+with 0, 1 and 2 managed workers (each a Python worker that exits on SIGTERM); and, without the
+CLI's own start-up, ``worker::stop`` called over an open connection until the worker is gone.
 
     python bench/stop_times.py [ROUNDS]
 
@@ -8,6 +9,7 @@ Prints one line per measurement (the median of ROUNDS, default 3) in seconds.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -17,6 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from iii.cli.trigger import connect
 
 WORKER = '''
 import os, signal, threading
@@ -74,6 +78,33 @@ def _start_engine(config: Path, env: dict[str, str], workers: int) -> tuple[subp
     return engine, port
 
 
+_connect_s = 0.0
+
+
+async def _stop_over_connection(url: str, name: str) -> None:
+    """Connect, then time ``worker::stop`` until the engine reports it stopped and disconnected."""
+    global _connect_s
+    began = time.monotonic()
+    client = await connect(url, "stop-times")
+    _connect_s = time.monotonic() - began
+
+    async def call(function_id: str, payload: dict) -> dict:
+        return await client.trigger_async({"function_id": function_id, "payload": payload, "timeout_ms": 10000})
+
+    try:
+        await call("worker::stop", {"name": name})
+        deadline = time.monotonic() + _TIMEOUT_S
+        while time.monotonic() < deadline:
+            state = await call("worker::status", {"name": name})
+            rows = (await call("engine::workers::list", {}))["workers"]
+            if state["state"] == "stopped" and name not in {row["name"] for row in rows}:
+                return
+            await asyncio.sleep(0.01)
+        raise TimeoutError(name)
+    finally:
+        await client.shutdown_async()
+
+
 def measure(workers: int, action: str) -> float:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -87,6 +118,9 @@ def measure(workers: int, action: str) -> float:
             if action == "ctrl-c":
                 engine.send_signal(signal.SIGINT)
                 engine.wait(_TIMEOUT_S)
+            elif action == "worker::stop":
+                asyncio.run(_stop_over_connection(f"ws://127.0.0.1:{port}", "w0"))
+                return time.monotonic() - began - _connect_s
             else:
                 _cli("-c", str(config), "worker", action, "w0", "--port", port, env=env)
             return time.monotonic() - began
@@ -98,7 +132,14 @@ def measure(workers: int, action: str) -> float:
 
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    times = []
+    for _ in range(rounds):
+        began = time.monotonic()
+        _cli("--version", env=dict(os.environ))
+        times.append(time.monotonic() - began)
+    print(f"{'iii --version (start-up)':<22} {statistics.median(times):6.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times)})", flush=True)
     for label, workers, action in (
+        ("worker::stop (engine)", 1, "worker::stop"),
         ("iii worker stop", 1, "stop"),
         ("iii worker restart", 1, "restart"),
         ("Ctrl-C, 0 workers", 0, "ctrl-c"),
@@ -106,7 +147,7 @@ def main() -> None:
         ("Ctrl-C, 2 workers", 2, "ctrl-c"),
     ):
         times = [measure(workers, action) for _ in range(rounds)]
-        print(f"{label:<20} {statistics.median(times):6.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times)})", flush=True)
+        print(f"{label:<22} {statistics.median(times):6.2f} s  (runs: {', '.join(f'{t:.2f}' for t in times)})", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Runs one worker command, writes its output to timestamped rotating logs, and makes sure it
 never outlives the engine.
 
-``python -m iii.manager.lifeline [--grace S] FD LOG_DIR COMMAND`` starts ``/bin/sh -c COMMAND``
+``python lifeline.py [--grace S] FD LOG_DIR COMMAND`` (run as a script: it imports nothing of
+``iii``, so it starts in a few milliseconds) starts ``/bin/sh -c COMMAND``
 in a new process group and waits. ``FD`` is the read end of a pipe whose write end only the
 engine holds: when the engine exits for any reason (SIGKILL included) the pipe reaches EOF and the
 worker's processes are stopped. SIGTERM/SIGINT to this process stop them the same way: SIGTERM to
@@ -30,28 +31,57 @@ from typing import Optional
 
 import psutil
 
-__all__ = ["main", "stop_processes", "group_members", "LineLog"]
+__all__ = ["main", "stop_processes", "group_members", "wait_exited", "LineLog"]
 
 DEFAULT_GRACE_S = 5.0
 #: Old files kept per stream (``stdout.log.1`` … ``.3``).
 LOG_BACKUPS = 3
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
-#: A line longer than this is written in pieces (the buffer for an unfinished line is bounded).
+#: Bytes; a longer line is written in pieces this long (the buffer of an unfinished line is bounded).
 MAX_LINE = 64 * 1024
 #: After the command exits: how long its leftovers get to go, and to close its output.
 _LEFTOVER_GRACE_S = 1.0
 
 
 def group_members(pgid: int) -> list[psutil.Process]:
-    """The live processes of process group ``pgid``."""
+    """The running processes of process group ``pgid`` (zombies have exited: not counted)."""
     members = []
     for process in psutil.process_iter():
         try:
-            if os.getpgid(process.pid) == pgid:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
                 members.append(process)
-        except (ProcessLookupError, PermissionError):
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
             continue
     return members
+
+
+def wait_exited(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait up to ``timeout_s`` for ``processes`` to exit; returns those still running.
+
+    Exit is read from each one's pidfd, which fires when it terminates, child of ours or not
+    (a zombie waiting for a parent that never reaps it has exited; waiting for it to vanish, as
+    polling ``kill(pid, 0)`` or ``psutil.wait_procs`` on a non-child does, took the full grace).
+    """
+    selector = selectors.DefaultSelector()
+    for process in processes:
+        try:
+            selector.register(os.pidfd_open(process.pid), selectors.EVENT_READ, process)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + timeout_s
+    try:
+        while selector.get_map():
+            events = selector.select(max(0.0, deadline - time.monotonic()))
+            if not events:
+                break
+            for key, _ in events:
+                selector.unregister(key.fd)
+                os.close(key.fd)
+        return [key.data for key in selector.get_map().values()]
+    finally:
+        for key in list(selector.get_map().values()):
+            os.close(key.fd)
+        selector.close()
 
 
 def stop_processes(processes: list[psutil.Process], grace_s: float) -> None:
@@ -61,13 +91,7 @@ def stop_processes(processes: list[psutil.Process], grace_s: float) -> None:
             process.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(processes, timeout=grace_s)
-    for process in alive:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=1.0)
+    _kill(wait_exited(processes, grace_s))
 
 
 class LineLog:
@@ -86,10 +110,11 @@ class LineLog:
             self.close()
             return
         lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        if len(self._partial) > MAX_LINE:
-            lines.append(self._partial)
-            self._partial = b""
+        partial = lines.pop()
+        while len(partial) > MAX_LINE:
+            lines.append(partial[:MAX_LINE])
+            partial = partial[MAX_LINE:]
+        self._partial = partial
         for line in lines:
             self._write(line)
 
@@ -112,7 +137,7 @@ class _UtcFormatter(logging.Formatter):
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m iii.manager.lifeline")
+    parser = argparse.ArgumentParser(prog="lifeline.py")
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, help="seconds between SIGTERM and SIGKILL")
     parser.add_argument("lifeline_fd", type=int)
     parser.add_argument("log_dir", type=Path)

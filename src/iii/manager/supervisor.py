@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from iii.config import WorkerEntry
+from iii.manager import lifeline
 from iii.manager.manifest import Manifest, ManifestError, load_manifest
 
 __all__ = ["Supervisor", "ManagedWorker", "logs_root", "install_marker"]
@@ -31,6 +32,9 @@ _BACKOFF_MAX_S = 30.0
 _HEALTHY_RUN_S = 30.0
 #: Between SIGTERM and SIGKILL of a worker's processes (the shim's job).
 STOP_GRACE_S = 5.0
+#: The shim, run as a script: ``-m iii.manager.lifeline`` would import the ``iii`` package (the
+#: SDK: about a second of start-up) for a program that needs only the standard library and psutil.
+_LIFELINE = lifeline.__file__
 #: How long the engine waits for a shim to finish that (its grace, plus a margin).
 _SHIM_EXIT_S = STOP_GRACE_S + 3.0
 
@@ -259,7 +263,7 @@ class Supervisor:
     async def _spawn(self, worker: ManagedWorker, command: str, wait: bool) -> Optional[int]:
         # The shim's own failures (not the worker's output, which it logs) reach the engine's stderr.
         spawning = asyncio.ensure_future(asyncio.create_subprocess_exec(
-            sys.executable, "-m", "iii.manager.lifeline", "--grace", str(STOP_GRACE_S),
+            sys.executable, _LIFELINE, "--grace", str(STOP_GRACE_S),
             str(self._lifeline_read), str(logs_root() / worker.name), command,
             cwd=str(worker.directory), env=self._environment(worker), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, pass_fds=(self._lifeline_read,), start_new_session=True,
