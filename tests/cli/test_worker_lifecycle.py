@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers import LOCAL_MODULES, RawClient
+from iii.cli.templates import ENTRY_POINTS
 
 LISTENER = "workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n      port: 0\n" + LOCAL_MODULES
 
@@ -128,6 +129,16 @@ async def test_init_add_trigger_stop_start_logs(procs, project, language, node):
     for _ in range(3):
         assert (await run_cli("trigger", "greeter::hello", "--port", port, cwd=root, env=env))[0] == 0
     assert (root / "logs" / "greeter" / "stdout.log").read_text() == before
+
+    if language != "javascript":  # `start` watches the sources (watchfiles, tsx watch): an edit reloads
+        entry = root / "greeter" / ENTRY_POINTS[language]
+        entry.write_text(entry.read_text().replace("hello, ", "hi, "))
+        for _ in range(240):  # bounded: the old process stops, the new one connects
+            answer = await client.call("greeter::hello", {"name": "iii"})
+            if answer.get("result") == {"greeting": "hi, iii"}:
+                break
+            await asyncio.sleep(0.25)
+        assert answer.get("result") == {"greeting": "hi, iii"}, answer
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
