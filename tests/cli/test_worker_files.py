@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import configparser
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +202,30 @@ def test_worker_version_comes_from_the_registry_or_the_project_file(tmp_path):
     (tmp_path / ".iii").mkdir()
     (tmp_path / ".iii" / "version").write_text("2.0.0\n")
     assert worker_version(tmp_path) == "2.0.0"
+
+
+async def test_logs_merge_by_time_and_follow_across_rotation(tmp_path):
+    logs = tmp_path / "w"
+    logs.mkdir()
+    (logs / "stdout.log").write_text("2026-01-01T00:00:01.000Z out one\n2026-01-01T00:00:03.000Z out two\n")
+    (logs / "stderr.log").write_text("2026-01-01T00:00:02.000Z err one\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "iii", "worker", "logs", "w", "-f", env={**os.environ, "III_LOGS_DIR": str(tmp_path)},
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        async def line() -> str:
+            return (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+
+        assert [await line() for _ in range(3)] == [
+            "2026-01-01T00:00:01.000Z out one\n", "2026-01-01T00:00:02.000Z err one\n", "2026-01-01T00:00:03.000Z out two\n",
+        ]
+        with (logs / "stderr.log").open("a") as err:
+            err.write("2026-01-01T00:00:04.000Z err two\n")
+        assert await line() == "2026-01-01T00:00:04.000Z err two\n"
+        (logs / "stdout.log").rename(logs / "stdout.log.1")  # what the shim's rotation does
+        (logs / "stdout.log").write_text("2026-01-01T00:00:05.000Z after rotation\n")
+        assert await line() == "2026-01-01T00:00:05.000Z after rotation\n"
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), 30) == 130

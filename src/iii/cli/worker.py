@@ -26,15 +26,17 @@ import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
+import watchfiles
+
 from iii.cli.output import fail, info, interactive, success
 from iii.cli.templates import ALIASES, ENTRY_POINTS, LANGUAGES, render
 from iii.cli.trigger import connect, engine_url, remote_error
 from iii.config import ConfigError, load_config
 from iii.errors import InvocationError
-from iii.protocol import ErrorCode
 from iii.manager.configfile import add_worker_entry, remove_worker_entry, worker_entries
 from iii.manager.manifest import MANIFEST, ManifestError, load_manifest, worker_version
 from iii.manager.supervisor import install_marker, logs_root
+from iii.protocol import ErrorCode
 
 __all__ = ["add_parser"]
 
@@ -43,7 +45,9 @@ STOP_TIMEOUT_S = 30.0
 #: Lines of each log shown when a worker crashes while `add`/`start` waits for it.
 CRASH_LOG_LINES = 20
 _POLL_S = 0.05
-_FOLLOW_S = 0.2
+#: `logs -f`: changes this close together are printed together.
+_FOLLOW_DEBOUNCE_MS = 200
+_FOLLOW_RESCAN_MS = 2000
 
 
 def add_parser(subparsers: Any) -> None:
@@ -630,9 +634,12 @@ def run_logs(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     if not args.follow:
         return 0
-    while True:  # until Ctrl-C (exit 130)
+    # Until Ctrl-C (exit 130): woken by each change in the log directory (a write, a rotation),
+    # and every few seconds regardless (what was written while the watch was being set up).
+    for _ in watchfiles.watch(directory, recursive=False, debounce=_FOLLOW_DEBOUNCE_MS, raise_interrupt=True,
+                              rust_timeout=_FOLLOW_RESCAN_MS, yield_on_timeout=True):
         chunks = [f.read() for f in followers]
         if any(chunks):
             sys.stdout.writelines(heapq.merge(*(chunk.splitlines(keepends=True) for chunk in chunks)))
             sys.stdout.flush()
-        time.sleep(_FOLLOW_S)
+    return 0
