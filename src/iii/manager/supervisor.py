@@ -93,6 +93,8 @@ class Supervisor:
         self.engine_url = engine_url
         self.config_path = config_path.resolve()
         self.workers: dict[str, ManagedWorker] = {}
+        #: Every worker's task, those still stopping a replaced or removed process included.
+        self._tasks: set[asyncio.Task[None]] = set()
         # The lifeline: every shim holds the read end; only this process holds the write end.
         self._lifeline_read, self._lifeline_write = os.pipe()
         os.set_inheritable(self._lifeline_write, False)
@@ -124,6 +126,8 @@ class Supervisor:
         """Run ``worker``; once ``after`` (the task of the process it replaces) is over."""
         self.workers[worker.name] = worker
         worker.task = asyncio.get_running_loop().create_task(self._keep_running(worker, after))
+        self._tasks.add(worker.task)
+        worker.task.add_done_callback(self._tasks.discard)
 
     def _forget(self, name: str) -> Optional[asyncio.Task[None]]:
         """Stop running ``name``; returns the task that ends once its process is gone."""
@@ -169,8 +173,9 @@ class Supervisor:
 
     async def close(self) -> None:
         """Stop every worker at once (SIGTERM, then SIGKILL after a grace) and wait for them."""
-        tasks = [task for task in map(self._forget, list(self.workers)) if task is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for name in list(self.workers):
+            self._forget(name)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         os.close(self._lifeline_write)
         os.close(self._lifeline_read)
 
@@ -181,7 +186,7 @@ class Supervisor:
         try:
             if after is not None:  # one process per worker name: the old one goes first
                 worker.state = "starting"
-                await asyncio.gather(after, return_exceptions=True)
+                await asyncio.wait({after})  # (not gather: cancelling this must not cancel that)
             while True:
                 if not worker.wanted:
                     worker.state = "stopped"
