@@ -338,3 +338,14 @@ async def test_debug_logs_registrations_calls_and_http_requests(procs, project):
     await answering
     assert status == 200
     await engine.proc.expect(lambda line: isinstance(line, str) and re.search(r"iii-http: GET /add\?a=1 from 127.0.0.1 -> math::add: 200 in [\d.]+ ms", line))
+
+
+async def test_start_of_a_worker_that_cannot_start_says_why(procs, project):
+    root, env = project
+    (root / "gone").mkdir()  # no iii.worker.yaml
+    engine = await procs.engine(LISTENER + f"  - name: gone\n    worker_path: {root / 'gone'}\n", tmp=root, extra_env=env)
+    port = engine.url.rsplit(":", 1)[1]
+    status, out, _ = await run_cli("-c", "config.yaml", "worker", "list", "--port", port, cwd=root, env=env)
+    assert out.split("\n")[1].split() == ["gone", "-", "-", "failed"]
+    status, _, err = await run_cli("-c", "config.yaml", "worker", "start", "gone", "--port", port, cwd=root, env=env)
+    assert status == 1 and "error: gone could not be started:" in err and "iii.worker.yaml" in err, err

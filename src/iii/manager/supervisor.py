@@ -142,6 +142,8 @@ class Supervisor:
         worker = self._get(name)
         worker.wanted = True
         worker.wake.set()
+        if worker.state in ("stopped", "failed"):  # said now: a caller polls for the outcome
+            worker.state, worker.error = "starting", None
         return worker.describe()
 
     def stop(self, name: str) -> dict[str, Any]:
@@ -189,7 +191,8 @@ class Supervisor:
                 await asyncio.wait({after})  # (not gather: cancelling this must not cancel that)
             while True:
                 if not worker.wanted:
-                    worker.state = "stopped"
+                    if worker.state != "failed":  # a failure stays said until the next start
+                        worker.state = "stopped"
                     worker.wake.clear()
                     await worker.wake.wait()
                     continue
