@@ -229,3 +229,16 @@ async def test_logs_merge_by_time_and_follow_across_rotation(tmp_path):
     finally:
         process.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(process.wait(), 30) == 130
+
+
+def test_worker_commands_find_the_engine_port_in_the_config(tmp_path):
+    from iii.cli.worker import _listener_port
+
+    config = tmp_path / "config.yaml"
+    assert _listener_port(config) is None  # no config: $III_URL, else the default
+    config.write_text("workers: []\n")
+    assert _listener_port(config) == 49134
+    config.write_text("workers: [{name: iii-http}, {name: iii-worker-manager, config: {port: ${P:49299}}}]\n")
+    assert _listener_port(config) == 49299
+    config.write_text("workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n")
+    assert _listener_port(config) == 49134

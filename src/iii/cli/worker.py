@@ -27,16 +27,17 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
 import watchfiles
+import yaml
 
 from iii.cli.output import fail, info, interactive, success
 from iii.cli.templates import ALIASES, ENTRY_POINTS, LANGUAGES, render
 from iii.cli.trigger import connect, engine_url, remote_error
-from iii.config import ConfigError, load_config
+from iii.config import ConfigError, UniqueKeyLoader, expand_env
 from iii.errors import InvocationError
 from iii.manager.configfile import add_worker_entry, remove_worker_entry, worker_entries
 from iii.manager.manifest import MANIFEST, ManifestError, load_manifest, worker_version
 from iii.manager.supervisor import install_marker, logs_root
-from iii.protocol import ErrorCode
+from iii.protocol import DEFAULT_PORT, ErrorCode, WireId
 
 __all__ = ["add_parser"]
 
@@ -119,12 +120,30 @@ def _config_path(args: argparse.Namespace) -> Path:
 def _engine_url(args: argparse.Namespace) -> str:
     """The engine of this project: ``--port``, else the first listener of its config."""
     port = getattr(args, "port", None)
-    if port is None:
-        try:
-            port = load_config(_config_path(args)).listeners[0].port
-        except ConfigError:
-            port = None
-    return engine_url(None, port)
+    return engine_url(None, port if port is not None else _listener_port(_config_path(args)))
+
+
+def _listener_port(path: Path) -> Optional[int]:
+    """The port of the config's first ``iii-worker-manager`` listener (49134 when it has none);
+    ``None`` without a readable config.
+
+    Read without validating the whole file, which imports every built-in module (aiohttp,
+    croniter: most of a second of start-up for `iii worker stop`); the engine validates it.
+    """
+    try:
+        document = yaml.load(expand_env(path.read_text(), path), Loader=UniqueKeyLoader)  # noqa: S506 (safe)
+    except (OSError, yaml.YAMLError, ConfigError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    for section in ("workers", "modules"):
+        entries = document.get(section)
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and entry.get("name") == WireId.LISTENER:
+                config = entry.get("config")
+                port = config.get("port", DEFAULT_PORT) if isinstance(config, dict) else DEFAULT_PORT
+                return port if isinstance(port, int) else None
+    return DEFAULT_PORT
 
 
 # ------------------------------------------------------------------------------ engine calls
