@@ -260,7 +260,9 @@ async def _control(url: str, name: str, verb: str, no_wait: bool) -> int:
 
             async def stopped() -> bool:
                 state = await session.status(name)
-                return state is None or state["state"] in ("stopped", "failed") and name not in await session.connected_names()
+                if state is not None and state["state"] not in ("stopped", "failed"):
+                    return False
+                return name not in await session.connected_names()
 
             if not await wait_until(stopped, f"{name} to stop", STOP_TIMEOUT_S):
                 return fail(f"{name} did not stop within {int(STOP_TIMEOUT_S)}s", fix=f"check `iii worker logs {name}`")
