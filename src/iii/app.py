@@ -24,6 +24,7 @@ from iii.engine.functions import install_engine_functions
 from iii.engine.registry import Connection, EngineError, Module
 from iii.engine.router import Router
 from iii.engine.server import Engine
+from iii.manager.configfile import file_changes
 from iii.manager.supervisor import Supervisor
 from iii.modules import MODULES
 from iii.protocol import ErrorCode, WireId
@@ -31,7 +32,6 @@ from iii.protocol import ErrorCode, WireId
 __all__ = ["App", "serve", "watch_config", "install_modules", "install_worker_functions"]
 
 log = logging.getLogger("iii.engine")
-_WATCH_INTERVAL_S = 0.5
 
 
 class _NameInput(msgspec.Struct):
@@ -151,20 +151,7 @@ async def watch_config(path: Path, supervisor: Supervisor, modules: dict[str, An
     Workers follow the file; the built-in modules keep the config they started with (``modules``)
     until the engine restarts, which is said when their entries change.
     """
-    def stamp() -> Optional[tuple[float, int]]:
-        try:
-            info = path.stat()
-        except OSError:
-            return None
-        return (info.st_mtime, info.st_size)
-
-    seen = stamp()
-    while True:
-        await asyncio.sleep(_WATCH_INTERVAL_S)
-        current = stamp()
-        if current == seen or current is None:
-            continue
-        seen = current
+    async for _ in file_changes(path):
         try:
             config = load_config(path)
         except ConfigError as exc:

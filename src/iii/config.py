@@ -28,6 +28,7 @@ __all__ = [
     "WorkerEntry",
     "EngineConfig",
     "STARTER_CONFIG",
+    "UniqueKeyLoader",
     "load_config",
     "parse_config",
     "write_starter",
@@ -69,6 +70,23 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message says which file and key, and why."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` may be overridden by keys of its own
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 @dataclass
@@ -138,7 +156,7 @@ def _listener(entry_config: Any, where: str, path: Path) -> ListenerConfig:
 def parse_config(text: str, path: Path) -> EngineConfig:
     """Validate the text of a config file; ``path`` is only used in messages."""
     try:
-        document = yaml.safe_load(expand_env(text, path))
+        document = yaml.load(expand_env(text, path), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if document is None:

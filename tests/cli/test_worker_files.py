@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import configparser
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iii.config import STARTER_CONFIG
+from iii.config import STARTER_CONFIG, ConfigError, load_config
 from iii.manager.configfile import add_worker_entry, remove_worker_entry, worker_entries
-from iii.manager.manifest import ManifestError, parse_manifest
+from iii.manager.manifest import ManifestError, parse_manifest, worker_version
 
 EXPECTED_FILES = {
     "python": {"iii.worker.yaml", "pyproject.toml", "src/main.py"},
@@ -46,12 +49,17 @@ def test_init_writes_the_project_and_is_idempotent(tmp_path, language, flag):
     ini.read_string(files[".iii/worker.ini"].decode())
     assert dict(ini["worker"]) == {"worker_id": ini["worker"]["worker_id"], "name": "my-worker", "source": "init", "language": SHORT[language]}
     entry = next(v for k, v in files.items() if k.startswith("src/")).decode()
-    assert "my-worker::hello" in entry and "engine::workers-available" in entry
+    # The example registers a function and no engine::workers-available trigger (it logged a
+    # line for every connection, `iii` commands included).
+    assert "my-worker::hello" in entry and "workers-available" not in entry
     if language == "python":
         assert "from iii import" in entry
-        assert 'dependencies = ["iii-engine"]' in files["pyproject.toml"].decode()  # ours, not iii-sdk
+        assert 'dependencies = ["iii-engine", "watchfiles"]' in files["pyproject.toml"].decode()  # ours, not iii-sdk
+        assert manifest["scripts"]["start"].startswith("watchfiles ")  # reloads on edit
     if language in ("typescript", "javascript"):
         assert '"iii-sdk": "0.22.1"' in files["package.json"].decode()
+    if language == "typescript":
+        assert '"start": "tsx watch src/index.ts"' in files["package.json"].decode()  # reloads on edit
     if language == "rust":
         assert "iii-sdk" in files["Cargo.toml"].decode()
 
@@ -131,3 +139,106 @@ def test_config_edits_keep_comments(tmp_path):
     add_worker_entry(fresh, "b", "/w/b")
     remove_worker_entry(fresh, "b")
     assert fresh.read_text() == STARTER_CONFIG
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # Flow style stays flow style (a text edit appended a second `workers:` key here).
+        (
+            "workers: [{name: iii-worker-manager, config: {port: 49299}}]\n",
+            "workers: [{name: iii-worker-manager, config: {port: 49299}}, {name: a, worker_path: /w/a}]\n",
+        ),
+        # Block style, with a comment and a blank line after the list: the entry goes in the list,
+        # the comment stays after it, ${VAR} stays unexpanded.
+        (
+            "workers:\n  - name: iii-http  # web\n    config:\n      port: ${PORT:3111}\n\n# next\nregistration_namespace_grace_ms: 10\n",
+            "workers:\n  - name: iii-http  # web\n    config:\n      port: ${PORT:3111}\n  - name: a\n    worker_path: /w/a\n\n"
+            "# next\nregistration_namespace_grace_ms: 10\n",
+        ),
+        # Its own indentation is kept.
+        ("workers:\n- name: iii-http\n", "workers:\n- name: iii-http\n- name: a\n  worker_path: /w/a\n"),
+        # No list yet.
+        ("registration_namespace_grace_ms: 10\n", "registration_namespace_grace_ms: 10\nworkers:\n  - name: a\n    worker_path: /w/a\n"),
+    ],
+)
+def test_config_edits_keep_style(tmp_path, text, expected):
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    add_worker_entry(config, "a", "/w/a")
+    assert config.read_text() == expected
+    assert worker_entries(config) == {"a": "/w/a"}
+    assert remove_worker_entry(config, "a")
+    assert worker_entries(config) == {}
+
+
+def test_flow_style_add_keeps_the_listener_port(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("workers: [{name: iii-worker-manager, config: {port: 49299}}]\n")
+    add_worker_entry(config, "a", "/w/a")
+    assert [listener.port for listener in load_config(config).listeners] == [49299]
+
+
+def test_duplicate_keys_are_refused_by_the_loader_and_the_editor(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("workers: []\nworkers:\n  - name: iii-worker-manager\n    config: {port: 49299}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'workers' \\(line 2\\)"):
+        load_config(config)
+    with pytest.raises(ConfigError, match="duplicate key"):
+        add_worker_entry(config, "a", "/w/a")
+    assert config.read_text().count("workers:") == 2  # untouched
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("workers:\n  - name: iii-http\n    config:\n      port: 1\n      port: 2\n")
+    with pytest.raises(ConfigError, match="duplicate key 'port'"):
+        load_config(nested)
+
+
+def test_worker_version_comes_from_the_registry_or_the_project_file(tmp_path):
+    assert worker_version(tmp_path) is None
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "w"\nversion = "1.2.3"\n')
+    assert worker_version(tmp_path) == "1.2.3"
+    (tmp_path / "package.json").write_text('{"version": "0.4.0"}')
+    assert worker_version(tmp_path) == "0.4.0"
+    (tmp_path / ".iii").mkdir()
+    (tmp_path / ".iii" / "version").write_text("2.0.0\n")
+    assert worker_version(tmp_path) == "2.0.0"
+
+
+async def test_logs_merge_by_time_and_follow_across_rotation(tmp_path):
+    logs = tmp_path / "w"
+    logs.mkdir()
+    (logs / "stdout.log").write_text("2026-01-01T00:00:01.000Z out one\n2026-01-01T00:00:03.000Z out two\n")
+    (logs / "stderr.log").write_text("2026-01-01T00:00:02.000Z err one\n")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "iii", "worker", "logs", "w", "-f", env={**os.environ, "III_LOGS_DIR": str(tmp_path)},
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        async def line() -> str:
+            return (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+
+        assert [await line() for _ in range(3)] == [
+            "2026-01-01T00:00:01.000Z out one\n", "2026-01-01T00:00:02.000Z err one\n", "2026-01-01T00:00:03.000Z out two\n",
+        ]
+        with (logs / "stderr.log").open("a") as err:
+            err.write("2026-01-01T00:00:04.000Z err two\n")
+        assert await line() == "2026-01-01T00:00:04.000Z err two\n"
+        (logs / "stdout.log").rename(logs / "stdout.log.1")  # what the shim's rotation does
+        (logs / "stdout.log").write_text("2026-01-01T00:00:05.000Z after rotation\n")
+        assert await line() == "2026-01-01T00:00:05.000Z after rotation\n"
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), 30) == 130
+
+
+def test_worker_commands_find_the_engine_port_in_the_config(tmp_path):
+    from iii.cli.worker import _listener_port
+
+    config = tmp_path / "config.yaml"
+    assert _listener_port(config) is None  # no config: $III_URL, else the default
+    config.write_text("workers: []\n")
+    assert _listener_port(config) == 49134
+    config.write_text("workers: [{name: iii-http}, {name: iii-worker-manager, config: {port: ${P:49299}}}]\n")
+    assert _listener_port(config) == 49299
+    config.write_text("workers:\n  - name: iii-worker-manager\n    config:\n      host: 127.0.0.1\n")
+    assert _listener_port(config) == 49134

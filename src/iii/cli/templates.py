@@ -33,16 +33,13 @@ def hello(data):
     return {"greeting": f"hello, {(data or {}).get('name', 'world')}"}
 
 
-def on_worker_event(data):
-    """Example trigger target: runs whenever a worker connects or disconnects."""
-    print(f"worker event: {data['event']} {data['worker_id']}", flush=True)
-
-
-worker.register_function("{{worker_name}}::hello", hello, description="Greets {name}")
-worker.register_function("{{worker_name}}::on-worker-event", on_worker_event)
-worker.register_trigger(
-    {"type": "engine::workers-available", "function_id": "{{worker_name}}::on-worker-event", "config": {}}
+worker.register_function(
+    "{{worker_name}}::hello",
+    hello,
+    description="Greets {name}",
+    request_format={"type": "object", "properties": {"name": {"type": "string"}}},
 )
+# Try it: `iii trigger {{worker_name}}::hello name=you` (and `iii trigger {{worker_name}}::hello --help`).
 print("{{worker_name}} is ready", flush=True)
 
 stopped = threading.Event()
@@ -59,19 +56,10 @@ const worker = registerWorker(process.env.III_URL ?? "ws://127.0.0.1:49134", {
 });
 
 // Example function: {"name": "you"} -> {"greeting": "hello, you"}
+// Try it: `iii trigger {{worker_name}}::hello name=you`
 worker.registerFunction("{{worker_name}}::hello", async (data{{ts_any}}) => ({
   greeting: `hello, ${data?.name ?? "world"}`,
 }), { description: "Greets {name}" });
-
-// Example trigger: runs whenever a worker connects or disconnects.
-worker.registerFunction("{{worker_name}}::on-worker-event", async (data{{ts_any}}) => {
-  console.log(`worker event: ${data.event} ${data.worker_id}`);
-});
-worker.registerTrigger({
-  type: "engine::workers-available",
-  function_id: "{{worker_name}}::on-worker-event",
-  config: {},
-});
 console.log("{{worker_name}} is ready");
 
 const stop = async () => {
@@ -112,7 +100,8 @@ description: An iii worker written in Python
 scripts:
   # The SDK is the `iii` package of the engine's own environment: nothing to download.
   install: python -c "import iii; print('iii SDK', iii.__version__)"
-  start: python src/main.py
+  # Restarts the worker whenever a file under src/ changes.
+  start: watchfiles 'python src/main.py' src
 """,
         "pyproject.toml": """[project]
 name = "{{worker_name}}"
@@ -120,13 +109,13 @@ version = "0.1.0"
 description = "An iii worker"
 requires-python = ">=3.11"
 # `iii` is provided by the iii-engine distribution (a drop-in for the official iii-sdk).
-dependencies = ["iii-engine"]
+dependencies = ["iii-engine", "watchfiles"]
 """,
         "src/main.py": _PYTHON_MAIN,
     },
     "typescript": {
         "iii.worker.yaml": _node_manifest("TypeScript"),
-        "package.json": _package_json("tsx src/index.ts", {"tsx": "^4.19.0", "typescript": "^5.6.0"}),
+        "package.json": _package_json("tsx watch src/index.ts", {"tsx": "^4.19.0", "typescript": "^5.6.0", "@types/node": "^22.0.0"}),
         "tsconfig.json": """{
   "compilerOptions": {
     "target": "ES2022",
@@ -178,22 +167,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_function("{{worker_name}}::hello", |data: Value| async move {
             let name = data.get("name").and_then(Value::as_str).unwrap_or("world").to_string();
             Ok(json!({ "greeting": format!("hello, {name}") }))
-        })
-        .await?;
-
-    // Example trigger: runs whenever a worker connects or disconnects.
-    worker
-        .register_function("{{worker_name}}::on-worker-event", |data: Value| async move {
-            println!("worker event: {data}");
-            Ok(Value::Null)
-        })
-        .await?;
-    worker
-        .register_trigger(iii_sdk::RegisterTriggerInput {
-            trigger_type: "engine::workers-available".into(),
-            function_id: "{{worker_name}}::on-worker-event".into(),
-            config: json!({}),
-            ..Default::default()
         })
         .await?;
 

@@ -14,7 +14,7 @@ from iii.errors import InvocationError
 from iii.iii_constants import InitOptions, ReconnectionConfig
 from iii.sdk.client import III, register_worker_async
 
-__all__ = ["add_parser", "run", "engine_url", "connect"]
+__all__ = ["add_parser", "run", "engine_url", "connect", "remote_error"]
 
 CLI_WORKER_NAME = "iii-cli:trigger"
 
@@ -24,15 +24,19 @@ def add_parser(subparsers: Any) -> None:
         "trigger",
         aliases=["t"],
         help="call a function and print its result",
-        description="Call FUNCTION on the engine and print its JSON result (errors go to stderr, exit 1).",
+        description="Call FUNCTION on the engine and print its JSON result (errors go to stderr, exit 1). "
+        "With FUNCTION, --help also shows its description and request schema, asked of the engine.",
+        add_help=False,  # `iii trigger FN --help` asks the engine about FN: see run()
     )
-    parser.add_argument("function_id", metavar="FUNCTION", help="function id, e.g. math::add")
-    parser.add_argument("pairs", nargs="*", metavar="KEY=VALUE", help="payload fields (values parsed as JSON when they are JSON)")
+    parser.add_argument("-h", "--help", action="store_true", help="show this help (and FUNCTION's, from the engine) and exit")
+    # Optional here so that `--help` works without it; run() says when it is missing.
+    parser.add_argument("function_id", nargs="?", metavar="FUNCTION", help="function id, e.g. math::add")
+    parser.add_argument("pairs", nargs="*", default=[], metavar="KEY=VALUE", help="payload fields, optional (values parsed as JSON when they are JSON)")
     parser.add_argument("--json", dest="json_payload", metavar="JSON", help="payload as a JSON object (KEY=VALUE pairs override its keys)")
     add_engine_options(parser)
     parser.add_argument("--timeout-ms", type=int, default=30000, metavar="MS", help="give up after MS milliseconds (default 30000)")
     parser.add_argument("-n", "--namespace", help="namespace to resolve FUNCTION in (default: default)")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, parser=parser)
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +95,48 @@ async def _call(url: str, request: dict[str, Any]) -> Any:
         await client.shutdown_async()
 
 
+def remote_error(exc: InvocationError) -> int:
+    """``error: <message> (<code>)`` and the remote stack trace, if any, on stderr."""
+    return fail(f"{exc.message} ({exc.code})", cause=f"remote stack trace:\n{exc.stacktrace}" if exc.stacktrace else None)
+
+
+def _describe(function_id: str, info: dict[str, Any]) -> str:
+    """What ``--help`` adds about one function: its description, worker and schemas."""
+    lines = [f"\n{function_id}" + (f" (worker {info['worker_name']})" if info.get("worker_name") else "")]
+    lines.append(f"  {info.get('description') or '(no description)'}")
+    for key, title in (("request_schema", "request schema"), ("response_schema", "response schema")):
+        if info.get(key) is not None:
+            schema = json.dumps(info[key], indent=2).replace("\n", "\n    ")
+            lines.append(f"  {title}:\n    {schema}")
+    if "request_schema" not in info:
+        lines.append("  (no request schema registered)")
+    return "\n".join(lines)
+
+
+def _help(args: argparse.Namespace) -> int:
+    args.parser.print_help()
+    if args.function_id is None:
+        return 0
+    url = engine_url(args.address, args.port)
+    request: dict[str, Any] = {"function_id": args.function_id}
+    if args.namespace is not None:
+        request["namespace"] = args.namespace
+    try:
+        info = asyncio.run(_call(url, {"function_id": "engine::functions::info", "payload": request, "timeout_ms": 10000}))
+    except ConnectionError:
+        return fail(f"cannot reach the engine at {url} to describe {args.function_id}", fix="start it with `iii`, or pass --address/--port")
+    except InvocationError as exc:
+        return remote_error(exc)
+    print(_describe(args.function_id, info))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.help:
+        return _help(args)
+    if args.function_id is None:
+        args.parser.print_usage(sys.stderr)
+        return fail("the following argument is required: FUNCTION", fix="e.g. `iii trigger math::add a=1 b=2`", code=2)
     try:
         payload = payload_of(args.json_payload, args.pairs)
     except ValueError as exc:
@@ -105,11 +150,7 @@ def run(args: argparse.Namespace) -> int:
     except ConnectionError:
         return fail(f"cannot reach the engine at {url}", fix="start it with `iii`, or pass --address/--port")
     except InvocationError as exc:
-        body = {"code": exc.code, "message": exc.message}
-        if exc.stacktrace:
-            body["stacktrace"] = exc.stacktrace
-        print(json.dumps(body, indent=2), file=sys.stderr)
-        return 1
+        return remote_error(exc)
     if result is not None:
         print(json.dumps(result, indent=2))
     return 0

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import configparser
+import heapq
 import json
 import os
 import shutil
@@ -22,21 +24,31 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional
+
+import watchfiles
+import yaml
 
 from iii.cli.output import fail, info, interactive, success
 from iii.cli.templates import ALIASES, ENTRY_POINTS, LANGUAGES, render
-from iii.cli.trigger import connect, engine_url
-from iii.config import ConfigError, load_config
+from iii.cli.trigger import connect, engine_url, remote_error
+from iii.config import ConfigError, UniqueKeyLoader, expand_env
 from iii.errors import InvocationError
 from iii.manager.configfile import add_worker_entry, remove_worker_entry, worker_entries
-from iii.manager.manifest import MANIFEST, ManifestError, load_manifest
+from iii.manager.manifest import MANIFEST, ManifestError, load_manifest, worker_version
 from iii.manager.supervisor import install_marker, logs_root
+from iii.protocol import DEFAULT_PORT, ErrorCode, WireId
 
 __all__ = ["add_parser"]
 
 READY_TIMEOUT_S = 120.0
-_POLL_S = 0.2
+STOP_TIMEOUT_S = 30.0
+#: Lines of each log shown when a worker crashes while `add`/`start` waits for it.
+CRASH_LOG_LINES = 20
+_POLL_S = 0.05
+#: `logs -f`: changes this close together are printed together.
+_FOLLOW_DEBOUNCE_MS = 200
+_FOLLOW_RESCAN_MS = 2000
 
 
 def add_parser(subparsers: Any) -> None:
@@ -75,10 +87,12 @@ def add_parser(subparsers: Any) -> None:
     status = commands.add_parser("status", help="show a worker's process, connection and recent logs")
     status.add_argument("worker", metavar="WORKER")
     status.add_argument("--no-watch", action="store_true", help="(accepted: status prints once)")
+    status.add_argument("--json", action="store_true", help="print it as JSON (errors too)")
     _engine_flags(status)
     status.set_defaults(run=run_status)
 
     listing = commands.add_parser("list", help="list the workers of config.yaml")
+    listing.add_argument("--json", action="store_true", help="print it as JSON (errors too)")
     _engine_flags(listing)
     listing.set_defaults(run=run_list)
 
@@ -106,59 +120,169 @@ def _config_path(args: argparse.Namespace) -> Path:
 def _engine_url(args: argparse.Namespace) -> str:
     """The engine of this project: ``--port``, else the first listener of its config."""
     port = getattr(args, "port", None)
-    if port is None:
-        try:
-            port = load_config(_config_path(args)).listeners[0].port
-        except ConfigError:
-            port = None
-    return engine_url(None, port)
+    return engine_url(None, port if port is not None else _listener_port(_config_path(args)))
+
+
+def _listener_port(path: Path) -> Optional[int]:
+    """The port of the config's first ``iii-worker-manager`` listener (49134 when it has none);
+    ``None`` without a readable config.
+
+    Read without validating the whole file, which imports every built-in module (aiohttp,
+    croniter: most of a second of start-up for `iii worker stop`); the engine validates it.
+    """
+    try:
+        document = yaml.load(expand_env(path.read_text(), path), Loader=UniqueKeyLoader)  # noqa: S506 (safe)
+    except (OSError, yaml.YAMLError, ConfigError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    for section in ("workers", "modules"):
+        entries = document.get(section)
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and entry.get("name") == WireId.LISTENER:
+                config = entry.get("config")
+                port = config.get("port", DEFAULT_PORT) if isinstance(config, dict) else DEFAULT_PORT
+                return port if isinstance(port, int) else None
+    return DEFAULT_PORT
 
 
 # ------------------------------------------------------------------------------ engine calls
 
 
-async def _ask(url: str, function_id: str, payload: Any) -> Any:
-    client = await connect(url, "iii-cli:worker")
-    try:
-        return await client.trigger_async({"function_id": function_id, "payload": payload, "timeout_ms": 10000})
-    finally:
-        await client.shutdown_async()
+class Session:
+    """One connection to the engine for the whole command (``async with Session(url) as s``).
+
+    Raises:
+        ConnectionError: on entry, when the engine is not running at ``url``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: Any = None
+
+    async def __aenter__(self) -> "Session":
+        self._client = await connect(self.url, "iii-cli:worker")
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._client.shutdown_async()
+
+    async def call(self, function_id: str, payload: Any = None) -> Any:
+        return await self._client.trigger_async({"function_id": function_id, "payload": payload or {}, "timeout_ms": 10000})
+
+    async def connected_names(self) -> set[str]:
+        rows = (await self.call("engine::workers::list"))["workers"]
+        return {row["name"] for row in rows if row["runtime"] != "engine"}
+
+    async def status(self, name: str) -> Optional[dict[str, Any]]:
+        """``worker::status`` of ``name``; ``None`` while the engine does not know it (yet)."""
+        try:
+            return await self.call("worker::status", {"name": name})
+        except InvocationError as exc:
+            if exc.code == ErrorCode.NOT_FOUND:
+                return None
+            raise
 
 
-def ask(url: str, function_id: str, payload: Any = None) -> Any:
-    """Call the engine; ``ConnectionError`` when it is not running."""
-    return asyncio.run(_ask(url, function_id, payload or {}))
-
-
-def _connected_names(url: str) -> set[str]:
-    rows = ask(url, "engine::workers::list", {})["workers"]
-    return {row["name"] for row in rows if row["runtime"] != "engine"}
-
-
-def wait_until(url: str, predicate: Any, what: str, timeout: float = READY_TIMEOUT_S) -> bool:
-    """Poll the engine until ``predicate(url)``; shows progress on a terminal."""
+async def wait_until(predicate: Callable[[], Awaitable[bool]], what: str, timeout: float = READY_TIMEOUT_S) -> bool:
+    """Poll until ``predicate()``; shows a countdown on a terminal."""
     deadline = time.monotonic() + timeout
     shown = False
-    while time.monotonic() < deadline:
-        if predicate(url):
-            if shown:
-                sys.stderr.write("\n")
+    try:
+        while time.monotonic() < deadline:
+            if await predicate():
+                return True
+            if interactive():
+                sys.stderr.write(f"\rwaiting for {what} … {int(deadline - time.monotonic())}s ")
+                sys.stderr.flush()
+                shown = True
+            await asyncio.sleep(_POLL_S)
+        return False
+    finally:
+        if shown:
+            sys.stderr.write("\n")
+
+
+class Crashed(Exception):
+    """The worker exited (or could not start) while the CLI waited for it to connect."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        super().__init__(state["name"])
+        self.state = state
+
+
+async def wait_connected(session: Session, name: str, restarts_before: int = 0) -> int:
+    """Wait for ``name`` to connect; stop at once, saying why, if it crashes or fails meanwhile.
+
+    ``restarts_before``: its restart count when it was (re)started; a higher one means a crash.
+    """
+
+    async def connected() -> bool:
+        if name in await session.connected_names():
             return True
-        if interactive():
-            sys.stderr.write(f"\rwaiting for {what} … {int(deadline - time.monotonic())}s ")
-            sys.stderr.flush()
-            shown = True
-        time.sleep(_POLL_S)
-    if shown:
-        sys.stderr.write("\n")
-    return False
+        state = await session.status(name)
+        if state is not None and (state["state"] == "failed" or state["restarts"] > restarts_before):
+            raise Crashed(state)
+        return False
 
-
-def _wait_connected(url: str, name: str) -> int:
-    if wait_until(url, lambda u: name in _connected_names(u), f"{name} to connect"):
-        success(f"{name} is connected")
-        return 0
+    try:
+        if await wait_until(connected, f"{name} to connect"):
+            success(f"{name} is connected")
+            return 0
+    except Crashed as crash:
+        return _report_crash(crash.state)
     return fail(f"{name} did not connect within {int(READY_TIMEOUT_S)}s", fix=f"check `iii worker logs {name}`")
+
+
+def _report_crash(state: dict[str, Any]) -> int:
+    name = state["name"]
+    if state["state"] == "failed":
+        problem = f"{name} could not be started: {state.get('error') or 'see its logs'}"
+    else:
+        problem = f"{name} crashed before it connected (exit status {state.get('last_exit')})"
+    for stream in ("stderr", "stdout"):
+        path = Path(state["logs"]) / f"{stream}.log"
+        lines = _tail(path, CRASH_LOG_LINES)
+        if lines:
+            info(f"--- last {len(lines)} lines of {path}")
+            sys.stderr.writelines(lines)
+    return fail(
+        problem,
+        fix=f"fix it, then `iii worker restart {name}`; until then the engine retries it with backoff "
+        f"(`iii worker stop {name}` holds it down)",
+    )
+
+
+async def _control(url: str, name: str, verb: str, no_wait: bool) -> int:
+    async with Session(url) as session:
+        if verb == "stop":
+            await session.call("worker::stop", {"name": name})
+
+            async def stopped() -> bool:
+                state = await session.status(name)
+                if state is not None and state["state"] not in ("stopped", "failed"):
+                    return False
+                return name not in await session.connected_names()
+
+            if not await wait_until(stopped, f"{name} to stop", STOP_TIMEOUT_S):
+                return fail(f"{name} did not stop within {int(STOP_TIMEOUT_S)}s", fix=f"check `iii worker logs {name}`")
+            success(f"{name} stopped")
+            return 0
+        old_pid = (await session.call("worker::status", {"name": name}))["pid"]
+        state = await session.call(f"worker::{verb}", {"name": name})
+        if no_wait:
+            success(f"{name}: {verb} requested")
+            return 0
+        if verb == "restart" and old_pid is not None:
+            # The old process goes first: "connected" must then mean the new one.
+            async def replaced() -> bool:
+                current = await session.status(name)
+                return current is not None and (
+                    current["pid"] not in (None, old_pid) or current["restarts"] > 0 or current["state"] == "failed"
+                )
+
+            await wait_until(replaced, f"{name} to restart", STOP_TIMEOUT_S)
+        return await wait_connected(session, name, state["restarts"])
 
 
 # ------------------------------------------------------------------------------ init
@@ -259,7 +383,7 @@ def _registry_fetch(spec: str) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     if "path" in entry and not remote:
         shutil.copytree(Path(registry) / entry["path"], destination)
-        return destination
+        return _record_version(destination, entry.get("version"))
     if "archive" not in entry:
         raise LookupError(f"registry entry {name!r} has neither `path` nor `archive`")
     archive_url = entry["archive"] if "://" in entry["archive"] else registry.rstrip("/") + "/" + entry["archive"]
@@ -274,7 +398,15 @@ def _registry_fetch(spec: str) -> Path:
             raise LookupError(f"cannot download {archive_url}: {exc}") from None
         with tarfile.open(archive) as bundle:
             bundle.extractall(destination, filter="data")
-    return destination
+    return _record_version(destination, entry.get("version"))
+
+
+def _record_version(directory: Path, version: Optional[str]) -> Path:
+    """Keep the registry version with the copy (``iii worker list`` shows it)."""
+    if version:
+        (directory / ".iii").mkdir(exist_ok=True)
+        (directory / ".iii" / "version").write_text(f"{version}\n")
+    return directory
 
 
 def _install(directory: Path, setup: Optional[str], install: Optional[str]) -> int:
@@ -340,14 +472,20 @@ def run_add(args: argparse.Namespace) -> int:
     if args.no_wait:
         return 0
     url = _engine_url(args)
-    for name in added:
-        try:
-            status = _wait_connected(url, name)
-        except ConnectionError:
-            info(f"the engine is not running at {url}: `iii -c {config}` will start {', '.join(added)}")
-            return 0
-        if status:
-            return status
+    try:
+        return asyncio.run(_wait_added(url, added))
+    except ConnectionError:
+        info(f"the engine is not running at {url}: `iii -c {config}` will start {', '.join(added)}")
+        return 0
+
+
+async def _wait_added(url: str, names: list[str]) -> int:
+    async with Session(url) as session:
+        for name in names:
+            state = await session.status(name)
+            status = await wait_connected(session, name, state["restarts"] if state else 0)
+            if status:
+                return status
     return 0
 
 
@@ -368,52 +506,65 @@ def run_remove(args: argparse.Namespace) -> int:
 
 def run_control(args: argparse.Namespace) -> int:
     url = _engine_url(args)
-    name = args.worker
     try:
-        ask(url, f"worker::{args.verb}", {"name": name})
-        if args.verb == "stop":
-            def stopped(u: str) -> bool:
-                return ask(u, "worker::status", {"name": name})["state"] in ("stopped", "failed") and name not in _connected_names(u)
-
-            if not wait_until(url, stopped, f"{name} to stop", 30):
-                return fail(f"{name} did not stop within 30s")
-            success(f"{name} stopped")
-            return 0
-        if args.no_wait:
-            success(f"{name}: {args.verb} requested")
-            return 0
-        if args.verb == "restart":  # the old connection must go before "connected" means the new one
-            time.sleep(_POLL_S)
-        return _wait_connected(url, name)
+        return asyncio.run(_control(url, args.worker, args.verb, getattr(args, "no_wait", False)))
     except ConnectionError:
         return fail(f"cannot reach the engine at {url}", fix=f"start it with `iii`; it runs the workers of {_config_path(args)}")
     except InvocationError as exc:
-        return fail(exc.message, fix="see `iii worker list`")
+        return remote_error(exc)
+
+
+def _engine_failure(args: argparse.Namespace, url: str, exc: Exception) -> int:
+    """A failed engine call: ``error: …`` on stderr, or ``{"error": {code, message}}`` with ``--json``."""
+    if isinstance(exc, ConnectionError):
+        code, message, fix = "engine_unreachable", f"cannot reach the engine at {url}", "start it with `iii`"
+    else:
+        assert isinstance(exc, InvocationError)
+        code, message, fix = exc.code, exc.message, "see `iii worker list`"
+    if args.json:
+        print(json.dumps({"error": {"code": code, "message": message}}, indent=2))
+        return 1
+    return fail(f"{message} ({code})", fix=fix)
+
+
+async def _status(url: str, name: str) -> dict[str, Any]:
+    async with Session(url) as session:
+        state = await session.call("worker::status", {"name": name})
+        state["connected"] = name in await session.connected_names()
+        return state
 
 
 def run_status(args: argparse.Namespace) -> int:
     url = _engine_url(args)
     try:
-        state = ask(url, "worker::status", {"name": args.worker})
-        connected = args.worker in _connected_names(url)
-    except ConnectionError:
-        return fail(f"cannot reach the engine at {url}", fix="start it with `iii`")
-    except InvocationError as exc:
-        return fail(exc.message, fix="see `iii worker list`")
+        state = asyncio.run(_status(url, args.worker))
+    except (ConnectionError, InvocationError) as exc:
+        return _engine_failure(args, url, exc)
+    logs = Path(state["logs"])
+    if args.json:
+        state["recent_logs"] = {stream: _tail(logs / f"{stream}.log", 10) for stream in ("stdout", "stderr")}
+        print(json.dumps(state, indent=2))
+        return 0
     print(f"name:      {state['name']}")
-    print(f"state:     {state['state']}{' (connected)' if connected else ''}")
+    print(f"state:     {state['state']}{' (connected)' if state['connected'] else ''}")
     print(f"pid:       {state['pid'] or '-'}")
     print(f"restarts:  {state['restarts']}")
     print(f"directory: {state['directory'] or '-'}")
     if state.get("error"):
         print(f"error:     {state['error']}")
-    print(f"logs:      {state['logs']}")
+    print(f"logs:      {logs}")
     for stream in ("stdout", "stderr"):
-        lines = _tail(logs_root() / args.worker / f"{stream}.log", 10)
+        lines = _tail(logs / f"{stream}.log", 10)
         if lines:
             print(f"--- last {stream} lines")
             sys.stdout.writelines(lines)
     return 0
+
+
+async def _engine_view(url: str) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    async with Session(url) as session:
+        rows = (await session.call("worker::list"))["workers"]
+        return {row["name"]: row for row in rows}, await session.connected_names()
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -426,25 +577,38 @@ def run_list(args: argparse.Namespace) -> int:
     states: dict[str, dict[str, Any]] = {}
     connected: set[str] = set()
     try:
-        states = {row["name"]: row for row in ask(url, "worker::list")["workers"]}
-        connected = _connected_names(url)
+        states, connected = asyncio.run(_engine_view(url))
     except ConnectionError:
         pass  # engine down: everything is stopped
-    names = [n for n in entries if n in states or entries[n] is not None]
-    if not names:
-        info("No workers. Use `iii worker add` to get started.")
-        return 0
-    print(f"{'NAME':<24} {'PID':>8}  STATUS")
-    for name in names:
-        row = states.get(name)
-        if row is None or row["state"] in ("stopped", "failed"):
-            status = row["state"] if row else "stopped"
+    except InvocationError as exc:
+        return _engine_failure(args, url, exc)
+    rows = []
+    for name in [n for n in entries if n in states or entries[n] is not None]:
+        state = states.get(name)
+        if state is None or state["state"] in ("stopped", "failed"):
+            status = state["state"] if state else "stopped"
         elif name in connected:
             status = "running"
         else:
             status = "starting"
-        pid = row["pid"] if row and row["pid"] else "-"
-        print(f"{name:<24} {pid:>8}  {status}")
+        directory = entries[name] or (state or {}).get("directory")
+        rows.append({
+            "name": name,
+            "version": worker_version(Path(directory)) if directory else None,
+            "pid": state["pid"] if state else None,
+            "status": status,
+            "restarts": state["restarts"] if state else 0,
+            "directory": directory,
+        })
+    if args.json:
+        print(json.dumps({"workers": rows}, indent=2))
+        return 0
+    if not rows:
+        info("No workers. Use `iii worker add` to get started.")
+        return 0
+    print(f"{'NAME':<24} {'VERSION':<10} {'PID':>8}  STATUS")
+    for row in rows:
+        print(f"{row['name']:<24} {row['version'] or '-':<10} {row['pid'] or '-':>8}  {row['status']}")
     return 0
 
 
@@ -454,9 +618,30 @@ def run_list(args: argparse.Namespace) -> int:
 def _tail(path: Path, count: int) -> list[str]:
     try:
         with path.open(errors="replace") as handle:
-            return handle.readlines()[-count:]
+            return list(collections.deque(handle, maxlen=count))
     except OSError:
         return []
+
+
+class _Follower:
+    """One log file read as it grows, and reopened when the worker's shim rotates it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle = path.open(errors="replace") if path.exists() else None
+
+    def read(self) -> str:
+        try:
+            rotated = self.handle is None or os.stat(self.path).st_ino != os.fstat(self.handle.fileno()).st_ino
+        except FileNotFoundError:
+            rotated = False
+        chunk = self.handle.read() if self.handle is not None else ""
+        if rotated:  # the rest of the old file was just read: go on with the new one
+            if self.handle is not None:
+                self.handle.close()
+            self.handle = self.path.open(errors="replace")
+            chunk += self.handle.read()
+        return chunk
 
 
 def run_logs(args: argparse.Namespace) -> int:
@@ -464,22 +649,18 @@ def run_logs(args: argparse.Namespace) -> int:
     files = [directory / "stdout.log", directory / "stderr.log"]
     if not any(f.exists() for f in files):
         return fail(f"no logs for {args.worker} in {directory}", fix="has it been started? see `iii worker list`")
-    handles = []
-    for path in files:
-        if path.exists():
-            handle = path.open(errors="replace")
-            sys.stdout.write(handle.read())
-            handles.append(handle)
+    followers = [_Follower(path) for path in files]
+    # Each line starts with its UTC timestamp: the two files merge into one story.
+    sys.stdout.writelines(heapq.merge(*(f.read().splitlines(keepends=True) for f in followers)))
     sys.stdout.flush()
     if not args.follow:
         return 0
-    while True:  # until Ctrl-C (exit 130)
-        wrote = False
-        for handle in handles:
-            chunk = handle.read()
-            if chunk:
-                sys.stdout.write(chunk)
-                wrote = True
-        if wrote:
+    # Until Ctrl-C (exit 130): woken by each change in the log directory (a write, a rotation),
+    # and every few seconds regardless (what was written while the watch was being set up).
+    for _ in watchfiles.watch(directory, recursive=False, debounce=_FOLLOW_DEBOUNCE_MS, raise_interrupt=True,
+                              rust_timeout=_FOLLOW_RESCAN_MS, yield_on_timeout=True):
+        chunks = [f.read() for f in followers]
+        if any(chunks):
+            sys.stdout.writelines(heapq.merge(*(chunk.splitlines(keepends=True) for chunk in chunks)))
             sys.stdout.flush()
-        time.sleep(_POLL_S)
+    return 0

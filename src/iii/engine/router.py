@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import deque
 from typing import Any, Callable, Optional
@@ -89,6 +90,11 @@ def _namespace_error(field: str) -> ErrorBody:
 def _decode_raw(raw: Any) -> Any:
     """Decoded JSON of an optional raw field (``None`` when absent)."""
     return codec.decode_json(raw) if raw else None
+
+
+def _who(conn: Connection) -> str:
+    """A connection as debug logs name it: its worker name (once known) and id."""
+    return f"{conn.name} ({conn.id})" if conn.name else conn.id
 
 
 class _NoEvents:
@@ -178,6 +184,14 @@ class Router:
             Pong: self._on_pong,
         }
         self._functions_fingerprint = self._fingerprint()
+        #: Debug logging (registrations, each call with its outcome and latency), decided once:
+        #: with it off nothing is spent on it; with it on every frame takes the full path, where
+        #: calls are logged (``forward`` declines them all).
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        #: Calls in flight, while debugging: key -> (perf_counter at start, caller, function id).
+        self._debug_calls: dict[str, tuple[float, str, str]] = {}
+        if self._debug:
+            self.forward = lambda conn, routed, frame: False  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ connections
 
@@ -511,6 +525,8 @@ class Router:
             entry.local_id = function_id[len(conn.session.prefix) + 2:]
         conn.functions.add((ns, function_id))
         self._functions_changed()
+        if self._debug:
+            log.debug("worker %s registered function %s (namespace %s)", _who(conn), function_id, ns)
 
     def serve_http_functions(self, make_handler: Callable[[str, Any], Callable[..., Any]]) -> None:
         """Serve ``registerfunction`` frames with an ``invocation``: ``make_handler(id,
@@ -609,7 +625,10 @@ class Router:
         conn.invocations_made += 1
         data = bytes(msg.data) if msg.data else b"null"
         if fn.handler is not None:
-            self._run_builtin(fn, conn, data, self._answer_to(answer_to, invocation_id, fn.id))
+            on_result = self._answer_to(answer_to, invocation_id, fn.id)
+            if self._debug:
+                on_result = self._debug_builtin(on_result, _who(conn), fn.id)
+            self._run_builtin(fn, conn, data, on_result)
             return
         if answer_to is not None:
             if invocation_id in self.pending:
@@ -630,6 +649,8 @@ class Router:
             # until the deadline (a callee that never answers must not grow the table for ever).
             key = self.new_id()
             self._open_with_deadline(Pending(None, fn.owner, function_id), key, DEFAULT_INVOCATION_TIMEOUT_MS)
+        if self._debug:
+            self._debug_calls[key] = (time.perf_counter(), _who(conn), function_id)
         fn.owner.send(
             codec.encode_invoke(
                 key,
@@ -652,6 +673,8 @@ class Router:
         error = self._error_of(msg) if msg.error else None
         if error is not None:
             conn.invocations_failed += 1
+        if self._debug:
+            self._debug_settled(invocation_id, error)
         caller = pending.caller
         if caller is not None:
             if caller.state == ABORTED:
@@ -806,10 +829,12 @@ class Router:
                 on_result(b"null", error)
             return
         if fn.handler is not None:
-            self._run_builtin(fn, None, data, on_result)
+            self._run_builtin(fn, None, data, self._debug_builtin(on_result, "the engine", fn.id) if self._debug else on_result)
             return
         key = self.new_id()
         self._open_with_deadline(Pending(None, fn.owner, function_id, on_result), key, timeout_ms)
+        if self._debug:
+            self._debug_calls[key] = (time.perf_counter(), "the engine", function_id)
         if self._batch is not None:  # fan-outs and queue deliveries: one write per worker
             self._batch()
         fn.owner.send(codec.encode_invoke(key, fn.local_id or function_id, data, metadata, None, None))
@@ -830,9 +855,10 @@ class Router:
             entry = expired.setdefault((pending.function_id, pending.target.id), [key, 0, False])
             entry[1] += 1
             entry[2] = entry[2] or pending.on_result is not None
-            self._fail_call(key, pending, ErrorBody(
-                ErrorCode.TIMEOUT, f"Invocation of {pending.function_id} timed out"
-            ))
+            timed_out = ErrorBody(ErrorCode.TIMEOUT, f"Invocation of {pending.function_id} timed out")
+            if self._debug:
+                self._debug_settled(key, timed_out)
+            self._fail_call(key, pending, timed_out)
         for (function_id, worker_id), (key, count, waited) in expired.items():
             # A void call that got no answer is no news (nobody waited for it).
             log.log(
@@ -846,7 +872,32 @@ class Router:
         """Fail calls to ``conn`` with ``invocation_stopped``; forget calls it made."""
         stopped = ErrorBody(ErrorCode.INVOCATION_STOPPED, "Invocation stopped")
         for key, pending in self.invocations.halt(conn):
+            if self._debug:
+                self._debug_settled(key, stopped)
             self._fail_call(key, pending, stopped)
+
+    def _debug_settled(self, key: str, error: Optional[ErrorBody]) -> None:
+        started = self._debug_calls.pop(key, None)
+        if started is not None:
+            began, caller, function_id = started
+            log.debug(
+                "call %s from %s: %s in %.2f ms", function_id, caller,
+                "ok" if error is None else f"{error.code} ({error.message})", (time.perf_counter() - began) * 1000,
+            )
+
+    def _debug_builtin(
+        self, on_result: Optional[Callable[[bytes, Optional[ErrorBody]], None]], caller: str, function_id: str
+    ) -> Callable[[bytes, Optional[ErrorBody]], None]:
+        """``on_result`` of a built-in call, logging the call's outcome and latency first."""
+        key = self.new_id()
+        self._debug_calls[key] = (time.perf_counter(), caller, function_id)
+
+        def logged(result: bytes, error: Optional[ErrorBody]) -> None:
+            self._debug_settled(key, error)
+            if on_result is not None:
+                on_result(result, error)
+
+        return logged
 
     @staticmethod
     def _fail_call(key: str, pending: Pending, error: ErrorBody) -> None:
@@ -917,6 +968,8 @@ class Router:
                 call_request_format=_decode_raw(msg.call_request_format),
             )
         )
+        if self._debug:
+            log.debug("worker %s registered trigger type %s (namespace %s)", _who(conn), msg.id, ns)
 
     def _is_engine_trigger_type(self, type_id: str) -> bool:
         """``engine::*`` ids and the types of the engine's modules are not a worker's to provide."""
@@ -1078,6 +1131,8 @@ class Router:
         error = self.add_binding(binding)
         if error is not None:
             self._refuse_binding(conn, msg.id, msg.trigger_type, msg.function_id, error)
+        elif self._debug:
+            log.debug("worker %s registered trigger %s: %s -> %s", _who(conn), msg.id, msg.trigger_type, msg.function_id)
 
     @staticmethod
     def _refuse_binding(

@@ -5,15 +5,19 @@ Errors are :class:`ManifestError` naming the file and what is wrong with it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
-__all__ = ["MANIFEST", "ManifestError", "Manifest", "load_manifest", "parse_manifest"]
+from iii.config import UniqueKeyLoader
+
+__all__ = ["MANIFEST", "ManifestError", "Manifest", "load_manifest", "parse_manifest", "worker_version"]
 
 MANIFEST = "iii.worker.yaml"
 MAX_MANIFEST_BYTES = 64 * 1024
@@ -52,19 +56,6 @@ class Manifest:
     warnings: list[str] = field(default_factory=list)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """Refuses duplicate keys instead of silently keeping the last one."""
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ManifestError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def _infer_scripts(runtime: dict[str, Any], entry: Optional[str]) -> tuple[Optional[str], Optional[str]]:
     """Legacy ``runtime.kind`` manifests: the install and start commands the original infers."""
     kind = runtime.get("kind") or runtime.get("language")
@@ -88,9 +79,7 @@ def parse_manifest(text: str, path: Path) -> Manifest:
     if len(text.encode()) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes")
     try:
-        document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
-    except ManifestError as exc:
-        raise ManifestError(f"{path}: {exc}") from None
+        document = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise ManifestError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(document, dict):
@@ -163,3 +152,26 @@ def load_manifest(directory: Path) -> Manifest:
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read: {exc.strerror}") from None
     return parse_manifest(text, path)
+
+
+def worker_version(directory: Path) -> Optional[str]:
+    """The version a worker declares: the registry's (``.iii/version``, written on install), else
+    its ``package.json``, ``pyproject.toml`` or ``Cargo.toml``; ``None`` when none says."""
+    try:
+        return (directory / ".iii" / "version").read_text().strip() or None
+    except OSError:
+        pass
+    try:
+        version = json.loads((directory / "package.json").read_text()).get("version")
+        if isinstance(version, str):
+            return version
+    except (OSError, ValueError, AttributeError):
+        pass
+    for file, table in (("pyproject.toml", "project"), ("Cargo.toml", "package")):
+        try:
+            version = tomllib.loads((directory / file).read_text()).get(table, {}).get("version")
+        except (OSError, tomllib.TOMLDecodeError, AttributeError):
+            continue
+        if isinstance(version, str):
+            return version
+    return None

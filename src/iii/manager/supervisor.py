@@ -2,9 +2,10 @@
 
 Each worker runs ``scripts.start`` from its ``iii.worker.yaml`` through the lifeline shim
 (:mod:`iii.manager.lifeline`), in its own process group, with ``III_URL`` pointing back at the
-engine and its output appended to ``<logs>/<name>/stdout.log`` / ``stderr.log``. A worker that
-exits on its own is restarted with backoff; ``stop`` holds it down until ``start``. Nothing
-outlives the engine: every shim watches a pipe only the engine holds.
+engine and its output written, timestamped and rotated, to ``<logs>/<name>/stdout.log`` /
+``stderr.log``. A worker that exits on its own is restarted with backoff; ``stop`` holds it down
+until ``start``; a restart starts the new process once the old one is gone. Nothing outlives the
+engine: every shim watches a pipe only the engine holds.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from iii.config import WorkerEntry
+from iii.manager import lifeline
 from iii.manager.manifest import Manifest, ManifestError, load_manifest
 
 __all__ = ["Supervisor", "ManagedWorker", "logs_root", "install_marker"]
@@ -28,7 +30,13 @@ _BACKOFF_START_S = 1.0
 _BACKOFF_MAX_S = 30.0
 #: A run this long counts as healthy: the next crash starts the backoff over.
 _HEALTHY_RUN_S = 30.0
-_STOP_GRACE_S = 8.0
+#: Between SIGTERM and SIGKILL of a worker's processes (the shim's job).
+STOP_GRACE_S = 5.0
+#: The shim, run as a script: ``-m iii.manager.lifeline`` would import the ``iii`` package (the
+#: SDK: about a second of start-up) for a program that needs only the standard library and psutil.
+_LIFELINE = lifeline.__file__
+#: How long the engine waits for a shim to finish that (its grace, plus a margin).
+_SHIM_EXIT_S = STOP_GRACE_S + 3.0
 
 
 def logs_root() -> Path:
@@ -85,6 +93,8 @@ class Supervisor:
         self.engine_url = engine_url
         self.config_path = config_path.resolve()
         self.workers: dict[str, ManagedWorker] = {}
+        #: Every worker's task, those still stopping a replaced or removed process included.
+        self._tasks: set[asyncio.Task[None]] = set()
         # The lifeline: every shim holds the read end; only this process holds the write end.
         self._lifeline_read, self._lifeline_write = os.pipe()
         os.set_inheritable(self._lifeline_write, False)
@@ -106,26 +116,34 @@ class Supervisor:
             current = self.workers.get(name)
             if current is not None and current.entry == entry:
                 continue
+            previous = None
             if current is not None:
                 log.info("worker %s: its config entry changed, restarting it", name)
-                self._forget(name)
-            self._launch(ManagedWorker(entry, self._directory(entry)))
+                previous = self._forget(name)
+            self._launch(ManagedWorker(entry, self._directory(entry)), after=previous)
 
-    def _launch(self, worker: ManagedWorker) -> None:
+    def _launch(self, worker: ManagedWorker, after: Optional[asyncio.Task[None]] = None) -> None:
+        """Run ``worker``; once ``after`` (the task of the process it replaces) is over."""
         self.workers[worker.name] = worker
-        worker.task = asyncio.get_running_loop().create_task(self._keep_running(worker))
+        worker.task = asyncio.get_running_loop().create_task(self._keep_running(worker, after))
+        self._tasks.add(worker.task)
+        worker.task.add_done_callback(self._tasks.discard)
 
-    def _forget(self, name: str) -> None:
+    def _forget(self, name: str) -> Optional[asyncio.Task[None]]:
+        """Stop running ``name``; returns the task that ends once its process is gone."""
         worker = self.workers.pop(name)
         worker.wanted = False
         worker.wake.set()
         if worker.task is not None:
             worker.task.cancel()
+        return worker.task
 
     def start(self, name: str) -> dict[str, Any]:
         worker = self._get(name)
         worker.wanted = True
         worker.wake.set()
+        if worker.state in ("stopped", "failed"):  # said now: a caller polls for the outcome
+            worker.state, worker.error = "starting", None
         return worker.describe()
 
     def stop(self, name: str) -> dict[str, Any]:
@@ -139,8 +157,8 @@ class Supervisor:
     def restart(self, name: str) -> dict[str, Any]:
         worker = self._get(name)
         entry = worker.entry
-        self._forget(name)
-        self._launch(ManagedWorker(entry, self._directory(entry)))
+        previous = self._forget(name)
+        self._launch(ManagedWorker(entry, self._directory(entry)), after=previous)
         return self.workers[name].describe()
 
     def status(self, name: str) -> dict[str, Any]:
@@ -156,29 +174,25 @@ class Supervisor:
         return worker
 
     async def close(self) -> None:
-        """Stop every worker (SIGTERM, then SIGKILL after a grace) and wait for them."""
-        tasks = []
+        """Stop every worker at once (SIGTERM, then SIGKILL after a grace) and wait for them."""
         for name in list(self.workers):
-            worker = self.workers[name]
-            tasks.append(worker.task)
             self._forget(name)
-        for task in tasks:
-            if task is not None:
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         os.close(self._lifeline_write)
         os.close(self._lifeline_read)
 
     # ------------------------------------------------------------------ one worker
 
-    async def _keep_running(self, worker: ManagedWorker) -> None:
+    async def _keep_running(self, worker: ManagedWorker, after: Optional[asyncio.Task[None]]) -> None:
         backoff = _BACKOFF_START_S
         try:
+            if after is not None:  # one process per worker name: the old one goes first
+                worker.state = "starting"
+                await asyncio.wait({after})  # (not gather: cancelling this must not cancel that)
             while True:
                 if not worker.wanted:
-                    worker.state = "stopped"
+                    if worker.state != "failed":  # a failure stays said until the next start
+                        worker.state = "stopped"
                     worker.wake.clear()
                     await worker.wake.wait()
                     continue
@@ -255,18 +269,29 @@ class Supervisor:
         return env
 
     async def _spawn(self, worker: ManagedWorker, command: str, wait: bool) -> Optional[int]:
-        directory = logs_root() / worker.name
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / "stdout.log", "ab") as out, open(directory / "stderr.log", "ab") as err:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "iii.manager.lifeline", str(self._lifeline_read), command,
-                cwd=str(worker.directory), env=self._environment(worker), stdin=asyncio.subprocess.DEVNULL,
-                stdout=out, stderr=err, pass_fds=(self._lifeline_read,), start_new_session=True,
-            )
-        if wait:
+        # The shim's own failures (not the worker's output, which it logs) reach the engine's stderr.
+        spawning = asyncio.ensure_future(asyncio.create_subprocess_exec(
+            sys.executable, _LIFELINE, "--grace", str(STOP_GRACE_S),
+            str(self._lifeline_read), str(logs_root() / worker.name), command,
+            cwd=str(worker.directory), env=self._environment(worker), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, pass_fds=(self._lifeline_read,), start_new_session=True,
+        ))
+        try:
+            process = await asyncio.shield(spawning)
+        except asyncio.CancelledError:  # stopped while starting: what started is stopped too
+            process = await spawning
+            process.terminate()
+            await process.wait()
+            raise
+        if not wait:
+            worker.process = process
+            return None
+        try:
             return await process.wait()
-        worker.process = process
-        return None
+        except asyncio.CancelledError:
+            process.terminate()
+            await process.wait()
+            raise
 
     async def _run_once(self, worker: ManagedWorker) -> int:
         assert worker.manifest is not None
@@ -286,9 +311,9 @@ class Supervisor:
     async def _terminate(self, worker: ManagedWorker) -> None:
         process = worker.process
         if process is not None and process.returncode is None:
-            process.terminate()  # the shim stops the worker's whole process group
+            process.terminate()  # the shim stops the worker's processes
             try:
-                await asyncio.wait_for(process.wait(), _STOP_GRACE_S)
+                await asyncio.wait_for(process.wait(), _SHIM_EXIT_S)
             except asyncio.TimeoutError:
                 process.kill()
                 await process.wait()

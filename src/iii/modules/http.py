@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from http import HTTPStatus
 from typing import Annotated, Any, Optional, Union, cast
 
@@ -393,7 +394,9 @@ class HttpServer:
         self.url: Optional[str] = None
 
     async def start(self) -> None:
-        server = _Server(self._handle, self.config.max_body_bytes)
+        # Debug logging is decided once: with it off, requests pay nothing for it.
+        handler = self._handle_logged if log.isEnabledFor(logging.DEBUG) else self._handle
+        server = _Server(handler, self.config.max_body_bytes)
         self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
@@ -415,6 +418,18 @@ class HttpServer:
         response = await self._respond(request)
         if not response.prepared:  # a streamed response got them before it started
             self._cors(request, response)
+        return response
+
+    async def _handle_logged(self, request: web.BaseRequest) -> web.StreamResponse:
+        """:meth:`_handle`, logging each request (served in its place at ``--log-level debug``)."""
+        began = time.perf_counter()
+        response = await self._handle(request)
+        found = self.routes.find(request.method.upper(), request.path)
+        log.debug(
+            "iii-http: %s %s from %s -> %s: %d in %.2f ms", request.method, request.path_qs, request.remote,
+            found[0].binding.function_id if found is not None else "no route", response.status,
+            (time.perf_counter() - began) * 1000,
+        )
         return response
 
     async def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
