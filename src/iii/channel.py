@@ -1,5 +1,6 @@
 """Public channel types (the official ``iii.channel``)."""
 
-from iii.channels import Channel, ChannelReader, ChannelWriter, StreamChannelRef
+from iii.channels import Channel, ChannelReader, ChannelWriter
+from iii.iii_types import StreamChannelRef
 
 __all__ = ["Channel", "ChannelReader", "ChannelWriter", "StreamChannelRef"]

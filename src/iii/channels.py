@@ -9,10 +9,11 @@ yields binary chunks and hands text frames to the ``on_message`` callbacks. Sock
 (the SDK's own), with back-pressure both ways: a writer waits while the engine is not reading, a
 reader that is not iterated stops reading its socket (the engine then stops its writer).
 
-:class:`Channel` (``iii.helpers.create_channel``), :class:`StreamRequest` /
-:class:`StreamResponse` (streaming HTTP handlers), :class:`StreamChannelRef`,
-:func:`is_channel_ref` and :func:`extract_channel_refs` live here too (``iii.types`` and
-``iii.channel`` re-export them, as the official package has them there).
+:class:`Channel` (``iii.helpers.create_channel``), the streaming HTTP types
+(:class:`StreamRequest`, :class:`StreamResponse`, :class:`InternalHttpRequest`),
+:func:`is_channel_ref` and :func:`extract_channel_refs` are defined here; ``iii.types``,
+``iii.channel``, ``iii.internal``, ``iii.utils`` and ``iii.helpers`` re-export them where the
+official package has them. The refs themselves are :class:`iii.iii_types.StreamChannelRef`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import os
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, AsyncIterator, Callable, Literal, Optional, Union
+from typing import Any, AsyncIterator, Callable, Literal, Optional, TypedDict, TypeGuard, Union
 from urllib.parse import quote
 
 import msgspec
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from iii.iii_types import StreamChannelRef
 
 __all__ = [
     "MAX_FRAME_SIZE",
@@ -36,8 +39,10 @@ __all__ = [
     "ChannelItem",
     "ChannelReader",
     "ChannelWriter",
+    "InternalHttpRequest",
     "ReadableStream",
     "StreamChannelRef",
+    "StreamChannelRefDict",
     "StreamRequest",
     "StreamResponse",
     "WritableStream",
@@ -101,18 +106,6 @@ class ChannelItem:
     @property
     def is_binary(self) -> bool:
         return self.binary is not None
-
-
-class StreamChannelRef(msgspec.Struct, kw_only=True):
-    """A channel end as it travels in payloads: ``{channel_id, access_key, direction}``."""
-
-    channel_id: str
-    access_key: str
-    direction: Literal["read", "write"]
-
-    def model_dump(self) -> dict[str, str]:
-        """The plain ref, to put in a payload (the official model's method)."""
-        return {"channel_id": self.channel_id, "access_key": self.access_key, "direction": self.direction}
 
 
 def resolve_headers(explicit: Optional[dict[str, str]] = None) -> Optional[dict[str, str]]:
@@ -474,7 +467,29 @@ class StreamRequest:
     request_body: ChannelReader
 
 
-def is_channel_ref(value: Any) -> bool:
+@dataclass
+class InternalHttpRequest:
+    """An HTTP request as the engine sends it to a handler, with both channel ends live:
+    the body to read (:attr:`request_body`) and the response to write (:attr:`response`)."""
+
+    path_params: dict[str, str]
+    query_params: dict[str, Union[str, list[str]]]
+    body: Any
+    headers: dict[str, Union[str, list[str]]]
+    method: str
+    response: ChannelWriter
+    request_body: ChannelReader
+
+
+class StreamChannelRefDict(TypedDict):
+    """A channel ref as it travels in a payload (what :func:`is_channel_ref` narrows to)."""
+
+    channel_id: str
+    access_key: str
+    direction: Literal["read", "write"]
+
+
+def is_channel_ref(value: Any) -> TypeGuard[StreamChannelRefDict]:
     """Whether ``value`` is a channel ref (``channel_id`` / ``access_key`` strings, a direction)."""
     return (
         isinstance(value, dict)

@@ -12,10 +12,10 @@ from iii.channels import (
     ChannelItem,
     ChannelReader,
     ChannelWriter,
-    StreamChannelRef,
     extract_channel_refs,
     is_channel_ref,
 )
+from iii.iii_types import StreamChannelRef
 from iii.stream import (
     IStream,
     StreamDeleteInput,
@@ -40,8 +40,9 @@ _CREATE = "engine::channels::create"
 
 
 def _channel(iii: Any, refs: Any) -> Channel:
-    writer_ref = StreamChannelRef(**refs["writer"])
-    reader_ref = StreamChannelRef(**refs["reader"])
+    # validated as the official pydantic model is: a wrong type raises, extra keys are ignored
+    writer_ref = StreamChannelRef.model_validate(refs["writer"])
+    reader_ref = StreamChannelRef.model_validate(refs["reader"])
     address, headers = iii.get_address(), iii._options.headers
     return Channel(
         writer=ChannelWriter(address, writer_ref, headers),

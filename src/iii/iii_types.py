@@ -113,7 +113,14 @@ class HttpInvocationConfig(Model):
 
 
 class StreamChannelRef(Model):
-    """A reference to one end of a channel, passed in payloads."""
+    """A reference to one end of a channel as it travels in payloads; :mod:`iii.channels` opens
+    it as a :class:`~iii.channels.ChannelWriter` or :class:`~iii.channels.ChannelReader`.
+
+    Attributes:
+        channel_id: the channel's id.
+        access_key: the secret that lets this end attach.
+        direction: which end it is (``read`` or ``write``).
+    """
 
     channel_id: str
     access_key: str

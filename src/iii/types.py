@@ -1,16 +1,23 @@
 """SDK types of the official ``iii.types``: the client protocol, handler types, registration
-records, and the models re-exported from :mod:`iii.iii_types` and :mod:`iii.triggers`.
-
-``Channel``, ``StreamRequest``, ``StreamResponse`` and ``InternalHttpRequest`` come with the
-data channels (:mod:`iii.channels`).
+records, and the names re-exported from :mod:`iii.iii_types`, :mod:`iii.triggers` and
+:mod:`iii.channels` (``Channel``, the streaming HTTP types, the channel-ref helpers).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Generic, Literal, Optional, Protocol, TypedDict, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Optional, Protocol, TypeVar
 
 from iii._models import Model
+from iii.channels import (
+    Channel,
+    InternalHttpRequest,
+    StreamChannelRefDict,
+    StreamRequest,
+    StreamResponse,
+    extract_channel_refs,
+    is_channel_ref,
+)
 from iii.iii_constants import ConnectionStateCallback
 from iii.iii_types import (
     HttpInvocationConfig,
@@ -24,8 +31,10 @@ from iii.iii_types import (
 from iii.triggers import Trigger, TriggerHandler
 
 __all__ = [
+    "Channel",
     "HttpInvocationConfig",
     "IIIClient",
+    "InternalHttpRequest",
     "Invocation",
     "RegisterFunctionMessage",
     "RegisterTriggerInput",
@@ -37,12 +46,16 @@ __all__ = [
     "RemoteTriggerTypeData",
     "StreamChannelRef",
     "StreamChannelRefDict",
+    "StreamRequest",
+    "StreamResponse",
     "TConfig",
     "TInput",
     "TOutput",
     "Trigger",
     "TriggerHandler",
     "TriggerRequest",
+    "extract_channel_refs",
+    "is_channel_ref",
 ]
 
 TInput = TypeVar("TInput")
@@ -89,14 +102,6 @@ class Invocation(Generic[TOutput]):
     def reject(self, error: Exception) -> None:
         if not self.future.done():
             self.future.set_exception(error)
-
-
-class StreamChannelRefDict(TypedDict):
-    """A channel reference as it travels in a payload."""
-
-    channel_id: str
-    access_key: str
-    direction: Literal["read", "write"]
 
 
 class IIIClient(Protocol):

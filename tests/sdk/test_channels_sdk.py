@@ -44,6 +44,29 @@ def test_refs_are_found_and_made_live_wherever_they_are():
     assert StreamChannelRef(**REF).model_dump() == REF
 
 
+def test_one_ref_class_and_one_of_each_streaming_type_wherever_the_official_package_has_them():
+    import iii
+    import iii.channel
+    import iii.channels
+    import iii.helpers
+    import iii.iii_types
+    import iii.internal
+    import iii.types
+    import iii.utils
+
+    ref_classes = {m.StreamChannelRef for m in (iii.iii_types, iii.types, iii.channel, iii.channels)}
+    assert ref_classes == {iii.iii_types.StreamChannelRef}
+    assert iii.iii_types.StreamChannelRef.model_validate({**REF, "extra": 1}).model_dump() == REF
+    with pytest.raises(Exception):
+        iii.iii_types.StreamChannelRef.model_validate({**REF, "direction": "sideways"})
+    assert {iii.StreamRequest, iii.types.StreamRequest} == {iii.channels.StreamRequest}
+    assert {iii.StreamResponse, iii.types.StreamResponse} == {iii.channels.StreamResponse}
+    assert {iii.internal.InternalHttpRequest, iii.types.InternalHttpRequest} == {iii.channels.InternalHttpRequest}
+    assert {iii.channel.Channel, iii.types.Channel} == {iii.channels.Channel}
+    assert {iii.utils.is_channel_ref, iii.types.is_channel_ref, iii.helpers.is_channel_ref} == {iii.channels.is_channel_ref}
+    assert {iii.types.extract_channel_refs, iii.helpers.extract_channel_refs} == {iii.channels.extract_channel_refs}
+
+
 def test_a_call_whose_data_holds_a_ref_is_flagged_for_resolution():
     from iii.sdk._protocol import WorkerProtocol
     from iii.sdk._protocol import worker_metadata
