@@ -22,9 +22,6 @@ NOT_PROVIDED = {
     "ObserverOptions", "ObserverState", "ObserveSource", "Target", "ObserveRejection",
     "InvocationContext", "current_invocation",
 }
-#: Names that come with data channels and streaming HTTP (branch wt-channels, issue #14): absent
-#: until that work is merged, then provided (see test_channel_names_after_merge).
-AFTER_MERGE = {"StreamRequest", "StreamResponse"}
 
 #: The official package's modules that are its implementation, not its API (observe protocol and
 #: its filters, telemetry, process markers); user code does not import them.
@@ -45,21 +42,6 @@ _OBSERVE_WIRE = {
 MODULE_NOT_PROVIDED = {
     "iii.iii_types": _OBSERVE_WIRE | {"OtelLogEvent"},
     "iii.errors": {"ObserveRejection"},
-}
-#: Per public module: names that come with data channels (branch wt-channels).
-MODULE_AFTER_MERGE = {
-    "iii.channel": {"Channel", "ChannelReader", "ChannelWriter", "StreamChannelRef"},
-    "iii.channels": {
-        "ChannelDirection", "ChannelItem", "ChannelReader", "ChannelWriter", "MAX_FRAME_SIZE",
-        "ReadableStream", "StreamChannelRef", "WritableStream", "build_channel_url", "resolve_headers",
-    },
-    "iii.internal": {"InternalHttpRequest"},
-    "iii.helpers": {
-        "ChannelDirection", "ChannelItem", "create_channel", "create_channel_async",
-        "extract_channel_refs", "is_channel_ref",
-    },
-    "iii.types": {"Channel", "InternalHttpRequest", "StreamRequest", "StreamResponse", "extract_channel_refs", "is_channel_ref"},
-    "iii.utils": {"is_channel_ref"},
 }
 
 #: Module-level functions and methods whose signatures must match the official ones.
@@ -143,14 +125,7 @@ def params(function):
 
 def test_every_official_name_is_provided_or_listed(official):
     missing = set(official["all"]) - set(iii.__all__)
-    assert missing - AFTER_MERGE == NOT_PROVIDED
-
-
-def _ours(module_name: str):
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        return None
+    assert missing == NOT_PROVIDED
 
 
 def _fields(value) -> list[str] | None:
@@ -167,23 +142,12 @@ def test_every_public_official_module_imports_with_its_names(official):
     public = {name: m for name, m in official["modules"].items() if name not in PRIVATE_MODULES}
     assert "iii.protocol" in public and "iii.engine" in public and "iii.stream" in public
     for module_name, expected in public.items():
-        ours = _ours(module_name)
-        if ours is None:
-            assert set(expected["names"]) <= MODULE_AFTER_MERGE.get(module_name, set()), module_name
-            continue
+        ours = importlib.import_module(module_name)
         missing = {n for n in expected["names"] if not hasattr(ours, n)}
-        assert missing - MODULE_AFTER_MERGE.get(module_name, set()) == MODULE_NOT_PROVIDED.get(module_name, set()), module_name
+        assert missing == MODULE_NOT_PROVIDED.get(module_name, set()), module_name
         for name, official_fields in expected["fields"].items():
             if hasattr(ours, name) and _fields(getattr(ours, name)) is not None:
                 assert _fields(getattr(ours, name)) == official_fields, f"{module_name}.{name}"
-
-
-@pytest.mark.xfail(reason="data channels and streaming HTTP come from branch wt-channels (issue #14)", strict=False)
-def test_channel_names_after_merge():
-    assert all(hasattr(iii, name) for name in AFTER_MERGE)
-    for module_name, names in MODULE_AFTER_MERGE.items():
-        module = importlib.import_module(module_name)
-        assert all(hasattr(module, name) for name in names), module_name
 
 
 def test_our_engine_modules_keep_their_names():
