@@ -24,7 +24,7 @@ import os
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, AsyncIterator, Callable, Literal, Optional, TypedDict, TypeGuard, Union
+from typing import Any, AsyncIterator, Callable, Literal, Mapping, Optional, TypedDict, TypeGuard, Union
 from urllib.parse import quote
 
 import msgspec
@@ -517,7 +517,7 @@ def _extract(data: Any, prefix: str, refs: list[tuple[str, StreamChannelRef]]) -
             _extract(item, f"{prefix}[{index}]", refs)
 
 
-def _ref(value: dict[str, Any]) -> StreamChannelRef:
+def _ref(value: Mapping[str, Any]) -> StreamChannelRef:
     return StreamChannelRef(channel_id=value["channel_id"], access_key=value["access_key"], direction=value["direction"])
 
 
