@@ -62,7 +62,7 @@ def _stop(process: "subprocess.Popen[str]") -> None:
 
 
 def _engine(durable: bool = False) -> EngineProcess:
-    return start_engine(durable=durable, env={"III_NAMESPACE_GRACE_MS": "50"}, log_level="warning")
+    return start_engine(durable=durable, env={"III_NAMESPACE_GRACE_MS": "50"})
 
 
 def _medians(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:

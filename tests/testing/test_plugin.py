@@ -134,7 +134,7 @@ def test_official_python_and_node_workers_start_from_a_path(pytester, official_p
     pytester.makefile(".mjs", node_worker="""
         import { registerWorker } from "iii-sdk";
         const worker = registerWorker(process.env.III_URL, { workerName: "node-user" });
-        worker.registerFunction({ id: "node::add" }, async (data) => ({ c: data.a + data.b }));
+        worker.registerFunction("node::add", async (data) => ({ c: data.a + data.b }));
     """)
     pytester.makepyfile(test_paths=f"""
         import os

@@ -229,13 +229,16 @@ def start_engine(
             in memory; entries in ``modules`` win.
         directory: where to write its config and log (default: a new temporary directory).
         env: extra environment variables of the engine process.
-        log_level: the engine's ``--log-level``.
+        log_level: the engine's ``--log-level``: ``debug`` or ``info`` (its URLs are logged at
+            ``info``).
         timeout: seconds to wait for it to listen.
 
     Raises:
         RuntimeError: it exited or did not listen in time (the message has its log).
         ValueError: ``build="compiled"`` where the extensions are not built, or an unknown build.
     """
+    if log_level not in ("debug", "info"):
+        raise ValueError(f"log_level must be 'debug' or 'info' (the engine's URLs are read from its log), got {log_level!r}")
     if build not in (None, "compiled", "pure"):
         raise ValueError(f"build must be 'compiled', 'pure' or None, got {build!r}")
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
