@@ -15,6 +15,6 @@ def test_benchmarks_run_in_smoke_mode(official_python):
         capture_output=True, text=True, timeout=600, env={**os.environ, "III_OFFICIAL_PYTHON": official_python},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for heading in ("codec:", "end to end:", "clients:", "scale:"):
+    for heading in ("codec:", "end to end:", "clients:", "scale:", "http:", "state and queue:", "pubsub:", "cron:"):
         assert heading in result.stdout
     assert result.stdout.count("| 160 B |") >= 4
