@@ -28,6 +28,7 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 TEXT = WSMsgType.TEXT
 HELLO_PATH = "bench/hello"
+WARMUP_ROUNDS = 20
 
 
 def compact(message: Any) -> bytes:
@@ -93,7 +94,7 @@ async def http_client(base_url: str, concurrency: int, seconds: float) -> None:
                 assert response.status == 200, response.status
                 await response.read()
 
-        for _ in range(20):  # warm up: connections opened
+        for _ in range(WARMUP_ROUNDS):  # warm up: connections opened
             await asyncio.gather(*(one() for _ in range(concurrency)))
         stop_at = time.perf_counter() + seconds
 
@@ -106,7 +107,8 @@ async def http_client(base_url: str, concurrency: int, seconds: float) -> None:
         began = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
-    print(json.dumps({"requests": len(latencies), "seconds": elapsed, **percentiles(latencies)}), flush=True)
+    print(json.dumps({"requests": len(latencies), "warmup_requests": WARMUP_ROUNDS * concurrency, "seconds": elapsed,
+                      **percentiles(latencies)}), flush=True)
 
 
 # ----------------------------------------------------------------------------- raw protocol peers

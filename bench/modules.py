@@ -85,12 +85,17 @@ def http_section(reps: int, seconds: float) -> list[dict[str, Any]]:
             for _ in range(reps):
                 for kind, (url, pids) in targets.items():
                     pin(pids, cpus)
+                    before = sum(cpu_seconds(pid) for pid in pids)
                     result = _run([PEER, "http-client", str(url), str(concurrency), str(seconds)], seconds + 120, cpus)
                     result["requests_per_s"] = result["requests"] / result["seconds"]
+                    # the server side's CPU: engine + worker, or the bare server (the client's
+                    # warm-up requests counted too)
+                    served = result["requests"] + result["warmup_requests"]
+                    result["server_cpu_us"] = (sum(cpu_seconds(pid) for pid in pids) - before) / served * 1e6
                     runs[kind].append(result)
             row: dict[str, Any] = {"concurrency": concurrency}
             for kind, results in runs.items():
-                for key, value in _medians(results, ("requests_per_s", "p50_us", "p99_us")).items():
+                for key, value in _medians(results, ("requests_per_s", "p50_us", "p99_us", "server_cpu_us")).items():
                     row[f"{kind}_{key}"] = value
             row["ratio_requests"] = median([e["requests_per_s"] / b["requests_per_s"] for e, b in zip(runs["engine"], runs["bare"])])
             row["ratio_p50"] = row["engine_p50_us"] / row["bare_p50_us"]
@@ -198,11 +203,12 @@ def table(results: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if "http" in results:
         lines += ["http: GET returning a small JSON body; aiohttp client → engine → our SDK worker → back vs a bare aiohttp handler (medians; ratio: median of paired runs)",
-                  "| concurrent | engine req/s | bare req/s | ratio | engine p50/p99 µs | bare p50/p99 µs | p50 ratio |", "|---|---|---|---|---|---|---|"]
+                  "| concurrent | engine req/s | bare req/s | ratio | engine p50/p99 µs | bare p50/p99 µs | p50 ratio | engine+worker CPU µs/req | bare CPU µs/req |", "|---|---|---|---|---|---|---|---|---|"]
         for r in results["http"]:
             flight = "1 (pinned cpu0)" if r["concurrency"] == 1 else str(r["concurrency"])
             lines.append(f"| {flight} | {r['engine_requests_per_s']:,.0f} | {r['bare_requests_per_s']:,.0f} | {r['ratio_requests']:.2f} | "
-                         f"{r['engine_p50_us']:.0f}/{r['engine_p99_us']:.0f} | {r['bare_p50_us']:.0f}/{r['bare_p99_us']:.0f} | {r['ratio_p50']:.2f} |")
+                         f"{r['engine_p50_us']:.0f}/{r['engine_p99_us']:.0f} | {r['bare_p50_us']:.0f}/{r['bare_p99_us']:.0f} | {r['ratio_p50']:.2f} | "
+                         f"{r.get('engine_server_cpu_us', float('nan')):.0f} | {r.get('bare_server_cpu_us', float('nan')):.0f} |")
         lines.append("")
     if "state" in results:
         lines += [f"state and queue: {IN_FLIGHT} in flight from a raw-protocol worker; baseline: a routed call to a worker on the in-memory engine, same run",
