@@ -36,8 +36,8 @@ _STREAM_URL = re.compile(r"iii-stream listening on (ws://\S+)")
 _START_TIMEOUT_S = 30.0
 _STOP_GRACE_S = 5.0
 
-#: Every process started by this module and not yet stopped (pid -> process group leader?).
-_alive: dict[int, bool] = {}
+#: Every process started by this module and not yet stopped (each leads its process group).
+_alive: set[int] = set()
 _PR_SET_PDEATHSIG = 1
 
 
@@ -72,13 +72,13 @@ def spawn(command: Sequence[str], *, env: Mapping[str, str], cwd: Optional[str],
             # the death signal would follow the thread that forked rather than the process.
             preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
         )
-    _alive[process.pid] = True
+    _alive.add(process.pid)
     return process
 
 
 def kill(process: "subprocess.Popen[Any]", grace_s: float = _STOP_GRACE_S) -> Optional[int]:
     """SIGTERM the process's group, SIGKILL it after ``grace_s``; returns the exit status."""
-    _alive.pop(process.pid, None)
+    _alive.discard(process.pid)
     if process.poll() is None:
         _signal_group(process.pid, signal.SIGTERM)
         try:
