@@ -17,6 +17,8 @@ Sections:
            engine whose state and queue are in_memory and one where they are file_based (SQLite),
            interleaved, medians of --reps: calls/s, p50/p99, engine CPU µs per call, and the
            file_based / in_memory ratio of calls/s (median of the paired runs)
+  http, state, pubsub, cron
+           the modules, each against a same-run baseline: see bench/modules.py
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import modules  # noqa: E402
 from harness import (  # noqa: E402
     BENCH,
     Callee,
@@ -361,15 +364,18 @@ def table(results: dict[str, Any]) -> str:
                 f"| {call} | {r['in_memory_calls_per_s']:,.0f} | {r['file_based_calls_per_s']:,.0f} | {r['ratio_calls']:.2f} | "
                 f"{r['in_memory_p50_us']:.0f}/{r['in_memory_p99_us']:.0f} | {r['file_based_p50_us']:.0f}/{r['file_based_p99_us']:.0f} | "
                 f"{r['in_memory_cpu_us_per_call']:.1f} | {r['file_based_cpu_us_per_call']:.1f} |")
+        lines.append("")
+    lines += modules.table(results)
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny counts: check that every section runs")
-    parser.add_argument("--sections", default="codec,e2e,clients,scale,stores")
+    parser.add_argument("--sections", default="codec,e2e,clients,scale,stores,http,state,pubsub,cron")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions (medians)")
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one e2e run")
+    parser.add_argument("--cron-seconds", type=float, default=10.0, help="length of one cron run")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args()
     sections = args.sections.split(",")
@@ -386,6 +392,10 @@ def main() -> None:
         results["scale"] = scale_section([50] if args.smoke else [1000, 10000])
     if "stores" in sections:
         results["stores"] = stores_section(reps, seconds)
+    for name, section in modules.SECTIONS.items():
+        if name in sections:
+            length = (2.5 if args.smoke else args.cron_seconds) if name == "cron" else seconds
+            results[name] = section(reps, length)
     print(table(results))
     if not (args.smoke or args.no_save):
         out = BENCH / "results" / f"{results['when'][:19].replace(':', '-')}.json"

@@ -1,8 +1,8 @@
 """Benchmark peer for the stores: keeps ``state::set`` or enqueue calls going against an engine.
 
-    python bench/store_peer.py URL set|enqueue IN_FLIGHT SECONDS
+    python bench/store_peer.py URL set|get|enqueue IN_FLIGHT SECONDS
 
-``set`` writes ~160 B values over 10,000 keys of one scope; ``enqueue`` sends
+``set`` writes ~160 B values over 10,000 keys of one scope, ``get`` reads them; ``enqueue`` sends
 ``TriggerAction.Enqueue`` calls of ``bench::job`` to the ``default`` queue (a ``peers.py callee``
 answers the deliveries) and, after the timed run, waits for the queue to drain so that the next
 run starts empty. Prints one JSON line: ``{"calls", "seconds", "p50_us", "p99_us"}``.
@@ -27,6 +27,10 @@ _TEMPLATES = {
     "set": (
         '{"type":"invokefunction","invocation_id":"%08d-0000-4000-8000-000000000000",'
         '"function_id":"state::set","data":{"scope":"bench","key":"k%d","value":{"blob":"' + _BLOB + '","n":1}}}'
+    ),
+    "get": (
+        '{"type":"invokefunction","invocation_id":"%08d-0000-4000-8000-000000000000",'
+        '"function_id":"state::get","data":{"scope":"bench","key":"k%d"}}'
     ),
     "enqueue": (
         '{"type":"invokefunction","invocation_id":"%08d-0000-4000-8000-000000000000",'

@@ -12,8 +12,8 @@ client's loop: calls made from other threads are handed over with ``call_soon_th
 
 from __future__ import annotations
 
+import _thread
 import asyncio
-import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -86,6 +86,24 @@ class _Waiter:
         if self.timer is not None:
             self.timer.cancel()
         self.resolve(result, error)
+
+
+class _BlockingWaiter:
+    """A synchronous ``trigger()``'s call in flight: the calling thread blocks on a lock that the
+    loop releases with the outcome (cheaper than a ``concurrent.futures.Future`` and a timer)."""
+
+    __slots__ = ("lock", "result", "error")
+
+    def __init__(self) -> None:
+        self.lock = _thread.allocate_lock()
+        self.lock.acquire()
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+
+    def settle(self, result: Any, error: Optional[BaseException]) -> None:
+        self.result = result
+        self.error = error
+        self.lock.release()
 
 
 class _Listener(WSListener):
@@ -392,6 +410,13 @@ class III:
             assert call.invocation_id is not None
             waiter.timer = self._loop.call_later(call.timeout_ms / 1000, self._time_out, call.invocation_id)
 
+    def _start_blocking_call(self, call: OutboundCall, waiter: _BlockingWaiter) -> None:
+        """On the loop: send a synchronous call; its thread times it out (no timer here)."""
+        settled = self._protocol.start_call(call, waiter)
+        self._flush()
+        if settled is not None:
+            self._handle(settled)
+
     def _time_out(self, invocation_id: str) -> None:
         expired = self._protocol.time_out(invocation_id)
         if expired is not None:
@@ -408,16 +433,18 @@ class III:
         if self._on_loop_thread():
             raise RuntimeError("Cannot call sync SDK methods from the event loop thread. Use async handler methods instead.")
         call = self._protocol.prepare_call(request)
-        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def resolve(result: Any, error: Optional[BaseException]) -> None:
-            if error is not None:
-                done.set_exception(error)
-            else:
-                done.set_result(result)
-
-        self._loop.call_soon_threadsafe(self._start_call, call, resolve)
-        return done.result()
+        waiter = _BlockingWaiter()
+        self._loop.call_soon_threadsafe(self._start_blocking_call, call, waiter)
+        if call.invocation_id is None:  # a void call is settled as soon as it is sent
+            waiter.lock.acquire()
+        elif not waiter.lock.acquire(timeout=call.timeout_ms / 1000):
+            # Time it out on the loop; the waiter is settled either way (timeout or a result
+            # that came in meanwhile).
+            self._loop.call_soon_threadsafe(self._time_out, call.invocation_id)
+            waiter.lock.acquire()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
 
     async def trigger_async(self, request: Any) -> Any:
         """Like :meth:`trigger`, awaitable from any event loop."""
