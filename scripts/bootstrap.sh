@@ -2,11 +2,20 @@
 # Installs what the engine and its tests need into this checkout, from scratch on a new machine
 # (Python 3.11, gcc, node/npm): .venv (this package, compiled codec, test tools), .venv-official
 # (the official Python iii-sdk, which also imports as `iii`, so it lives apart) and the official
-# Node iii-sdk for the interop workers. Safe to run again. The console's browser tests also need
-# Debian's chromium (.ci/run installs it); Playwright comes with the test extras.
+# Node iii-sdk for the interop workers, and Debian's chromium for the console's browser tests (when
+# run as root; Playwright itself comes with the test extras). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
+
+# The console's browser tests drive Debian's chromium (Playwright's browser downloads are not used).
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+  else
+    echo "bootstrap: chromium is missing; the console's browser tests need it: sudo apt-get install -y chromium" >&2
+  fi
+fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 III_BUILD_EXTENSION=${III_BUILD_EXTENSION:-required} \
