@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Generic, Optional, Protocol, TypeVar
 
 import msgspec
@@ -49,10 +49,12 @@ __all__ = [
     "Host",
     "KindCounts",
     "LoopScheduler",
+    "MetricFamily",
     "OnResult",
     "Provider",
     "RunningModule",
     "Scheduler",
+    "TelemetrySink",
     "Text",
     "TimeoutMs",
     "call",
@@ -73,6 +75,35 @@ TimeoutMs = Annotated[int, Meta(ge=1, le=86_400_000)]
 OnResult = Callable[[bytes, Optional[ErrorBody]], None]
 Handler = Callable[["Host", Optional[Connection], Any], Any]
 Config = TypeVar("Config")
+
+
+@dataclass
+class MetricFamily:
+    """One metric the engine or a module reports, read when it is scraped (never counted on the
+    hot path for the page's sake)."""
+
+    name: str
+    #: ``gauge``, ``counter`` or ``histogram``.
+    kind: str
+    help: str
+    labels: tuple[str, ...] = ()
+    #: ``(label values, value)``; a histogram's value is ``(bounds, cumulative counts, sum)``
+    #: with one more count than bounds (the ``+Inf`` bucket).
+    samples: list[tuple[tuple[str, ...], Any]] = field(default_factory=list)
+
+
+class TelemetrySink(Protocol):
+    """Where the engine hands telemetry (the observability module is one)."""
+
+    def ingest(self, frame: bytes) -> None:
+        """A binary ``OTLP`` / ``LOGS`` / ``MTRC`` frame, prefix included."""
+
+    def worker_metrics(self, worker_id: str) -> Optional[dict[str, Any]]:
+        """A worker's ``latest_metrics`` (its recent ``iii.worker.*`` gauges), or ``None``."""
+
+    def trace_call(self, function_id: str, traceparent: str, baggage: Optional[str], on_result: Any) -> Any:
+        """A built-in is called with a ``traceparent``: returns the ``on_result`` to answer
+        through (which records the engine's span of the call), or ``on_result`` itself."""
 
 
 class Host(Protocol):
@@ -136,6 +167,19 @@ class Host(Protocol):
 
     def new_id(self) -> str:
         """A fresh unique id."""
+
+    def set_telemetry(self, sink: TelemetrySink) -> None:
+        """Receive the telemetry the engine gets and sees (one sink per engine)."""
+
+    def add_metric_source(self, read: Callable[[], list[MetricFamily]]) -> None:
+        """Report metrics: ``read`` is called at each scrape of the metrics page."""
+
+    def metric_families(self) -> list[MetricFamily]:
+        """The engine's own metrics and every source's, as of now."""
+
+    def engine_stats(self) -> dict[str, Any]:
+        """Process-lifetime counters: ``{"invocations": {...}, "workers": {...}}``
+        (``engine::metrics::list``'s ``engine_metrics``)."""
 
 
 class RunningModule(Protocol):

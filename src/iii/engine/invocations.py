@@ -33,6 +33,9 @@ class Pending(msgspec.Struct):
     on_result: Optional[Callable[[Any, Any], None]] = None
     #: When the engine gives up on it (ms on the router's clock); 0: never.
     deadline_ms: int = 0
+    #: A call picked for timing: its function's stats and when it was sent (``perf_counter_ns``).
+    stats: Any = None
+    started_ns: int = 0
 
 
 class Invocations:

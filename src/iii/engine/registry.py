@@ -61,6 +61,7 @@ class Connection:
         "invocations_made",
         "frames_dropped",
         "dropped_kinds",
+        "buffered",
     )
 
     def __init__(
@@ -104,6 +105,8 @@ class Connection:
         self.frames_dropped = 0
         #: Its bad frames by ``type`` (a ``host.KindCounts``; ``None`` until the first).
         self.dropped_kinds: Any = None
+        #: ``buffered()``: bytes written to it and not sent yet (set by the listener).
+        self.buffered: Optional[Callable[[], int]] = None
 
     @property
     def closed(self) -> bool:
@@ -134,6 +137,7 @@ class FunctionEntry:
         "request_format",
         "response_format",
         "metadata",
+        "stats",
     )
 
     def __init__(
@@ -147,6 +151,7 @@ class FunctionEntry:
         request_format: Any = None,
         response_format: Any = None,
         metadata: Any = None,
+        stats: Any = None,
     ) -> None:
         self.id = function_id
         self.namespace = namespace
@@ -158,6 +163,8 @@ class FunctionEntry:
         self.request_format = request_format
         self.response_format = response_format
         self.metadata = metadata
+        #: Its calls (an ``iii.engine.stats.FunctionStats``, shared by its re-registrations).
+        self.stats = stats
 
     @property
     def worker_name(self) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from time import perf_counter_ns
 from typing import Any, Callable, Optional
 
 import msgspec
@@ -25,7 +26,7 @@ from msgspec import UNSET
 from iii import codec
 from iii.codec import ROUTE_INVOKE
 from iii.engine.channels import ChannelRegistry
-from iii.engine.host import DEFAULT_INVOCATION_TIMEOUT_MS, KindCounts
+from iii.engine.host import DEFAULT_INVOCATION_TIMEOUT_MS, KindCounts, MetricFamily
 from iii.engine.invocations import Invocations, Pending
 from iii.engine.registry import (
     ABORTED,
@@ -38,6 +39,7 @@ from iii.engine.registry import (
     Module,
     TriggerType,
 )
+from iii.engine.stats import SAMPLE_MASK, EngineStats
 from iii.protocol import (
     DEFAULT_GRACE_MS,
     ABSENT,
@@ -155,6 +157,11 @@ class Router:
         self.modules: list[Module] = []
         #: Receives discovery events (``install_engine_functions`` sets it).
         self.events: Any = _NoEvents()
+        #: Calls by function, workers seen (read by the metrics page and ``engine::metrics::list``).
+        self.stats = EngineStats()
+        #: Where telemetry goes (the observability module's ``TelemetrySink``), if anywhere.
+        self.telemetry: Any = None
+        self._metric_sources: list[Callable[[], list[MetricFamily]]] = []
         self._functions_dirty = False
         self._later: list[Callable[[], None]] = []
         #: ``iii-http-functions``' maker of HTTP-invoked functions (``None``: not running).
@@ -192,6 +199,7 @@ class Router:
             worker_id, self.new_id(), send, close, codec.caller_field(worker_id), ip, now_ms
         )
         self.connections[worker_id] = conn
+        self.stats.spawns += 1
         send(codec.encode_message(WorkerRegistered(worker_id=worker_id, reattach_token=conn.token)))
         self.fire_workers_available("worker_connected", worker_id)
         return conn
@@ -229,7 +237,12 @@ class Router:
             target = fn.owner
             conn.invocations_made += 1
             # Invocations.open, inline.
-            self.pending[invocation_id] = Pending(conn, target, function_id)
+            self.pending[invocation_id] = pending = Pending(conn, target, function_id)
+            stats = fn.stats
+            stats.calls += 1
+            if not stats.calls & SAMPLE_MASK:  # one call in 16 is timed
+                pending.stats = stats
+                pending.started_ns = perf_counter_ns()
             target.invocations.add(invocation_id)
             target.inbound_active += 1
             conn.invocations.add(invocation_id)
@@ -242,6 +255,8 @@ class Router:
             return False
         # Invocations.settle, inline.
         del self.pending[invocation_id]
+        if pending.started_ns:
+            pending.stats.observe_ns(perf_counter_ns() - pending.started_ns)
         conn.invocations.discard(invocation_id)
         conn.inbound_active -= 1
         caller.invocations.discard(invocation_id)
@@ -279,7 +294,9 @@ class Router:
             self._remove_trigger_type(tt)
         if conn.name is not None and self.names.get((conn.namespace, conn.name)) is conn:
             del self.names[(conn.namespace, conn.name)]
-        self.connections.pop(conn.id, None)
+        if self.connections.pop(conn.id, None) is not None:
+            self.stats.deaths += 1
+            self.stats.frames_dropped_gone += conn.frames_dropped
         self.fire_workers_available("worker_disconnected", conn.id)
 
     def expire_grace(self, conn: Connection) -> None:
@@ -387,6 +404,7 @@ class Router:
             request_format=request_format,
             response_format=response_format,
             metadata=metadata,
+            stats=self.stats.of(DEFAULT_NAMESPACE, function_id, True),
         )
         self._functions_changed()
 
@@ -441,6 +459,7 @@ class Router:
             request_format=_decode_raw(msg.request_format),
             response_format=_decode_raw(msg.response_format),
             metadata=_decode_raw(msg.metadata),
+            stats=self.stats.of(ns, function_id, False),
         )
         conn.functions.add((ns, function_id))
         self._functions_changed()
@@ -539,8 +558,12 @@ class Router:
         conn.invocations_made += 1
         data = bytes(msg.data) if msg.data else b"null"
         if fn.handler is not None:
-            self._run_builtin(fn, conn, data, self._answer_to(answer_to, invocation_id, fn.id))
+            on_result = self._answer_to(answer_to, invocation_id, fn.id)
+            if msg.traceparent is not None and self.telemetry is not None:  # the engine's span
+                on_result = self.telemetry.trace_call(function_id, msg.traceparent, msg.baggage, on_result)
+            self._run_builtin(fn, conn, data, on_result)
             return
+        fn.stats.calls += 1
         if answer_to is not None:
             if invocation_id in self.pending:
                 self._reply_error(
@@ -579,9 +602,14 @@ class Router:
             return
         self.invocations.settle(invocation_id)
         conn.invocations_handled += 1
+        if pending.started_ns:
+            pending.stats.observe_ns(perf_counter_ns() - pending.started_ns)
         error = self._error_of(msg) if msg.error else None
         if error is not None:
             conn.invocations_failed += 1
+            stats = self.stats.get(conn.namespace, pending.function_id)
+            if stats is not None:
+                stats.errors += 1
         caller = pending.caller
         if caller is not None:
             if caller.state == ABORTED:
@@ -647,6 +675,10 @@ class Router:
         """Run an in-process function; ``on_result`` gets its outcome, now or when its future is
         done. Its failures are logged unless they are :class:`EngineError` (an answer)."""
 
+        stats = fn.stats
+        stats.calls += 1
+        started_ns = perf_counter_ns()
+
         def settle(outcome: Callable[[], Any]) -> None:
             try:
                 result = outcome()
@@ -660,6 +692,9 @@ class Router:
                     result.add_done_callback(answer_when_done)
                     return
                 error = None
+            stats.observe_ns(perf_counter_ns() - started_ns)
+            if error is not None:
+                stats.errors += 1
             if on_result is not None:
                 on_result(b"null" if error is not None else codec.encode_json(result), error)
 
@@ -739,6 +774,7 @@ class Router:
             self._run_builtin(fn, None, data, on_result)
             return
         key = self.new_id()
+        fn.stats.calls += 1
         self._open_with_deadline(Pending(None, fn.owner, function_id, on_result), key, timeout_ms)
         if self._batch is not None:  # fan-outs and queue deliveries: one write per worker
             self._batch()
@@ -760,6 +796,9 @@ class Router:
                 "call %s to %s timed out (worker %s did not answer in time)",
                 key, pending.function_id, pending.target.id,
             )
+            stats = self.stats.get(pending.target.namespace, pending.function_id)
+            if stats is not None:
+                stats.timeouts += 1
             self._fail_call(key, pending, ErrorBody(
                 ErrorCode.TIMEOUT, f"Invocation of {pending.function_id} timed out"
             ))
@@ -769,6 +808,10 @@ class Router:
         """Fail calls to ``conn`` with ``invocation_stopped``; forget calls it made."""
         stopped = ErrorBody(ErrorCode.INVOCATION_STOPPED, "Invocation stopped")
         for key, pending in self.invocations.halt(conn):
+            if pending.target is conn:
+                stats = self.stats.get(conn.namespace, pending.function_id)
+                if stats is not None:
+                    stats.stopped += 1
             self._fail_call(key, pending, stopped)
 
     @staticmethod
@@ -1079,6 +1122,40 @@ class Router:
         """Fix the namespace of a connection still waiting for it and apply what it held."""
         if conn.state == PENDING:
             self._resolve_namespace(conn, namespace)
+
+    # ------------------------------------------------------------------ telemetry
+
+    def set_telemetry(self, sink: Any) -> None:
+        """Receive the telemetry frames the listeners get and the engine's spans."""
+        self.telemetry = sink
+
+    def telemetry_frame(self, frame: bytes) -> None:
+        """A binary ``OTLP`` / ``LOGS`` / ``MTRC`` frame from a client (dropped without a sink)."""
+        sink = self.telemetry
+        if sink is not None:
+            try:
+                sink.ingest(frame)
+            except Exception:  # a sink's bug costs the frame, never the connection
+                log.exception("telemetry frame handling failed")
+
+    def worker_metrics(self, worker_id: str) -> Optional[dict[str, Any]]:
+        """A worker's ``latest_metrics``, when the sink has them."""
+        return self.telemetry.worker_metrics(worker_id) if self.telemetry is not None else None
+
+    def add_metric_source(self, read: Callable[[], list[MetricFamily]]) -> None:
+        self._metric_sources.append(read)
+
+    def metric_families(self) -> list[MetricFamily]:
+        families = self.stats.families(self.connections.values(), self.pending.values())
+        for read in self._metric_sources:
+            try:
+                families.extend(read())
+            except Exception:
+                log.exception("a metric source failed")
+        return families
+
+    def engine_stats(self) -> dict[str, Any]:
+        return self.stats.snapshot(self.pending.values())
 
     # ------------------------------------------------------------------ events
 
