@@ -396,3 +396,29 @@ def test_the_sdk_fixture_block_is_accepted(tmp_path, monkeypatch):
 def test_what_is_not_implemented_is_refused(tmp_path, block, refusal):
     with pytest.raises(ConfigError, match=refusal):
         parse_config(f"workers:\n  - name: iii-observability\n    config: {block}\n", tmp_path / "config.yaml")
+
+
+def test_calls_the_engine_makes_for_a_traced_call_continue_its_trace():
+    """A traced ``publish``: the subscriber's call carries the engine's span as its parent (and the
+    caller's baggage), so the trace goes on in the worker."""
+    from iii.modules import pubsub
+
+    router = make_router()
+    pubsub.install(router)
+    running = observability.install(router, None, scheduler=FakeClock(1000.0))
+    subscriber = connected(router, "sub", "on::order")
+    subscriber.send(type="registertrigger", id="s1", trigger_type="subscribe", function_id="on::order", config={"topic": "orders"})
+    publisher = Peer(router)
+    caller_span = "00f067aa0ba902b7"
+    publisher.call("publish", {"topic": "orders", "data": {"id": 1}}, invocation_id="p1",
+                   traceparent=f"00-{TRACE}-{caller_span}-01", baggage="tenant=acme")
+    router.flush_events()  # the fan-out runs after the publish
+    (delivered,) = [f for f in subscriber.take() if f["type"] == "invokefunction"]
+    (engine_span,) = running.observability.spans.spans.values()
+    assert engine_span["name"] == "call publish" and engine_span["parent_span_id"] == caller_span
+    assert delivered["traceparent"] == f"00-{TRACE}-{engine_span['span_id']}-01"
+    assert delivered["baggage"] == "tenant=acme"
+    publisher.call("publish", {"topic": "orders", "data": {"id": 2}}, invocation_id="p2")  # untraced: nothing
+    router.flush_events()
+    (untraced,) = [f for f in subscriber.take() if f["type"] == "invokefunction"]
+    assert "traceparent" not in untraced and router.trace_context is None

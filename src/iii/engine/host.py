@@ -101,9 +101,12 @@ class TelemetrySink(Protocol):
     def worker_metrics(self, worker_id: str) -> Optional[dict[str, Any]]:
         """A worker's ``latest_metrics`` (its recent ``iii.worker.*`` gauges), or ``None``."""
 
-    def trace_call(self, function_id: str, traceparent: str, baggage: Optional[str], on_result: Any) -> Any:
+    def trace_call(
+        self, function_id: str, traceparent: str, baggage: Optional[str], on_result: Any
+    ) -> tuple[Any, str]:
         """A built-in is called with a ``traceparent``: returns the ``on_result`` to answer
-        through (which records the engine's span of the call), or ``on_result`` itself."""
+        through (it records the engine's span of the call) and the ``traceparent`` of the calls
+        the engine makes for it (that span's; the caller's when no span is kept)."""
 
 
 class Host(Protocol):

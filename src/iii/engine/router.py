@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from functools import partial
 from time import perf_counter_ns
 from typing import Any, Callable, Optional
 
@@ -161,6 +162,9 @@ class Router:
         self.stats = EngineStats()
         #: Where telemetry goes (the observability module's ``TelemetrySink``), if anywhere.
         self.telemetry: Any = None
+        #: ``(traceparent, baggage)`` of the traced call being handled: the calls the engine makes
+        #: meanwhile (and in what it defers with :meth:`later`) carry it, so their trace goes on.
+        self.trace_context: Optional[tuple[str, Optional[str]]] = None
         self._metric_sources: list[Callable[[], list[MetricFamily]]] = []
         self._functions_dirty = False
         self._later: list[Callable[[], None]] = []
@@ -497,9 +501,18 @@ class Router:
     def later(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the message being handled is done (trigger fan-out after the
         write that caused it): through ``defer`` in the server, else at :meth:`flush_events`."""
+        if self.trace_context is not None:
+            callback = partial(self._in_trace_context, self.trace_context, callback)
         self._later.append(callback)
         if len(self._later) == 1 and self._defer is not None:
             self._defer(self._run_later)
+
+    def _in_trace_context(self, context: tuple[str, Optional[str]], callback: Callable[[], None]) -> None:
+        saved, self.trace_context = self.trace_context, context
+        try:
+            callback()
+        finally:
+            self.trace_context = saved
 
     def _run_later(self) -> None:
         callbacks, self._later = self._later, []
@@ -559,9 +572,17 @@ class Router:
         data = bytes(msg.data) if msg.data else b"null"
         if fn.handler is not None:
             on_result = self._answer_to(answer_to, invocation_id, fn.id)
-            if msg.traceparent is not None and self.telemetry is not None:  # the engine's span
-                on_result = self.telemetry.trace_call(function_id, msg.traceparent, msg.baggage, on_result)
-            self._run_builtin(fn, conn, data, on_result)
+            if msg.traceparent is None:
+                self._run_builtin(fn, conn, data, on_result)
+                return
+            traceparent = msg.traceparent
+            if self.telemetry is not None:  # the engine's span of the call, parent of what it calls
+                on_result, traceparent = self.telemetry.trace_call(function_id, traceparent, msg.baggage, on_result)
+            self.trace_context = (traceparent, msg.baggage)
+            try:
+                self._run_builtin(fn, conn, data, on_result)
+            finally:
+                self.trace_context = None
             return
         fn.stats.calls += 1
         if answer_to is not None:
@@ -778,7 +799,9 @@ class Router:
         self._open_with_deadline(Pending(None, fn.owner, function_id, on_result), key, timeout_ms)
         if self._batch is not None:  # fan-outs and queue deliveries: one write per worker
             self._batch()
-        fn.owner.send(codec.encode_invoke(key, function_id, data, metadata, None, None))
+        context = self.trace_context
+        traceparent, baggage = context if context is not None else (None, None)
+        fn.owner.send(codec.encode_invoke(key, function_id, data, metadata, traceparent, baggage))
 
     def _open_with_deadline(self, pending: Pending, key: str, timeout_ms: int) -> None:
         pending.deadline_ms = deadline_ms = self.now_ms() + timeout_ms
@@ -1155,7 +1178,7 @@ class Router:
         return families
 
     def engine_stats(self) -> dict[str, Any]:
-        return self.stats.snapshot(self.pending.values())
+        return self.stats.snapshot()
 
     # ------------------------------------------------------------------ events
 

@@ -68,7 +68,7 @@ class EngineStats:
     def get(self, namespace: str, function_id: str) -> Any:
         return self.functions.get((namespace, function_id))
 
-    def snapshot(self, in_flight: Iterable[Any]) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, Any]:
         """``engine::metrics::list``'s counters: built-ins' outcomes; a routed call is
         ``deferred`` (its outcome is its worker's)."""
         success = error = deferred = 0

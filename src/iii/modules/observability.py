@@ -518,15 +518,16 @@ class Observability:
 
     def trace_call(
         self, function_id: str, traceparent: str, baggage: Optional[str], on_result: Any
-    ) -> Any:
+    ) -> tuple[Any, str]:
         """The engine's span of a built-in called with a ``traceparent``: a ``call <function>``
         span, child of the caller's, recorded when the answer is given. Returns the ``on_result``
-        to use instead (the same one when no span is kept)."""
+        to use instead and the ``traceparent`` of the calls the engine makes for it (the span's;
+        the caller's own when no span is kept)."""
         if self.spans is None and self.exporter is None or _is_observability(function_id):
-            return on_result
+            return on_result, traceparent
         ids = _traceparent_ids(traceparent)
         if ids is None:
-            return on_result
+            return on_result, traceparent
         trace_id, parent_id, flags = ids
         span_id = f"{random.getrandbits(64):016x}"
         started = _now_ns()
@@ -552,7 +553,7 @@ class Observability:
             if on_result is not None:
                 on_result(result, error)
 
-        return answered
+        return answered, f"00-{trace_id}-{span_id}-{flags}"
 
     # ---------------------------------------------------------------- writes
 
