@@ -189,3 +189,18 @@ async def test_nothing_is_exported_or_served_by_default(tmp_path):
     async with in_process_engine("workers: []\n", tmp_path) as app:
         running = app.modules["iii-observability"]
         assert running.observability.exporter is None and running.extras == []
+
+
+async def test_the_engines_own_log_lines_are_stored_and_fire_log_bindings(tmp_path):
+    async with in_process_engine("workers: []\n", tmp_path) as app:
+        watcher = await RawClient.connect(app.urls[0])
+        watcher.send(type="registerfunction", id="watch::warnings")
+        watcher.send(type="registertrigger", id="w1", trigger_type="log", function_id="watch::warnings", config={"level": "warn"})
+        await watcher.wait_for_function("watch::warnings")
+        watcher.send(type="registerfunction", id="engine::mine")  # refused, with a warning line
+        fired = await watcher.recv_until(lambda f: f.get("type") == "invokefunction" and f["function_id"] == "watch::warnings")
+        assert "engine::mine" in fired["data"]["body"] and fired["data"]["severity_text"] == "WARN"
+        assert fired["data"]["attributes"]["target"] == "iii.engine" and fired["data"]["service_name"] == "iii"
+        listed = (await watcher.call("engine::logs::list", {"severity_text": "WARN"}))["result"]["logs"]
+        assert any("engine::mine" in entry["body"] for entry in listed)
+        await watcher.close()

@@ -20,6 +20,7 @@ import fnmatch
 import logging
 import os
 import random
+import threading
 import time
 from collections import OrderedDict, deque
 from typing import Any, Callable, Optional, Union
@@ -431,6 +432,43 @@ def _public(span: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in span.items() if k != "_size"}
 
 
+class EngineLogs(logging.Handler):
+    """The engine's own log lines (logger ``iii``, INFO and up) as stored logs, as the original
+    keeps them: only those written on the engine's thread, never this module's own (it echoes
+    ``engine::log::*`` there), and none written while a ``log`` binding is being called."""
+
+    def __init__(self, observability: "Observability") -> None:
+        super().__init__(logging.INFO)
+        self.observability = observability
+        self.thread = threading.get_ident()
+        self.busy = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.busy or threading.get_ident() != self.thread or record.name == log.name:
+            return
+        self.busy = True
+        try:
+            severity_number, severity_text = _SEVERITY_OF_LEVEL.get(record.levelno, (17, "ERROR"))
+            stamp = int(record.created * 1e9)
+            observability = self.observability
+            observability.add_log({
+                "timestamp_unix_nano": stamp, "observed_timestamp_unix_nano": stamp,
+                "severity_number": severity_number, "severity_text": severity_text,
+                "body": _otlp.strip_ansi(record.getMessage()),
+                "attributes": {"target": record.name, "module_path": record.module},
+                "trace_id": None, "span_id": None, "resource": dict(observability.resource),
+                "service_name": observability.settings.service_name,
+                "instrumentation_scope_name": "iii", "instrumentation_scope_version": __version__,
+            })
+        except Exception:  # a log line must never fail whoever wrote it
+            pass
+        finally:
+            self.busy = False
+
+
+_SEVERITY_OF_LEVEL = {logging.INFO: (9, "INFO"), logging.WARNING: (13, "WARN"), logging.ERROR: (17, "ERROR")}
+
+
 class LogTrigger(Provider[LogTriggerConfig]):
     """Trigger type ``log``: every stored log of the binding's level (or ``all``)."""
 
@@ -465,6 +503,7 @@ class Observability:
         self._window_timer: Any = None
         self._sweep_timer: Any = None
         self._stopped = False
+        self._engine_logs: Optional[EngineLogs] = None
         self.frames_rejected = 0
         #: Spans waiting for the OTLP exporter (set by :mod:`iii.modules._export`), or ``None``.
         self.exporter: Any = None
@@ -655,9 +694,15 @@ class Observability:
 
     async def start(self) -> None:
         self._sweep_timer = self.scheduler.call_later(_SWEEP_S, self._sweep)
+        if self.logs is not None:
+            self._engine_logs = EngineLogs(self)
+            logging.getLogger("iii").addHandler(self._engine_logs)
 
     async def stop(self) -> None:
         self._stopped = True
+        if self._engine_logs is not None:
+            logging.getLogger("iii").removeHandler(self._engine_logs)
+            self._engine_logs = None
         for timer in (self._sweep_timer, self._window_timer):
             if timer is not None:
                 timer.cancel()
