@@ -392,6 +392,7 @@ def test_the_sdk_fixture_block_is_accepted(tmp_path, monkeypatch):
     ("{logs_exporter: otlp}", "only `memory` is implemented"),
     ("{trace_storage: {enabled: true}}", "trace_storage"),
     ("{logs_sampling_ratio: 2}", "logs_sampling_ratio"),
+    ("{level: debug}", "level: not implemented"),
 ])
 def test_what_is_not_implemented_is_refused(tmp_path, block, refusal):
     with pytest.raises(ConfigError, match=refusal):
@@ -422,3 +423,14 @@ def test_calls_the_engine_makes_for_a_traced_call_continue_its_trace():
     router.flush_events()
     (untraced,) = [f for f in subscriber.take() if f["type"] == "invokefunction"]
     assert "traceparent" not in untraced and router.trace_context is None
+
+
+def test_span_store_bytes_are_capped_down_to_the_low_watermark():
+    router, peer, module = engine({"enabled": True, "exporter": "memory", "memory_max_bytes": 20_000})
+    for index in range(40):
+        send_spans(router, span(f"{index + 1:016x}", "x" * 500, trace=f"{index + 1:032x}"))
+    store = module.spans
+    assert store.bytes <= 20_000 and store.evicted > 0
+    assert len(store.spans) < 40 and sum(len(t) for t in store.by_trace.values()) == len(store.spans)
+    names = result(peer, "engine::traces::list", {"limit": 1000})["spans"]
+    assert names[-1]["trace_id"] == f"{40:032x}"  # the newest kept, the oldest gone

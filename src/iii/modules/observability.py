@@ -51,6 +51,7 @@ DEFAULT_NAMESPACE = "default"
 log = logging.getLogger("iii.modules.observability")
 
 _SEVERITIES = {"trace": (1, "TRACE"), "debug": (5, "DEBUG"), "info": (9, "INFO"), "warn": (13, "WARN"), "error": (17, "ERROR")}
+_SEVERITY_OF_LEVEL = {logging.INFO: (9, "INFO"), logging.WARNING: (13, "WARN"), logging.ERROR: (17, "ERROR")}
 _PY_LEVEL = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 #: Functions that never get an engine span and never feed the ``trace`` trigger.
 _OBSERVABILITY_PREFIXES = tuple(
@@ -130,6 +131,11 @@ class ObservabilityConfig(msgspec.Struct, forbid_unknown_fields=True):
         for key in ("sampling", "alerts"):  # refused rather than ignored
             if getattr(self, key) not in (UNSET, [], {}):
                 raise ValueError(f"{key}: not implemented by this engine; remove it")
+        for key, why in (("logs_batch_size", "logs are not exported"), ("logs_flush_interval_ms", "logs are not exported"),
+                         ("level", "the engine's log level is the iii command's"),
+                         ("format", "the engine's log format is the iii command's")):
+            if getattr(self, key) is not UNSET:
+                raise ValueError(f"{key}: not implemented by this engine ({why}); remove it")
 
 
 class Settings(msgspec.Struct, kw_only=True):
@@ -338,11 +344,11 @@ def _is_observability(function_id: Optional[str]) -> bool:
 
 def _span_size(span: dict) -> int:
     """About what a stored span costs in memory (for the byte cap)."""
-    size = 400 + len(span["name"])
+    size = 1200 + len(span["name"])  # the dict, its ids and numbers
     for k, v in span["attributes"]:
-        size += 100 + len(k) + len(v)
+        size += 150 + len(k) + len(v)
     for event in span["events"]:
-        size += 200 + sum(100 + len(k) + len(v) for k, v in event["attributes"])
+        size += 400 + sum(150 + len(k) + len(v) for k, v in event["attributes"])
     return size
 
 
@@ -466,8 +472,6 @@ class EngineLogs(logging.Handler):
             self.busy = False
 
 
-_SEVERITY_OF_LEVEL = {logging.INFO: (9, "INFO"), logging.WARNING: (13, "WARN"), logging.ERROR: (17, "ERROR")}
-
 
 class LogTrigger(Provider[LogTriggerConfig]):
     """Trigger type ``log``: every stored log of the binding's level (or ``all``)."""
@@ -563,6 +567,9 @@ class Observability:
         to use instead and the ``traceparent`` of the calls the engine makes for it (the span's;
         the caller's own when no span is kept)."""
         if self.spans is None and self.exporter is None or _is_observability(function_id):
+            return on_result, traceparent
+        ratio = self.settings.sampling_ratio
+        if ratio < 1.0 and random.random() >= ratio:
             return on_result, traceparent
         ids = _traceparent_ids(traceparent)
         if ids is None:
