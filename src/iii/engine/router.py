@@ -28,7 +28,7 @@ from iii import codec
 from iii.codec import ROUTE_INVOKE
 from iii.engine.channels import ChannelRegistry
 from iii.engine.host import DEFAULT_INVOCATION_TIMEOUT_MS, KindCounts, MetricFamily
-from iii.engine.invocations import Invocations, Pending
+from iii.engine.invocations import Invocations, Pending, TimedPending
 from iii.engine.registry import (
     ABORTED,
     PENDING,
@@ -40,7 +40,7 @@ from iii.engine.registry import (
     Module,
     TriggerType,
 )
-from iii.engine.stats import SAMPLE_MASK, EngineStats
+from iii.engine.stats import EngineStats
 from iii.protocol import (
     DEFAULT_GRACE_MS,
     ABSENT,
@@ -240,13 +240,15 @@ class Router:
                 return False
             target = fn.owner
             conn.invocations_made += 1
-            # Invocations.open, inline.
-            self.pending[invocation_id] = pending = Pending(conn, target, function_id)
             stats = fn.stats
             stats.calls += 1
-            if not stats.calls & SAMPLE_MASK:  # one call in 16 is timed
-                pending.stats = stats
-                pending.started_ns = perf_counter_ns()
+            # Invocations.open, inline.
+            if stats.calls & stats.mask:
+                self.pending[invocation_id] = Pending(conn, target, function_id)
+            else:  # a sample is timed
+                self.pending[invocation_id] = TimedPending(
+                    conn, target, function_id, stats=stats, started_ns=perf_counter_ns()
+                )
             target.invocations.add(invocation_id)
             target.inbound_active += 1
             conn.invocations.add(invocation_id)
@@ -259,7 +261,7 @@ class Router:
             return False
         # Invocations.settle, inline.
         del self.pending[invocation_id]
-        if pending.started_ns:
+        if pending.timed:
             pending.stats.observe_ns(perf_counter_ns() - pending.started_ns)
         conn.invocations.discard(invocation_id)
         conn.inbound_active -= 1
@@ -584,7 +586,6 @@ class Router:
             finally:
                 self.trace_context = None
             return
-        fn.stats.calls += 1
         if answer_to is not None:
             if invocation_id in self.pending:
                 self._reply_error(
@@ -597,13 +598,13 @@ class Router:
                     ),
                 )
                 return
-            self.invocations.open(Pending(answer_to, fn.owner, function_id), invocation_id)
+            self.invocations.open(self._pending(fn, answer_to), invocation_id)
             key = invocation_id
         else:
             # Nobody waits for a void call, but the callee is busy with it until it answers, or
             # until the deadline (a callee that never answers must not grow the table for ever).
             key = self.new_id()
-            self._open_with_deadline(Pending(None, fn.owner, function_id), key, DEFAULT_INVOCATION_TIMEOUT_MS)
+            self._open_with_deadline(self._pending(fn, None), key, DEFAULT_INVOCATION_TIMEOUT_MS)
         fn.owner.send(
             codec.encode_invoke(
                 key,
@@ -623,7 +624,7 @@ class Router:
             return
         self.invocations.settle(invocation_id)
         conn.invocations_handled += 1
-        if pending.started_ns:
+        if pending.timed:
             pending.stats.observe_ns(perf_counter_ns() - pending.started_ns)
         error = self._error_of(msg) if msg.error else None
         if error is not None:
@@ -795,13 +796,24 @@ class Router:
             self._run_builtin(fn, None, data, on_result)
             return
         key = self.new_id()
-        fn.stats.calls += 1
-        self._open_with_deadline(Pending(None, fn.owner, function_id, on_result), key, timeout_ms)
+        self._open_with_deadline(self._pending(fn, None, on_result), key, timeout_ms)
         if self._batch is not None:  # fan-outs and queue deliveries: one write per worker
             self._batch()
         context = self.trace_context
         traceparent, baggage = context if context is not None else (None, None)
         fn.owner.send(codec.encode_invoke(key, function_id, data, metadata, traceparent, baggage))
+
+    @staticmethod
+    def _pending(
+        fn: FunctionEntry, caller: Optional[Connection], on_result: Optional[Callable[[bytes, Optional[ErrorBody]], None]] = None
+    ) -> Pending:
+        """The record of a call to a worker's function, counted (and timed when sampled) as
+        ``forward`` does for the calls it routes."""
+        stats = fn.stats
+        stats.calls += 1
+        if stats.calls & stats.mask:
+            return Pending(caller, fn.owner, fn.id, on_result)
+        return TimedPending(caller, fn.owner, fn.id, on_result, stats=stats, started_ns=perf_counter_ns())
 
     def _open_with_deadline(self, pending: Pending, key: str, timeout_ms: int) -> None:
         pending.deadline_ms = deadline_ms = self.now_ms() + timeout_ms
