@@ -5,7 +5,9 @@ A module imports this and nothing else of the engine. It gets:
 - :class:`Host`, what the engine offers a module (the router satisfies it): register functions
   and trigger types, call functions (always with a deadline), run work after the current
   message, the clock and fresh ids, data channels (:class:`ChannelRegistry`, the ends a module
-  holds: :class:`ChannelWriterEnd`, :class:`ChannelReaderEnd`, :class:`Text` items);
+  holds: :class:`ChannelWriterEnd`, :class:`ChannelReaderEnd`, :class:`Text` items); become the
+  engine's :class:`TelemetrySink` (the SDKs' telemetry frames, the engine's spans of traced
+  calls), report :class:`MetricFamily` lists read at each scrape, read the engine's own counters;
 - :class:`Provider`, the base of an in-process trigger type, with :meth:`Provider.fire` (call a
   binding's function, its condition function first) and :func:`call` (the same, awaited);
 - :class:`Scheduler` / :class:`LoopScheduler` (wall-clock timers; tests pass a fake),
