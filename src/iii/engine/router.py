@@ -465,7 +465,7 @@ class Router:
             request_format=_decode_raw(msg.request_format),
             response_format=_decode_raw(msg.response_format),
             metadata=_decode_raw(msg.metadata),
-            stats=self.stats.of(ns, function_id, False),
+            stats=self.stats.of(ns, function_id, handler is not None),  # HTTP-invoked: run in-process
         )
         conn.functions.add((ns, function_id))
         self._functions_changed()
