@@ -57,7 +57,6 @@ _TOP_LEVEL_KEYS = {"workers", "modules", "registration_namespace_grace_ms"}
 #: Modules of the original engine that this one does not have: their entries are skipped.
 _UNSUPPORTED_MODULES = {
     "configuration": "the configuration store (configuration::*)",
-    "iii-observability": "OpenTelemetry export",
     "iii-telemetry": "telemetry",
     "iii-exec": "the exec module",
     "iii-bridge": "the bridge to another engine",

@@ -143,6 +143,7 @@ class WorkerListener(WSListener):
         router = self._engine.router
         self._conn = conn = router.connect(self._send, self._close, ip, _now_ms(), session)
         self._caller = conn.caller_field
+        conn.buffered = transport.underlying_transport.get_write_buffer_size
         self._grace = asyncio.get_running_loop().call_later(
             router.grace_ms / 1000, router.expire_grace, conn
         )
@@ -278,11 +279,13 @@ class WorkerListener(WSListener):
             _answer_close(transport, frame)
 
     def _deliver(self, payload: bytes, binary: bool) -> None:
-        if not (binary and payload[:4] in _TELEMETRY_PREFIXES):
-            if self._conn is None:
-                self._hold_early(None, payload)
-            else:
-                self._engine.router.receive(self._conn, payload)
+        if binary and payload[:4] in _TELEMETRY_PREFIXES:
+            if self._conn is not None:  # an unauthenticated client's telemetry is not kept
+                self._engine.router.telemetry_frame(payload)
+        elif self._conn is None:
+            self._hold_early(None, payload)
+        else:
+            self._engine.router.receive(self._conn, payload)
 
     def pause_writing(self) -> None:
         """The worker is not keeping up with what it is sent: watch it (it may be stuck)."""
@@ -356,8 +359,10 @@ def _ping_or_drop(transport: Any, idle_since: Optional[float], now: float, confi
 
 
 class TelemetryListener(WSListener):
-    """The SDKs' ``/otel`` socket: accepted and drained (telemetry is not ingested yet); kept
-    alive, dropped when silent and closed at shutdown like a worker's."""
+    """The SDKs' ``/otel`` socket: its binary ``OTLP`` / ``LOGS`` / ``MTRC`` messages go to the
+    router's telemetry sink (other binary messages are logged once and dropped, text is ignored,
+    nothing is ever sent back but pongs and the close); kept alive, dropped when silent and closed
+    at shutdown like a worker's. A message is reassembled from fragments up to 64 MiB."""
 
     def __init__(self, engine: Any, config: Any) -> None:
         self._engine = engine
@@ -365,6 +370,11 @@ class TelemetryListener(WSListener):
         self._transport: Any = None
         self._heard = True
         self._idle_since: Optional[float] = None
+        self._parts: list[bytes] = []
+        self._parts_size = 0
+        #: The message being reassembled is binary (and within the size limit).
+        self._binary = False
+        self._warned = False
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
@@ -372,10 +382,42 @@ class TelemetryListener(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         self._heard = True
-        if frame.msg_type == _CLOSE:
+        msg_type = frame.msg_type
+        if msg_type == _BINARY:
+            if frame.fin:
+                self._deliver(frame.get_payload_as_bytes())
+            else:
+                self._binary = True
+                self._parts = [frame.get_payload_as_bytes()]
+                self._parts_size = frame.payload_size
+        elif msg_type == _TEXT:
+            self._binary = False  # ignored, its continuations too
+        elif msg_type == _CONTINUATION:
+            if self._binary:
+                self._parts_size += frame.payload_size
+                if self._parts_size > MAX_MESSAGE_SIZE:
+                    log.warning("a telemetry socket sent a message larger than %d bytes: dropped", MAX_MESSAGE_SIZE)
+                    self._binary = False
+                    self._parts = []
+                else:
+                    self._parts.append(frame.get_payload_as_bytes())
+            if frame.fin:
+                if self._binary:
+                    self._deliver(b"".join(self._parts))
+                self._binary = False
+                self._parts = []
+        elif msg_type == _CLOSE:
             _answer_close(transport, frame)
 
+    def _deliver(self, payload: bytes) -> None:
+        if payload[:4] in _TELEMETRY_PREFIXES:
+            self._engine.router.telemetry_frame(payload)
+        elif not self._warned:
+            self._warned = True
+            log.warning("a telemetry socket sent a binary message with unknown prefix %r: dropped (and its others)", payload[:4])
+
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._parts = []
         self._engine.listeners.discard(self)
 
     def heartbeat(self, now: float) -> None:

@@ -148,6 +148,14 @@ def worker_row(conn: Connection) -> dict[str, Any]:
     }
 
 
+def _with_latest_metrics(router: Router, conn: Connection, row: dict[str, Any]) -> dict[str, Any]:
+    """``latest_metrics``: the worker's own gauges of the last 2 minutes (omitted when none)."""
+    latest = router.worker_metrics(conn.id)
+    if latest is not None:
+        row["latest_metrics"] = latest
+    return row
+
+
 def module_row(router: Router, name: str, description: str, started_at_ms: int) -> dict[str, Any]:
     return {
         "name": name,
@@ -277,7 +285,7 @@ def workers_register(router: Router, caller: Optional[Connection], data: Any) ->
 
 def workers_list(router: Router, caller: Optional[Connection], data: Any) -> Any:
     args = parse_input("engine::workers::list", data, WorkersListInput)
-    rows = [worker_row(c) for c in router.connections.values() if not c.closed]
+    rows = [_with_latest_metrics(router, c, worker_row(c)) for c in router.connections.values() if not c.closed]
     rows += [module_row(router, m.name, m.description, m.started_at_ms) for m in router.modules]
     rows = [
         r
@@ -321,7 +329,7 @@ def workers_info(router: Router, caller: Optional[Connection], data: Any) -> Any
         )
     worker = by_namespace[namespace]
     if isinstance(worker, Connection):
-        envelope = worker_row(worker)
+        envelope = _with_latest_metrics(router, worker, worker_row(worker))
         envelope["internal"] = False
         if worker.pid is None:
             del envelope["pid"]

@@ -5,7 +5,9 @@ A module imports this and nothing else of the engine. It gets:
 - :class:`Host`, what the engine offers a module (the router satisfies it): register functions
   and trigger types, call functions (always with a deadline), run work after the current
   message, the clock and fresh ids, data channels (:class:`ChannelRegistry`, the ends a module
-  holds: :class:`ChannelWriterEnd`, :class:`ChannelReaderEnd`, :class:`Text` items);
+  holds: :class:`ChannelWriterEnd`, :class:`ChannelReaderEnd`, :class:`Text` items); become the
+  engine's :class:`TelemetrySink` (the SDKs' telemetry frames, the engine's spans of traced
+  calls), report :class:`MetricFamily` lists read at each scrape, read the engine's own counters;
 - :class:`Provider`, the base of an in-process trigger type, with :meth:`Provider.fire` (call a
   binding's function, its condition function first) and :func:`call` (the same, awaited);
 - :class:`Scheduler` / :class:`LoopScheduler` (wall-clock timers; tests pass a fake),
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable, Generic, Optional, Protocol, TypeVar
 
 import msgspec
@@ -49,10 +51,12 @@ __all__ = [
     "Host",
     "KindCounts",
     "LoopScheduler",
+    "MetricFamily",
     "OnResult",
     "Provider",
     "RunningModule",
     "Scheduler",
+    "TelemetrySink",
     "Text",
     "TimeoutMs",
     "call",
@@ -73,6 +77,38 @@ TimeoutMs = Annotated[int, Meta(ge=1, le=86_400_000)]
 OnResult = Callable[[bytes, Optional[ErrorBody]], None]
 Handler = Callable[["Host", Optional[Connection], Any], Any]
 Config = TypeVar("Config")
+
+
+@dataclass
+class MetricFamily:
+    """One metric the engine or a module reports, read when it is scraped (never counted on the
+    hot path for the page's sake)."""
+
+    name: str
+    #: ``gauge``, ``counter`` or ``histogram``.
+    kind: str
+    help: str
+    labels: tuple[str, ...] = ()
+    #: ``(label values, value)``; a histogram's value is ``(bounds, cumulative counts, sum)``
+    #: with one more count than bounds (the ``+Inf`` bucket).
+    samples: list[tuple[tuple[str, ...], Any]] = field(default_factory=list)
+
+
+class TelemetrySink(Protocol):
+    """Where the engine hands telemetry (the observability module is one)."""
+
+    def ingest(self, frame: bytes) -> None:
+        """A binary ``OTLP`` / ``LOGS`` / ``MTRC`` frame, prefix included."""
+
+    def worker_metrics(self, worker_id: str) -> Optional[dict[str, Any]]:
+        """A worker's ``latest_metrics`` (its recent ``iii.worker.*`` gauges), or ``None``."""
+
+    def trace_call(
+        self, function_id: str, traceparent: str, baggage: Optional[str], on_result: Any
+    ) -> tuple[Any, str]:
+        """A built-in is called with a ``traceparent``: returns the ``on_result`` to answer
+        through (it records the engine's span of the call) and the ``traceparent`` of the calls
+        the engine makes for it (that span's; the caller's when no span is kept)."""
 
 
 class Host(Protocol):
@@ -136,6 +172,19 @@ class Host(Protocol):
 
     def new_id(self) -> str:
         """A fresh unique id."""
+
+    def set_telemetry(self, sink: TelemetrySink) -> None:
+        """Receive the telemetry the engine gets and sees (one sink per engine)."""
+
+    def add_metric_source(self, read: Callable[[], list[MetricFamily]]) -> None:
+        """Report metrics: ``read`` is called at each scrape of the metrics page."""
+
+    def metric_families(self) -> list[MetricFamily]:
+        """The engine's own metrics and every source's, as of now."""
+
+    def engine_stats(self) -> dict[str, Any]:
+        """Process-lifetime counters: ``{"invocations": {...}, "workers": {...}}``
+        (``engine::metrics::list``'s ``engine_metrics``)."""
 
 
 class RunningModule(Protocol):

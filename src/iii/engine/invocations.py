@@ -13,13 +13,13 @@ plain calls and answers; the router's property test holds it to them.
 from __future__ import annotations
 
 import heapq
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 import msgspec
 
 from iii.engine.registry import Connection
 
-__all__ = ["Pending", "Invocations"]
+__all__ = ["Pending", "TimedPending", "Invocations"]
 
 
 class Pending(msgspec.Struct):
@@ -33,6 +33,19 @@ class Pending(msgspec.Struct):
     on_result: Optional[Callable[[Any, Any], None]] = None
     #: When the engine gives up on it (ms on the router's clock); 0: never.
     deadline_ms: int = 0
+    #: A :class:`TimedPending` (a call picked for timing): settling it records its latency.
+    timed: ClassVar[bool] = False
+
+
+class TimedPending(Pending):
+    """A call picked for timing (a sample of the routed calls: the others cost no clock reads and
+    no bigger record)."""
+
+    #: Its function's ``FunctionStats``.
+    stats: Any = None
+    #: When it was sent (``time.perf_counter_ns``).
+    started_ns: int = 0
+    timed: ClassVar[bool] = True
 
 
 class Invocations:

@@ -65,6 +65,7 @@ class Connection:
         "session",
         "gate",
         "gate_bytes",
+        "buffered",
     )
 
     def __init__(
@@ -113,6 +114,8 @@ class Connection:
         #: Messages held while a registration hook of this session runs, in arrival order.
         self.gate: Optional[deque[tuple[Any, bytes]]] = None
         self.gate_bytes = 0
+        #: ``buffered()``: bytes written to it and not sent yet (set by the listener).
+        self.buffered: Optional[Callable[[], int]] = None
 
     @property
     def closed(self) -> bool:
@@ -144,6 +147,7 @@ class FunctionEntry:
         "response_format",
         "metadata",
         "local_id",
+        "stats",
     )
 
     def __init__(
@@ -157,6 +161,7 @@ class FunctionEntry:
         request_format: Any = None,
         response_format: Any = None,
         metadata: Any = None,
+        stats: Any = None,
     ) -> None:
         self.id = function_id
         self.namespace = namespace
@@ -170,6 +175,8 @@ class FunctionEntry:
         self.metadata = metadata
         #: The id its owner registered it as, when a session prefix changed it (``None``: ``id``).
         self.local_id: Optional[str] = None
+        #: Its calls (an ``iii.engine.stats.FunctionStats``, shared by its re-registrations).
+        self.stats = stats
 
     @property
     def worker_name(self) -> str:

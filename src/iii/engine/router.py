@@ -19,6 +19,8 @@ import logging
 import time
 import uuid
 from collections import deque
+from functools import partial
+from time import perf_counter_ns
 from typing import Any, Callable, Optional
 
 import msgspec
@@ -28,8 +30,8 @@ from iii import codec
 from iii.codec import ROUTE_INVOKE
 from iii.engine import rbac
 from iii.engine.channels import ChannelRegistry
-from iii.engine.host import DEFAULT_INVOCATION_TIMEOUT_MS, KindCounts
-from iii.engine.invocations import Invocations, Pending
+from iii.engine.host import DEFAULT_INVOCATION_TIMEOUT_MS, KindCounts, MetricFamily
+from iii.engine.invocations import Invocations, Pending, TimedPending
 from iii.engine.registry import (
     ABORTED,
     PENDING,
@@ -41,6 +43,7 @@ from iii.engine.registry import (
     Module,
     TriggerType,
 )
+from iii.engine.stats import EngineStats
 from iii.protocol import (
     DEFAULT_GRACE_MS,
     ABSENT,
@@ -163,6 +166,14 @@ class Router:
         self.modules: list[Module] = []
         #: Receives discovery events (``install_engine_functions`` sets it).
         self.events: Any = _NoEvents()
+        #: Calls by function, workers seen (read by the metrics page and ``engine::metrics::list``).
+        self.stats = EngineStats()
+        #: Where telemetry goes (the observability module's ``TelemetrySink``), if anywhere.
+        self.telemetry: Any = None
+        #: ``(traceparent, baggage)`` of the traced call being handled: the calls the engine makes
+        #: meanwhile (and in what it defers with :meth:`later`) carry it, so their trace goes on.
+        self.trace_context: Optional[tuple[str, Optional[str]]] = None
+        self._metric_sources: list[Callable[[], list[MetricFamily]]] = []
         self._functions_dirty = False
         self._later: list[Callable[[], None]] = []
         #: ``iii-http-functions``' maker of HTTP-invoked functions (``None``: not running).
@@ -214,6 +225,7 @@ class Router:
         )
         conn.session = session
         self.connections[worker_id] = conn
+        self.stats.spawns += 1
         send(codec.encode_message(WorkerRegistered(worker_id=worker_id, reattach_token=conn.token)))
         self.fire_workers_available("worker_connected", worker_id)
         return conn
@@ -251,8 +263,15 @@ class Router:
                 return False
             target = fn.owner
             conn.invocations_made += 1
+            stats = fn.stats
+            stats.calls += 1
             # Invocations.open, inline.
-            self.pending[invocation_id] = Pending(conn, target, function_id)
+            if stats.calls & stats.mask:
+                self.pending[invocation_id] = Pending(conn, target, function_id)
+            else:  # a sample is timed
+                self.pending[invocation_id] = TimedPending(
+                    conn, target, function_id, stats=stats, started_ns=perf_counter_ns()
+                )
             target.invocations.add(invocation_id)
             target.inbound_active += 1
             conn.invocations.add(invocation_id)
@@ -265,6 +284,8 @@ class Router:
             return False
         # Invocations.settle, inline.
         del self.pending[invocation_id]
+        if pending.timed:
+            pending.stats.observe_ns(perf_counter_ns() - pending.started_ns)
         conn.invocations.discard(invocation_id)
         conn.inbound_active -= 1
         caller.invocations.discard(invocation_id)
@@ -313,7 +334,9 @@ class Router:
             self._remove_trigger_type(tt)
         if conn.name is not None and self.names.get((conn.namespace, conn.name)) is conn:
             del self.names[(conn.namespace, conn.name)]
-        self.connections.pop(conn.id, None)
+        if self.connections.pop(conn.id, None) is not None:
+            self.stats.deaths += 1
+            self.stats.frames_dropped_gone += conn.frames_dropped
         self.fire_workers_available("worker_disconnected", conn.id)
 
     def expire_grace(self, conn: Connection) -> None:
@@ -460,6 +483,7 @@ class Router:
             request_format=request_format,
             response_format=response_format,
             metadata=metadata,
+            stats=self.stats.of(DEFAULT_NAMESPACE, function_id, True),
         )
         self._functions_changed()
 
@@ -520,6 +544,7 @@ class Router:
             request_format=_decode_raw(msg.request_format),
             response_format=_decode_raw(msg.response_format),
             metadata=_decode_raw(msg.metadata),
+            stats=self.stats.of(ns, function_id, handler is not None),  # HTTP-invoked: run in-process
         )
         if conn.session is not None and conn.session.prefix is not None:
             entry.local_id = function_id[len(conn.session.prefix) + 2:]
@@ -562,9 +587,18 @@ class Router:
     def later(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the message being handled is done (trigger fan-out after the
         write that caused it): through ``defer`` in the server, else at :meth:`flush_events`."""
+        if self.trace_context is not None:
+            callback = partial(self._in_trace_context, self.trace_context, callback)
         self._later.append(callback)
         if len(self._later) == 1 and self._defer is not None:
             self._defer(self._run_later)
+
+    def _in_trace_context(self, context: tuple[str, Optional[str]], callback: Callable[[], None]) -> None:
+        saved, self.trace_context = self.trace_context, context
+        try:
+            callback()
+        finally:
+            self.trace_context = saved
 
     def _run_later(self) -> None:
         callbacks, self._later = self._later, []
@@ -628,7 +662,17 @@ class Router:
             on_result = self._answer_to(answer_to, invocation_id, fn.id)
             if self._debug:
                 on_result = self._debug_builtin(on_result, _who(conn), fn.id)
-            self._run_builtin(fn, conn, data, on_result)
+            if msg.traceparent is None:
+                self._run_builtin(fn, conn, data, on_result)
+                return
+            traceparent = msg.traceparent
+            if self.telemetry is not None:  # the engine's span of the call, parent of what it calls
+                on_result, traceparent = self.telemetry.trace_call(function_id, traceparent, msg.baggage, on_result)
+            self.trace_context = (traceparent, msg.baggage)
+            try:
+                self._run_builtin(fn, conn, data, on_result)
+            finally:
+                self.trace_context = None
             return
         if answer_to is not None:
             if invocation_id in self.pending:
@@ -642,13 +686,13 @@ class Router:
                     ),
                 )
                 return
-            self.invocations.open(Pending(answer_to, fn.owner, function_id), invocation_id)
+            self.invocations.open(self._pending(fn, answer_to), invocation_id)
             key = invocation_id
         else:
             # Nobody waits for a void call, but the callee is busy with it until it answers, or
             # until the deadline (a callee that never answers must not grow the table for ever).
             key = self.new_id()
-            self._open_with_deadline(Pending(None, fn.owner, function_id), key, DEFAULT_INVOCATION_TIMEOUT_MS)
+            self._open_with_deadline(self._pending(fn, None), key, DEFAULT_INVOCATION_TIMEOUT_MS)
         if self._debug:
             self._debug_calls[key] = (time.perf_counter(), _who(conn), function_id)
         fn.owner.send(
@@ -670,9 +714,14 @@ class Router:
             return
         self.invocations.settle(invocation_id)
         conn.invocations_handled += 1
+        if pending.timed:
+            pending.stats.observe_ns(perf_counter_ns() - pending.started_ns)
         error = self._error_of(msg) if msg.error else None
         if error is not None:
             conn.invocations_failed += 1
+            stats = self.stats.get(conn.namespace, pending.function_id)
+            if stats is not None:
+                stats.errors += 1
         if self._debug:
             self._debug_settled(invocation_id, error)
         caller = pending.caller
@@ -740,6 +789,10 @@ class Router:
         """Run an in-process function; ``on_result`` gets its outcome, now or when its future is
         done. Its failures are logged unless they are :class:`EngineError` (an answer)."""
 
+        stats = fn.stats
+        stats.calls += 1
+        started_ns = perf_counter_ns()
+
         def settle(outcome: Callable[[], Any]) -> None:
             try:
                 result = outcome()
@@ -753,6 +806,9 @@ class Router:
                     result.add_done_callback(answer_when_done)
                     return
                 error = None
+            stats.observe_ns(perf_counter_ns() - started_ns)
+            if error is not None:
+                stats.errors += 1
             if on_result is not None:
                 on_result(b"null" if error is not None else codec.encode_json(result), error)
 
@@ -832,12 +888,26 @@ class Router:
             self._run_builtin(fn, None, data, self._debug_builtin(on_result, "the engine", fn.id) if self._debug else on_result)
             return
         key = self.new_id()
-        self._open_with_deadline(Pending(None, fn.owner, function_id, on_result), key, timeout_ms)
+        self._open_with_deadline(self._pending(fn, None, on_result), key, timeout_ms)
         if self._debug:
             self._debug_calls[key] = (time.perf_counter(), "the engine", function_id)
         if self._batch is not None:  # fan-outs and queue deliveries: one write per worker
             self._batch()
-        fn.owner.send(codec.encode_invoke(key, fn.local_id or function_id, data, metadata, None, None))
+        context = self.trace_context
+        traceparent, baggage = context if context is not None else (None, None)
+        fn.owner.send(codec.encode_invoke(key, fn.local_id or function_id, data, metadata, traceparent, baggage))
+
+    @staticmethod
+    def _pending(
+        fn: FunctionEntry, caller: Optional[Connection], on_result: Optional[Callable[[bytes, Optional[ErrorBody]], None]] = None
+    ) -> Pending:
+        """The record of a call to a worker's function, counted (and timed when sampled) as
+        ``forward`` does for the calls it routes."""
+        stats = fn.stats
+        stats.calls += 1
+        if stats.calls & stats.mask:
+            return Pending(caller, fn.owner, fn.id, on_result)
+        return TimedPending(caller, fn.owner, fn.id, on_result, stats=stats, started_ns=perf_counter_ns())
 
     def _open_with_deadline(self, pending: Pending, key: str, timeout_ms: int) -> None:
         pending.deadline_ms = deadline_ms = self.now_ms() + timeout_ms
@@ -855,6 +925,9 @@ class Router:
             entry = expired.setdefault((pending.function_id, pending.target.id), [key, 0, False])
             entry[1] += 1
             entry[2] = entry[2] or pending.on_result is not None
+            stats = self.stats.get(pending.target.namespace, pending.function_id)
+            if stats is not None:
+                stats.timeouts += 1
             timed_out = ErrorBody(ErrorCode.TIMEOUT, f"Invocation of {pending.function_id} timed out")
             if self._debug:
                 self._debug_settled(key, timed_out)
@@ -874,6 +947,10 @@ class Router:
         for key, pending in self.invocations.halt(conn):
             if self._debug:
                 self._debug_settled(key, stopped)
+            if pending.target is conn:
+                stats = self.stats.get(conn.namespace, pending.function_id)
+                if stats is not None:
+                    stats.stopped += 1
             self._fail_call(key, pending, stopped)
 
     def _debug_settled(self, key: str, error: Optional[ErrorBody]) -> None:
@@ -1224,6 +1301,40 @@ class Router:
         """Fix the namespace of a connection still waiting for it and apply what it held."""
         if conn.state == PENDING:
             self._resolve_namespace(conn, namespace)
+
+    # ------------------------------------------------------------------ telemetry
+
+    def set_telemetry(self, sink: Any) -> None:
+        """Receive the telemetry frames the listeners get and the engine's spans."""
+        self.telemetry = sink
+
+    def telemetry_frame(self, frame: bytes) -> None:
+        """A binary ``OTLP`` / ``LOGS`` / ``MTRC`` frame from a client (dropped without a sink)."""
+        sink = self.telemetry
+        if sink is not None:
+            try:
+                sink.ingest(frame)
+            except Exception:  # a sink's bug costs the frame, never the connection
+                log.exception("telemetry frame handling failed")
+
+    def worker_metrics(self, worker_id: str) -> Optional[dict[str, Any]]:
+        """A worker's ``latest_metrics``, when the sink has them."""
+        return self.telemetry.worker_metrics(worker_id) if self.telemetry is not None else None
+
+    def add_metric_source(self, read: Callable[[], list[MetricFamily]]) -> None:
+        self._metric_sources.append(read)
+
+    def metric_families(self) -> list[MetricFamily]:
+        families = self.stats.families(self.connections.values(), self.pending.values())
+        for read in self._metric_sources:
+            try:
+                families.extend(read())
+            except Exception:
+                log.exception("a metric source failed")
+        return families
+
+    def engine_stats(self) -> dict[str, Any]:
+        return self.stats.snapshot()
 
     # ------------------------------------------------------------------ events
 

@@ -2,9 +2,9 @@
 timer that expires the engine's own calls at their deadlines.
 
 Path ``/`` carries the worker protocol (a ``WorkerListener``), ``/otel`` is the SDKs' telemetry
-socket (a ``TelemetryListener``: accepted and drained, never a worker), ``/ws/channels/{id}`` one
-end of a data channel (:mod:`iii.engine.channels`, swept every minute); anything else is answered
-404. The listeners, and what they do with every frame, are :mod:`iii.engine.frames`'s.
+socket (a ``TelemetryListener``: its frames go to the router's telemetry sink; never a worker),
+``/ws/channels/{id}`` one end of a data channel (:mod:`iii.engine.channels`, swept every minute);
+anything else is answered 404. The listeners, and what they do with every frame, are :mod:`iii.engine.frames`'s.
 
 Every connection is pinged every ``ping_interval_ms``; one that has sent nothing (not even a
 pong) for ``idle_timeout_ms`` is dropped, so a worker whose process stopped without closing its

@@ -1,4 +1,5 @@
-"""The engine's built-in modules: http, http_functions, state, stream, pubsub, cron, queue.
+"""The engine's built-in modules: http, http_functions, state, stream, pubsub, cron, queue,
+observability.
 
 Each module is one file that imports the engine only through :mod:`iii.engine.host` and ends with
 its row of the module table, a :class:`~iii.engine.host.BuiltinModule`: its ``config.yaml``
@@ -10,12 +11,13 @@ one. Adding a module: one file, one row here, and its tests.
 from __future__ import annotations
 
 from iii.engine.host import BuiltinModule
-from iii.modules import cron, http, http_functions, pubsub, queue, state, stream
+from iii.modules import cron, http, http_functions, observability, pubsub, queue, state, stream
 
 __all__ = ["MODULES", "by_entry_name"]
 
 #: The module table, in installation order.
 MODULES: tuple[BuiltinModule, ...] = (
+    observability.MODULE,
     state.MODULE,
     pubsub.MODULE,
     cron.MODULE,

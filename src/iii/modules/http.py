@@ -50,6 +50,7 @@ from iii.engine.host import (
     ErrorBody,
     Host,
     KindCounts,
+    MetricFamily,
     Provider,
     TimeoutMs,
     call,
@@ -63,6 +64,8 @@ __all__ = ["MODULE", "HttpConfig", "install"]
 NAME = "iii-http"
 log = logging.getLogger("iii.modules")
 
+#: Where a request keeps the path of the route it matched (for the request counts).
+_ROUTE: Any = web.RequestKey("iii.route", str) if hasattr(web, "RequestKey") else "iii.route"
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 #: Request body frames put into a ``request_body`` channel are at most this large.
 _BODY_FRAME = 64 * 1024
@@ -392,6 +395,8 @@ class HttpServer:
         self._middleware = sorted(config.middleware, key=lambda m: m.priority)
         self._runner: Optional[web.ServerRunner] = None
         self.url: Optional[str] = None
+        #: ``(method, route, status)`` -> requests answered (route ``""``: none matched).
+        self.answered: dict[tuple[str, str, int], int] = {}
 
     async def start(self) -> None:
         # Debug logging is decided once: with it off, requests pay nothing for it.
@@ -418,6 +423,8 @@ class HttpServer:
         response = await self._respond(request)
         if not response.prepared:  # a streamed response got them before it started
             self._cors(request, response)
+        key = (request.method, request.get(_ROUTE, ""), response.status)
+        self.answered[key] = self.answered.get(key, 0) + 1
         return response
 
     async def _handle_logged(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -432,6 +439,13 @@ class HttpServer:
         )
         return response
 
+    def metric_families(self) -> list[MetricFamily]:
+        """Requests by method, route and status, for the metrics page."""
+        family = MetricFamily("iii_http_requests", "counter", "HTTP requests answered (route \"\": none matched)",
+                              ("method", "route", "status"))
+        family.samples = [((method, route, str(status)), count) for (method, route, status), count in self.answered.items()]
+        return [family]
+
     async def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
         method = request.method.upper()
         found = self.routes.find(method, request.path)
@@ -440,6 +454,7 @@ class HttpServer:
                 return web.Response(status=204)  # a CORS preflight (headers added by _cors)
             return _error(404, "NOT_FOUND", "Not Found")
         route, path_params = found
+        request[_ROUTE] = route.path
         headers = {name.lower(): value for name, value in request.headers.items()}
         query = {name: value for name, value in request.query.items()}
         is_json = "application/json" in headers.get("content-type", "")
@@ -661,6 +676,7 @@ _REQUEST_FORMAT = {
 def install(host: Host, config: Optional[HttpConfig] = None) -> HttpServer:
     """Register the ``http`` trigger type; the engine then awaits ``start()``."""
     server = HttpServer(host, config or HttpConfig())
+    host.add_metric_source(server.metric_families)
     host.add_trigger_type(
         "http",
         server.routes,

@@ -41,6 +41,7 @@ from iii.engine.host import (
     ErrorBody,
     Host,
     LoopScheduler,
+    MetricFamily,
     Provider,
     Scheduler,
     TimeoutMs,
@@ -550,6 +551,22 @@ class Queues:
             "failed": queue.failed,
         }
 
+    def metric_families(self) -> list[MetricFamily]:
+        """Queue depths, jobs in delivery, dead letters and outcomes, for the metrics page."""
+        families = {
+            "waiting": MetricFamily("iii_queue_waiting", "gauge", "Jobs waiting in a queue", ("queue",)),
+            "active": MetricFamily("iii_queue_active", "gauge", "Jobs of a queue being delivered", ("queue",)),
+            "dead": MetricFamily("iii_queue_dead_letters", "gauge", "Dead letters of a queue", ("queue",)),
+            "delivered": MetricFamily("iii_queue_delivered", "counter", "Jobs delivered", ("queue",)),
+            "failed": MetricFamily("iii_queue_failed", "counter", "Failed delivery attempts", ("queue",)),
+        }
+        for queue in self._all_queues():
+            labels = (queue.name,)
+            for key, value in (("waiting", len(queue.waiting)), ("active", queue.active), ("dead", len(queue.dead)),
+                               ("delivered", queue.delivered), ("failed", queue.failed)):
+                families[key].samples.append((labels, value))
+        return list(families.values())
+
     def dlq_topics(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         return [
             {"topic": q.name, "broker_type": "function_queue", "message_count": len(q.dead)}
@@ -604,6 +621,7 @@ def install(host: Host, config: Optional[QueueConfig] = None, scheduler: Optiona
         ("iii::queue::discard_message", queues.discard_message, "Drop one dead letter"),
     ):
         host.add_function(function_id, handler, module=NAME, description=description)
+    host.add_metric_source(queues.metric_families)
     host.add_function(
         "iii::durable::publish", queues.topics.publish, module=NAME,
         description="Publish data to a durable topic: every subscribing function gets it, with retries",

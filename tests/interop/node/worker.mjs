@@ -2,6 +2,7 @@
 // Same command line and JSON-lines output as ../workers/py_worker.py.
 import { registerWorker, TriggerAction } from "iii-sdk";
 import { createStream } from "iii-sdk/helpers";
+import { Logger } from "@iii-dev/helpers/observability";
 
 // Channel ends (an http request's request_body / response) are shown by their class.
 const plain = (key, value) => (value && /^Channel(Reader|Writer)$/.test(value.constructor?.name) ? `<${value.constructor.name}>` : value);
@@ -17,6 +18,7 @@ const binds = [];
 const streams = [];
 let calls = [];
 let stay = false;
+let metricsMs = null;
 while (argv.length) {
   const flag = argv.shift();
   if (flag === "--fn") fns.push(argv.shift());
@@ -26,6 +28,7 @@ while (argv.length) {
   else if (flag === "--bind") binds.push(argv.shift());
   else if (flag === "--stream") streams.push(argv.shift());
   else if (flag === "--stay") stay = true;
+  else if (flag === "--metrics-ms") metricsMs = Number(argv.shift());
   else throw new Error(`unknown flag ${flag}`);
 }
 
@@ -40,11 +43,18 @@ function handlerFor(behavior, functionId) {
       return { slept: true };
     };
     case "meta": return async (data, metadata) => ({ data, metadata });
+    // An OpenTelemetry log (a LOGS frame), inside the handler's span.
+    case "log": return async (data) => { new Logger().info(`log from ${functionId}`, { input: data }); return data; };
+    // Calls data.target from inside this handler (its span is the parent).
+    case "relay": return async (data) => worker.trigger({ function_id: data.target, payload: data.payload });
     default: throw new Error(`unknown behavior ${behavior}`);
   }
 }
 
-const worker = registerWorker(process.env.III_URL, { workerName: name });
+const worker = registerWorker(process.env.III_URL, {
+  workerName: name,
+  ...(metricsMs ? { otel: { metricsExportIntervalMs: metricsMs } } : {}),
+});
 const ids = [];
 for (const spec of fns) {
   const [functionId, behavior] = spec.split("=");

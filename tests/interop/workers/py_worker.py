@@ -36,7 +36,21 @@ def watched(trigger_type, data):
     return {"status_code": 200, "body": {}} if trigger_type == "http" else None
 
 
-def handler_for(behavior, function_id):
+def handler_for(behavior, function_id, worker=None):
+    if behavior == "log":  # an OpenTelemetry log (a LOGS frame), inside the handler's span
+        from iii_helpers.observability import Logger
+
+        def log_it(data):
+            Logger().info("log from " + function_id, {"input": data})
+            return data
+
+        return log_it
+    if behavior == "relay":  # call data["target"] from inside this handler (its span is the parent)
+
+        async def relay(data):
+            return await worker.trigger_async({"function_id": data["target"], "payload": data.get("payload")})
+
+        return relay
     if behavior == "add":
         return lambda data: {"c": data["a"] + data["b"]}
     if behavior == "echo":
@@ -105,14 +119,18 @@ def main():
     parser.add_argument("--bind", action="append", default=[], help="FUNCTION_ID=TRIGGER_TYPE=JSON_CONFIG")
     parser.add_argument("--stream", action="append", default=[], help="NAME")
     parser.add_argument("--stay", action="store_true")
+    parser.add_argument("--metrics-ms", type=int, help="export the worker gauges this often")
     args = parser.parse_args()
 
-    worker = register_worker(os.environ["III_URL"], InitOptions(worker_name=args.name))
+    options = InitOptions(worker_name=args.name)
+    if args.metrics_ms:
+        options.otel = {"metrics_export_interval_ms": args.metrics_ms}
+    worker = register_worker(os.environ["III_URL"], options)
     worker.add_connection_state_listener(lambda state: emit(state=state))
     ids = []
     for spec in args.fn:
         function_id, behavior = spec.split("=", 1)
-        worker.register_function(function_id, handler_for(behavior, function_id))
+        worker.register_function(function_id, handler_for(behavior, function_id, worker))
         ids.append(function_id)
     refs = {}
     for spec in args.webhook:
