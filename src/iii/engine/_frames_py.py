@@ -143,7 +143,7 @@ class WorkerListener(WSListener):
         router = self._engine.router
         self._conn = conn = router.connect(self._send, self._close, ip, _now_ms(), session)
         self._caller = conn.caller_field
-        conn.buffered = transport.underlying_transport.get_write_buffer_size
+        conn.buffered = self._transport.underlying_transport.get_write_buffer_size
         self._grace = asyncio.get_running_loop().call_later(
             router.grace_ms / 1000, router.expire_grace, conn
         )
