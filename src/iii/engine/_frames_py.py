@@ -330,11 +330,13 @@ class WorkerListener(WSListener):
         _ping_or_drop(self._transport, self._idle_since, now, self._config, self._who())
 
     def shutdown(self) -> None:
-        """Send what is queued, then close with ``GOING_AWAY`` (the engine is stopping)."""
+        """Send what is queued, then close with ``SERVICE_RESTART`` (the engine is stopping: come
+        back). Not ``GOING_AWAY``: older Python SDKs (0.11.3, 0.1.0; fixed by 0.25) take a
+        1000/1001 close for the end and never reconnect; the original drops the socket unclosed."""
         self.flush()
         transport = self._transport
         if transport is not None and not transport.is_disconnected:
-            transport.send_close(WSCloseCode.GOING_AWAY)
+            transport.send_close(WSCloseCode.SERVICE_RESTART)
             transport.disconnect()
 
 

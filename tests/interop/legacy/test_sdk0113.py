@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import urllib.request
 
 import pytest
 
+from legacy_workers import start_sdk0113
 from helpers import RawClient, call_results
 
 pytestmark = pytest.mark.interop
@@ -167,3 +169,20 @@ async def test_http_requests_reach_a_0113_worker_answered_by_its_return_value(le
         assert json.loads(response.read()) == {"hello": "ada"}
     event = (await worker.expect(is_event("http")))["event"]
     assert (event["path_params"], event["query_params"], event["body"]) == ({"name": "ada"}, {"lang": "en"}, {"greeting": "hi"})
+
+
+async def test_a_0113_worker_comes_back_after_an_engine_restart(procs, tmp_path, sdk0113_python):
+    """0.11.3 reconnects only after an abnormal close (a 1000/1001 close ends it quietly): the
+    engine closes its workers with 1012 when it stops, and the worker registers again."""
+    first = await procs.engine(tmp=tmp_path / "first")
+    port = int(first.url.rstrip("/").rsplit(":", 1)[1])
+    worker = await start_sdk0113(procs, sdk0113_python, first.url, "old-survivor", "--fn", "old::echo=echo", "--stay")
+    await worker.key("ready")
+    first.proc.kill(signal.SIGTERM)
+    assert await first.proc.wait() == 0
+    second = await procs.engine(tmp=tmp_path / "second", port=port)
+    client = await RawClient.connect(second.url)
+    await client.wait_for_function("old::echo")
+    answer = await client.call("old::echo", {"x": 1})
+    assert answer["result"]["x"] == 1
+    await client.close()
