@@ -243,10 +243,13 @@ class WorkerListener(WSListener):
         self._write(frames)
 
     def _close(self) -> None:
+        """The router refused or retired this connection: ``POLICY_VIOLATION``, not ``OK``. A
+        refused iii-sdk 0.11.3 worker (its name held, say, by its own half-open old socket)
+        retries with backoff after it; after a 1000 close it would sit dead, still "connected"."""
         self.flush()  # what was sent before the close (a rejection, say) goes first
         transport = self._transport
         if transport is not None and not transport.is_disconnected:
-            transport.send_close(WSCloseCode.OK)
+            transport.send_close(WSCloseCode.POLICY_VIOLATION)
             transport.disconnect()
 
     def _other_frame(self, transport: WSTransport, frame: WSFrame) -> None:

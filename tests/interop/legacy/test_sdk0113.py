@@ -186,3 +186,19 @@ async def test_a_0113_worker_comes_back_after_an_engine_restart(procs, tmp_path,
     answer = await client.call("old::echo", {"x": 1})
     assert answer["result"]["x"] == 1
     await client.close()
+
+
+async def test_a_refused_0113_worker_retries_until_its_name_is_free(legacy, engine):
+    """0.11.3 ignores ``registrationrejected``; the engine's close (1008, not 1000) makes it
+    retry with backoff, so a worker whose name is held (e.g. by its own half-open old socket)
+    gets in once the holder is gone, instead of sitting dead."""
+    holder = await legacy.start("sdk0113", "same-name", "--fn", "first::fn=echo", "--stay")
+    await holder.key("ready")
+    refused = await legacy.start("sdk0113", "same-name", "--fn", "second::fn=echo", "--stay")
+    await engine.proc.expect(lambda line: "rejected: the name 'same-name'" in str(line))
+    holder.close_stdin()
+    await holder.key("stopped")
+    client = await RawClient.connect(engine.url)
+    await client.wait_for_function("second::fn", timeout=40)
+    assert (await client.call("second::fn", {"x": 1}))["result"]["x"] == 1
+    await client.close()
