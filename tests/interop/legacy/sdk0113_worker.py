@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from iii import InitOptions, TriggerAction, register_worker
+from iii import InitOptions, TriggerAction, http, register_worker
 
 _lock = threading.Lock()
 _attempts: collections.Counter = collections.Counter()
@@ -46,12 +46,24 @@ def handler_for(behavior, function_id):
         return fail
     if behavior == "reply":  # an HTTP handler answering through its return value
 
-        def reply(data):
-            emit(event=data, type="http")
+        def reply(data):  # (with streaming HTTP, data also holds channel ends: not JSON)
+            emit(event={k: v for k, v in data.items() if k not in ("request_body", "response")}, type="http")
             return {"status_code": 201, "headers": {"x-sdk": "0.11.3"},
                     "body": {"hello": data["path_params"]["name"]}}
 
         return reply
+    if behavior == "stream":  # an HTTP handler answering through its ``response`` channel
+
+        async def stream(request, response):
+            body = await request.request_body.read_all()
+            emit(event={"path_params": request.path_params, "body": body.decode()}, type="http")
+            await response.status(202)
+            await response.headers({"content-type": "text/plain", "x-sdk": "0.11.3"})
+            response.stream.write(b"hello " + request.path_params["name"].encode() + b": ")
+            response.stream.end(body)
+            return None
+
+        return http(stream)
     raise SystemExit(f"unknown behavior {behavior}")
 
 
@@ -74,6 +86,7 @@ def main():
     parser.add_argument("--watch", action="append", default=[], help="TRIGGER_TYPE[=JSON_CONFIG]")
     parser.add_argument("--watch-flaky", action="append", default=[], help="as --watch; the first delivery fails")
     parser.add_argument("--http", action="append", default=[], help="JSON http config answered by 'reply'")
+    parser.add_argument("--http-stream", action="append", default=[], help="JSON http config answered by 'stream'")
     parser.add_argument("--calls", default="[]", help="JSON list of trigger() requests")
     parser.add_argument("--stay", action="store_true")
     args = parser.parse_args()
@@ -91,9 +104,10 @@ def main():
         worker.register_function(function_id, watcher(trigger_type, function_id, fail_first))
         worker.register_trigger({"type": trigger_type, "function_id": function_id, "config": json.loads(config or "{}")})
         ids.append(function_id)
-    for index, config in enumerate(args.http):
+    routes = [("reply", config) for config in args.http] + [("stream", config) for config in args.http_stream]
+    for index, (behavior, config) in enumerate(routes):
         function_id = f"{args.name}::http-{index}"
-        worker.register_function(function_id, handler_for("reply", function_id))
+        worker.register_function(function_id, handler_for(behavior, function_id))
         worker.register_trigger({"type": "http", "function_id": function_id, "config": json.loads(config)})
         ids.append(function_id)
     # Ready = the engine lists this worker by name and every function it registered.

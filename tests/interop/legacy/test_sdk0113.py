@@ -4,6 +4,7 @@ against our engine, together with 0.25.0 and Node 0.22.1 workers."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import re
 import signal
@@ -202,3 +203,24 @@ async def test_a_refused_0113_worker_retries_until_its_name_is_free(legacy, engi
     await client.wait_for_function("second::fn", timeout=40)
     assert (await client.call("second::fn", {"x": 1}))["result"]["x"] == 1
     await client.close()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("iii.channels") is None,
+    reason="streaming HTTP (request_body / response channels) is not in this engine yet",
+)
+async def test_http_requests_reach_a_0113_worker_answered_through_its_response_channel(legacy, engine):
+    """0.11.3's ``http()`` handlers (and the frameworks built on it) read ``request_body`` and
+    answer through the ``response`` channel: status and headers as messages, then the body."""
+    worker = await legacy.start(
+        "sdk0113", "old-stream", "--http-stream", '{"api_path": "echo/:name", "http_method": "POST"}', "--stay"
+    )
+    await worker.key("ready")
+    (base,) = {m.group(1) for line in engine.proc.lines if (m := re.search(r"iii-http listening on (http://\S+)", str(line)))}
+    request = urllib.request.Request(f"{base}/echo/ada", data=b"some bytes", method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
+    with await asyncio.to_thread(urllib.request.urlopen, request, timeout=10) as response:
+        assert (response.status, response.headers["x-sdk"]) == (202, "0.11.3")
+        assert response.read() == b"hello ada: some bytes"
+    event = (await worker.expect(is_event("http")))["event"]
+    assert event == {"path_params": {"name": "ada"}, "body": "some bytes"}
