@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the engine and its tests need into this checkout, from scratch on a new machine
 # (Python 3.11, gcc, node/npm): .venv (this package, compiled codec, test tools), .venv-official
-# (the official Python iii-sdk, which also imports as `iii`, so it lives apart) and the official
-# Node iii-sdk for the interop workers, and Debian's chromium for the console's browser tests (when
-# run as root; Playwright itself comes with the test extras). Safe to run again.
+# (the official Python iii-sdk, which also imports as `iii`, so it lives apart), .venv-sdk0113
+# (the older official iii-sdk 0.11.3 that frameworks still pin), the official Node iii-sdk for the
+# interop workers, and Debian's chromium for the console's browser tests (when run as root;
+# Playwright itself comes with the test extras). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -23,5 +24,8 @@ III_BUILD_EXTENSION=${III_BUILD_EXTENSION:-required} \
 
 [ -x .venv-official/bin/python ] || "$python" -m venv .venv-official
 .venv-official/bin/pip install --quiet --disable-pip-version-check "iii-sdk==0.25.0"
+
+[ -x .venv-sdk0113/bin/python ] || "$python" -m venv .venv-sdk0113
+.venv-sdk0113/bin/pip install --quiet --disable-pip-version-check "iii-sdk==0.11.3"
 
 (cd tests/interop/node && npm ci --no-audit --no-fund --loglevel=error)

@@ -42,6 +42,7 @@ __all__ = [
     "ABSENT",
     "ErrorCode",
     "WireId",
+    "LEGACY_FUNCTION_IDS",
     "ErrorBody",
     "ActionVoid",
     "ActionEnqueue",
@@ -116,6 +117,17 @@ class WireId:
     QUEUE_ENQUEUE = "engine::queue::enqueue"
     WORKERS_AVAILABLE = "engine::workers-available"
     FUNCTIONS_AVAILABLE = "engine::functions-available"
+
+
+#: Engine function ids as older official SDKs call them -> the ids the engine serves them under
+#: (iii-sdk 0.1.0 announces itself with ``engine.workers.register``). Consulted only when a called
+#: id is not registered.
+LEGACY_FUNCTION_IDS = {
+    "engine.workers.register": "engine::workers::register",
+    "engine.workers.list": "engine::workers::list",
+    "engine.functions.list": "engine::functions::list",
+    "engine.triggers.list": "engine::triggers::list",
+}
 
 
 class ErrorBody(Struct, omit_defaults=True):

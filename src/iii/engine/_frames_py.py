@@ -244,10 +244,13 @@ class WorkerListener(WSListener):
         self._write(frames)
 
     def _close(self) -> None:
+        """The router refused or retired this connection: ``POLICY_VIOLATION``, not ``OK``. A
+        refused iii-sdk 0.11.3 worker (its name held, say, by its own half-open old socket)
+        retries with backoff after it; after a 1000 close it would sit dead, still "connected"."""
         self.flush()  # what was sent before the close (a rejection, say) goes first
         transport = self._transport
         if transport is not None and not transport.is_disconnected:
-            transport.send_close(WSCloseCode.OK)
+            transport.send_close(WSCloseCode.POLICY_VIOLATION)
             transport.disconnect()
 
     def _other_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -333,11 +336,13 @@ class WorkerListener(WSListener):
         _ping_or_drop(self._transport, self._idle_since, now, self._config, self._who())
 
     def shutdown(self) -> None:
-        """Send what is queued, then close with ``GOING_AWAY`` (the engine is stopping)."""
+        """Send what is queued, then close with ``SERVICE_RESTART`` (the engine is stopping: come
+        back). Not ``GOING_AWAY``: older Python SDKs (0.11.3, 0.1.0; fixed by 0.25) take a
+        1000/1001 close for the end and never reconnect; the original drops the socket unclosed."""
         self.flush()
         transport = self._transport
         if transport is not None and not transport.is_disconnected:
-            transport.send_close(WSCloseCode.GOING_AWAY)
+            transport.send_close(WSCloseCode.SERVICE_RESTART)
             transport.disconnect()
 
 

@@ -285,8 +285,17 @@ def workers_register(router: Router, caller: Optional[Connection], data: Any) ->
 
 def workers_list(router: Router, caller: Optional[Connection], data: Any) -> Any:
     args = parse_input("engine::workers::list", data, WorkersListInput)
-    rows = [_with_latest_metrics(router, c, worker_row(c)) for c in router.connections.values() if not c.closed]
-    rows += [module_row(router, m.name, m.description, m.started_at_ms) for m in router.modules]
+    # Each row also lists its function ids, as the original did up to 0.12: iii-sdk 0.11.3's
+    # list_workers() requires them.
+    rows = [
+        _with_latest_metrics(router, c, {**worker_row(c), "functions": sorted(function_id for _, function_id in c.functions)})
+        for c in router.connections.values() if not c.closed
+    ]
+    rows += [
+        {**module_row(router, m.name, m.description, m.started_at_ms),
+         "functions": sorted(f.id for f in router.all_functions() if f.module == m.name)}
+        for m in router.modules
+    ]
     rows = [
         r
         for r in rows

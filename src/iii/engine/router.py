@@ -49,6 +49,7 @@ from iii.protocol import (
     ABSENT,
     DEFAULT_NAMESPACE,
     HELD_TYPES,
+    LEGACY_FUNCTION_IDS,
     ActionEnqueue,
     ErrorBody,
     ErrorCode,
@@ -650,6 +651,8 @@ class Router:
         function_id = msg.function_id
         by_id = self.functions.get(ns)
         fn = by_id.get(function_id) if by_id is not None else None
+        if fn is None and function_id in LEGACY_FUNCTION_IDS:  # an older SDK's name for it
+            fn = self.find_function(DEFAULT_NAMESPACE, LEGACY_FUNCTION_IDS[function_id])
         if fn is None:
             error = self._not_found(function_id, ns)
             if answer_to is None:

@@ -12,7 +12,10 @@ every message group in order). Delivery is at least once. ``default`` always exi
 
 Durable topics: ``iii::durable::publish`` puts the message in the queue of every
 ``(namespace, function_id)`` bound to the topic with a ``durable:subscriber`` trigger (bindings of
-one function share its queue), which delivers it the same way while a binding names it.
+one function share its queue), which delivers it the same way while a binding names it. The names
+the original used before its 0.11 release, ``enqueue`` and the ``queue`` trigger type
+(:data:`LEGACY_PUBLISH`, :data:`LEGACY_SUBSCRIBER`), are served too: workers on older SDKs and
+frameworks still use them, and they are the same topics, queues and dead letters.
 
 With the file, what is answered is in it first: a job is queued once committed (the receipt,
 or the publish's answer, follows), and so are redrives and discards; a job is done (acked) or
@@ -63,6 +66,12 @@ DEFAULT_FILE = "./data/queue_store.db"
 RESTORED_JOBS_DELAY_S = 5.0
 #: Delivery attempts of a durable subscriber without ``maxRetries``.
 DEFAULT_ATTEMPTS = 3
+PUBLISH = "iii::durable::publish"
+SUBSCRIBER = "durable:subscriber"
+#: The names the original gave these two before its 0.11 release ("rename enqueue to
+#: durable::publish and queue to durable:subscriber"), which older SDKs and frameworks still use.
+LEGACY_PUBLISH = "enqueue"
+LEGACY_SUBSCRIBER = "queue"
 log = logging.getLogger("iii.modules")
 
 
@@ -321,9 +330,11 @@ class Queue:
 
 
 class SubscriberQueueConfig(msgspec.Struct):
-    """``queue_config`` of a ``durable:subscriber`` binding."""
+    """``queue_config`` of a ``durable:subscriber`` (or ``queue``) binding."""
 
-    type: Literal["concurrent", "fifo"] = "concurrent"
+    #: ``fifo``; any other mode is concurrent, as in the original (older frameworks send
+    #: ``standard``).
+    type: str = "concurrent"
     concurrency: int = 10  # 0 pauses delivery
     #: Retries after the first attempt (absent: ``DEFAULT_ATTEMPTS`` attempts in all).
     maxRetries: Union[int, None] = None  # noqa: N815 (the wire names)
@@ -383,7 +394,7 @@ class Topics(Provider[SubscriberConfig]):
 
     @staticmethod
     def _check(config: SubscriberConfig) -> Optional[str]:
-        return None if config.name else "Topic is not set: a durable:subscriber trigger needs {\"topic\": \"<name>\"}"
+        return None if config.name else f"Topic is not set: a {SUBSCRIBER} trigger needs {{\"topic\": \"<name>\"}}"
 
     def queue_of(self, topic: str, namespace: str, function_id: str) -> Queue:
         """The queue of one subscribing function (made paused, with default settings, if new)."""
@@ -432,8 +443,8 @@ class Topics(Provider[SubscriberConfig]):
                 if not subscribers:
                     del self.topics[topic]
 
-    def publish(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
-        request = parse_input("iii::durable::publish", data, PublishInput)
+    def publish(self, host: Host, caller: Optional[Connection], data: Any, function_id: str = PUBLISH) -> Any:
+        request = parse_input(function_id, data, PublishInput)
         if not request.topic:
             raise EngineError("topic_not_set", "Topic is not set")
         payload = msgspec.Raw(codec.encode_json(request.data))
@@ -623,15 +634,29 @@ def install(host: Host, config: Optional[QueueConfig] = None, scheduler: Optiona
         host.add_function(function_id, handler, module=NAME, description=description)
     host.add_metric_source(queues.metric_families)
     host.add_function(
-        "iii::durable::publish", queues.topics.publish, module=NAME,
+        PUBLISH, queues.topics.publish, module=NAME,
         description="Publish data to a durable topic: every subscribing function gets it, with retries",
     )
+    subscriber_format = json_schema(SubscriberConfig, required=("topic",))
     host.add_trigger_type(
-        "durable:subscriber",
+        SUBSCRIBER,
         queues.topics,
         module=NAME,
         description="Called with every message published to the topic (own queue per function)",
-        trigger_request_format=json_schema(SubscriberConfig, required=("topic",)),
+        trigger_request_format=subscriber_format,
+    )
+    # The same topics under their old names: one provider, so a message published under either
+    # name reaches the subscribers bound under both.
+    host.add_function(
+        LEGACY_PUBLISH, partial(queues.topics.publish, function_id=LEGACY_PUBLISH), module=NAME,
+        description=f"The name of {PUBLISH} before iii 0.11 (older SDKs and frameworks call it)",
+    )
+    host.add_trigger_type(
+        LEGACY_SUBSCRIBER,
+        queues.topics,
+        module=NAME,
+        description=f"The name of {SUBSCRIBER} before iii 0.11 (older SDKs and frameworks bind it)",
+        trigger_request_format=subscriber_format,
     )
     return queues
 
