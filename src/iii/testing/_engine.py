@@ -141,7 +141,29 @@ def _compiled_available() -> bool:
     return True
 
 
-class EngineProcess:
+class LoggedProcess:
+    """A child process whose stdout and stderr go to ``log_path`` (an engine or a worker)."""
+
+    process: "subprocess.Popen[bytes]"
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def output(self) -> str:
+        """What it has printed so far (stdout and stderr)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class EngineProcess(LoggedProcess):
     """A running engine (see :func:`start_engine`).
 
     Attributes:
@@ -163,23 +185,8 @@ class EngineProcess:
         self.version = ""
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def log_path(self) -> Path:
+    def log_path(self) -> Path:  # type: ignore[override]
         return self.directory / "engine.log"
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def output(self) -> str:
-        """What the engine has logged so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def _wait_until_listening(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

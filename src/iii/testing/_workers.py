@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from iii.iii_constants import InitOptions
 from iii.sdk.client import III, register_worker
-from iii.testing._engine import kill, spawn
+from iii.testing._engine import LoggedProcess, kill, spawn
 
 __all__ = ["TestWorker", "WorkerProcess", "connect_worker", "start_worker_process", "wait_for_functions"]
 
@@ -149,7 +149,7 @@ def connect_worker(url: str, name: str, options: Optional[InitOptions] = None) -
 _NODE_SUFFIXES = (".js", ".mjs", ".cjs")
 
 
-class WorkerProcess:
+class WorkerProcess(LoggedProcess):
     """A worker script running as a process (see :func:`start_worker_process`).
 
     Attributes:
@@ -161,21 +161,6 @@ class WorkerProcess:
         self.process = process
         self.path = path
         self.log_path = log_path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def output(self) -> str:
-        """What the worker printed so far (stdout and stderr)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def stop(self) -> Optional[int]:
         """SIGTERM its process group, SIGKILL after 5 s; returns its exit status. Idempotent."""
