@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from helpers import ROOT, Procs, Workers
+from helpers import ROOT, Procs, RedisServer, Workers
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -93,3 +93,14 @@ def node() -> str:
 @pytest.fixture
 def workers(procs, engine, official_python, node) -> Workers:
     return Workers(procs, engine, official_python, node)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server for this test (see :class:`helpers.RedisServer`), stopped at teardown."""
+    if shutil.which("redis-server") is None:
+        _missing("redis-server (apt-get install redis-server)")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

@@ -431,3 +431,65 @@ class FakeClock:
     @property
     def pending(self) -> int:
         return sum(1 for t in self.timers if not t[2])
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, its files in ``directory``.
+
+    Append-only with ``fsync`` on every write, so a restart (:meth:`restart`) keeps what Redis
+    acknowledged, as a production Redis with AOF does. Killed by pid at :meth:`stop`.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = 0
+        self.process: Optional[Any] = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start it (on the port it had before, after a :meth:`kill`) and wait for ``PONG``."""
+        import socket
+        import subprocess
+        import time
+
+        if not self.port:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                self.port = probe.getsockname()[1]
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = open(self.directory / "redis.log", "ab")
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                output = (self.directory / "redis.log").read_text(errors="replace")
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}:\n{output}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """``kill -9`` it (its port and files stay, for :meth:`start` or :meth:`restart`)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    stop = kill

@@ -1,10 +1,11 @@
 """The ``adapter`` entries of the modules' configs, typed: ``{name: <adapter>, config: {…}}``.
 
 Each module's ``adapter`` is a union of msgspec Structs tagged on ``name``, so a bad value is a
-config error that names its key (``$.adapter.config.save_interval_ms``). Only the in-process
-adapters run here: ``kv`` (state, stream, cron), ``builtin`` (queue) and ``local`` (pubsub).
-The original's other adapters (``redis``, ``bridge``, ``rabbitmq``) decode too, only to be
-refused with a message that says what to use instead; any other name is an invalid value.
+config error that names its key (``$.adapter.config.save_interval_ms``). The in-process
+adapters are ``kv`` (state, stream, cron), ``builtin`` (queue) and ``local`` (pubsub); ``redis``
+shares a module's data between engines, ``bridge`` runs its operations on another engine. An
+adapter of the original that a module does not have here (``rabbitmq``) decodes too, only to be
+refused with a message that says so; any other name is an invalid value.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import msgspec
 
 __all__ = [
     "BridgeAdapter",
+    "BridgeConfig",
     "BuiltinAdapter",
     "CronAdapter",
     "CronKvAdapter",
@@ -26,6 +28,7 @@ __all__ = [
     "QueueAdapter",
     "RabbitmqAdapter",
     "RedisAdapter",
+    "RedisConfig",
     "StateAdapter",
     "StoreConfig",
     "StreamAdapter",
@@ -95,24 +98,50 @@ class LocalAdapter(msgspec.Struct, tag="local", tag_field="name", forbid_unknown
     config: Optional[_NoConfig] = None
 
 
+class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """``config`` of the ``redis`` adapters (the original's one key)."""
+
+    #: ``redis://[user:password@]host:port[/db]``; ``rediss://`` for TLS.
+    redis_url: str = "redis://localhost:6379"
+
+
+class RedisAdapter(msgspec.Struct, tag="redis", tag_field="name", forbid_unknown_fields=True):
+    """``{name: redis, config: {redis_url?}}``: the module's data and events live in Redis, shared
+    by every engine pointed at it."""
+
+    config: RedisConfig = msgspec.field(default_factory=RedisConfig)
+
+
+class BridgeConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """``config`` of the ``bridge`` adapters (the original's one key)."""
+
+    #: The remote engine's worker listener.
+    bridge_url: str = "ws://localhost:49134"
+
+
+class BridgeAdapter(msgspec.Struct, tag="bridge", tag_field="name", forbid_unknown_fields=True):
+    """``{name: bridge, config: {bridge_url?}}``: the module's operations run on another engine."""
+
+    config: BridgeConfig = msgspec.field(default_factory=BridgeConfig)
+
+
 class _Unavailable(msgspec.Struct, tag_field="name"):
-    """An adapter of the original that this engine does not have: refused when decoded."""
+    """An adapter this engine does not have (for that module): refused when decoded."""
 
     config: Any = None
 
     def __post_init__(self) -> None:
         raise ValueError(
-            f"adapter {self.__struct_config__.tag!r} is not available here: this engine runs as one "
-            "process with its in-process adapters only (kv for state, stream and cron, builtin for "
-            "queue, local for pubsub); remove `adapter` or name that one"
+            f"adapter {self.__struct_config__.tag!r} is not available here for this module; "
+            "remove `adapter` or name one it has"
         )
 
 
-class RedisAdapter(_Unavailable, tag="redis"):
+class _RedisUnavailable(_Unavailable, tag="redis"):
     pass
 
 
-class BridgeAdapter(_Unavailable, tag="bridge"):
+class _BridgeUnavailable(_Unavailable, tag="bridge"):
     pass
 
 
@@ -120,11 +149,11 @@ class RabbitmqAdapter(_Unavailable, tag="rabbitmq"):
     pass
 
 
-StateAdapter = Union[KvAdapter, RedisAdapter, BridgeAdapter, None]
-StreamAdapter = Union[StreamKvAdapter, RedisAdapter, BridgeAdapter, None]
-QueueAdapter = Union[BuiltinAdapter, RedisAdapter, RabbitmqAdapter, BridgeAdapter, None]
-PubSubAdapter = Union[LocalAdapter, RedisAdapter, None]
-CronAdapter = Union[CronKvAdapter, RedisAdapter, None]
+StateAdapter = Union[KvAdapter, _RedisUnavailable, _BridgeUnavailable, None]
+StreamAdapter = Union[StreamKvAdapter, _RedisUnavailable, _BridgeUnavailable, None]
+QueueAdapter = Union[BuiltinAdapter, _RedisUnavailable, RabbitmqAdapter, _BridgeUnavailable, None]
+PubSubAdapter = Union[LocalAdapter, _RedisUnavailable, None]
+CronAdapter = Union[CronKvAdapter, _RedisUnavailable, None]
 
 
 def database_path(adapter: Any, default: str) -> Optional[Path]:
