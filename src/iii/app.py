@@ -94,9 +94,12 @@ def install_worker_functions(router: Router, supervisor: Supervisor) -> None:
 
 def install_modules(router: Router, configs: dict[str, Any], started_at_ms: int = 0) -> dict[str, Any]:
     """Install every module of the table on ``router``, with its config from ``configs`` if given
-    (else its defaults); returns module name -> the running module (to start and stop)."""
+    (else its defaults; an opt-in module only if given); returns module name -> the running
+    module (to start and stop)."""
     running = {}
     for module in MODULES:
+        if module.opt_in and module.name not in configs:
+            continue
         running[module.name] = module.install(router, configs.get(module.name))
         router.modules.append(Module(module.name, module.description, started_at_ms))
     return running

@@ -59,7 +59,6 @@ _UNSUPPORTED_MODULES = {
     "configuration": "the configuration store (configuration::*)",
     "iii-telemetry": "telemetry",
     "iii-exec": "the exec module",
-    "iii-bridge": "the bridge to another engine",
     "iii-worker-ops": "the worker-ops daemon (worker::* is served by the engine itself)",
 }
 #: Modules of the original that always run here: their entries are accepted and have no config.

@@ -216,6 +216,9 @@ class BuiltinModule:
     #: The msgspec Struct its entry's ``config`` decodes into.
     config_type: type
     install: Callable[[Host, Any], RunningModule]
+    #: Installed only when ``config.yaml`` has an entry for it (``iii-bridge``); the others
+    #: always run, with their defaults when they have no entry.
+    opt_in: bool = False
 
     @property
     def aliases(self) -> tuple[str, ...]:

@@ -141,17 +141,13 @@ class _RedisUnavailable(_Unavailable, tag="redis"):
     pass
 
 
-class _BridgeUnavailable(_Unavailable, tag="bridge"):
-    pass
-
-
 class RabbitmqAdapter(_Unavailable, tag="rabbitmq"):
     pass
 
 
-StateAdapter = Union[KvAdapter, _RedisUnavailable, _BridgeUnavailable, None]
-StreamAdapter = Union[StreamKvAdapter, _RedisUnavailable, _BridgeUnavailable, None]
-QueueAdapter = Union[BuiltinAdapter, _RedisUnavailable, RabbitmqAdapter, _BridgeUnavailable, None]
+StateAdapter = Union[KvAdapter, _RedisUnavailable, BridgeAdapter, None]
+StreamAdapter = Union[StreamKvAdapter, _RedisUnavailable, BridgeAdapter, None]
+QueueAdapter = Union[BuiltinAdapter, _RedisUnavailable, RabbitmqAdapter, BridgeAdapter, None]
 PubSubAdapter = Union[LocalAdapter, _RedisUnavailable, None]
 CronAdapter = Union[CronKvAdapter, _RedisUnavailable, None]
 

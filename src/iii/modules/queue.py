@@ -52,7 +52,7 @@ from iii.engine.host import (
     json_schema,
     parse_input,
 )
-from iii.modules._adapters import QueueAdapter, database_path
+from iii.modules._adapters import BridgeAdapter, QueueAdapter, database_path
 from iii.modules._store import Jobs, Journal
 from iii.protocol import WireId
 
@@ -620,7 +620,13 @@ class Queues:
 
 def install(host: Host, config: Optional[QueueConfig] = None, scheduler: Optional[Scheduler] = None) -> Queues:
     """Register ``engine::queue::enqueue``, the queue inspection functions and durable topics."""
-    queues = Queues(host, config or QueueConfig(), scheduler or LoopScheduler())
+    config = config or QueueConfig()
+    if isinstance(config.adapter, BridgeAdapter):  # topics and queues of another engine
+        from iii.modules._bridge_backends import BridgedQueues
+
+        queues: Queues = BridgedQueues(host, config, scheduler or LoopScheduler(), config.adapter.config.bridge_url)
+    else:
+        queues = Queues(host, config, scheduler or LoopScheduler())
     for function_id, handler, description in (
         (WireId.QUEUE_ENQUEUE, queues.enqueue, "Accept a job for a named queue (TriggerAction.Enqueue)"),
         ("engine::queue::list_topics", queues.list_topics, "The queues"),

@@ -28,7 +28,7 @@ from iii.engine.host import (
     json_schema,
     parse_input,
 )
-from iii.modules._adapters import StateAdapter, database_path
+from iii.modules._adapters import BridgeAdapter, StateAdapter, database_path
 from iii.modules._store import Journal, Values
 from iii.modules.update_ops import apply_ops
 
@@ -240,7 +240,13 @@ class State:
 
 def install(host: Host, config: Optional[StateConfig] = None) -> State:
     """Register the ``state::*`` functions and the ``state`` trigger type."""
-    state = State(host, config or StateConfig())
+    config = config or StateConfig()
+    if isinstance(config.adapter, BridgeAdapter):  # the data on another engine
+        from iii.modules._bridge_backends import BridgedState
+
+        state: State = BridgedState(host, config, config.adapter.config.bridge_url)
+    else:
+        state = State(host, config)
     for name, handler, description, request_format in (
         ("set", state.set, "Store a value under (scope, key)", json_schema(SetInput)),
         ("get", state.get, "The value under (scope, key), or null", json_schema(KeyInput)),

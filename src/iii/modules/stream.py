@@ -47,7 +47,7 @@ from iii.engine.host import (
     json_schema,
     parse_input,
 )
-from iii.modules._adapters import StreamAdapter, database_path
+from iii.modules._adapters import BridgeAdapter, StreamAdapter, database_path
 from iii.modules._store import Journal, Values
 from iii.modules.update_ops import apply_ops
 from iii.protocol import DEFAULT_NAMESPACE
@@ -342,8 +342,7 @@ class Streams:
 
     def _emit(self, stream: str, group: str, item: Optional[str], event: dict[str, Any]) -> None:
         message = codec.encode_json(_message(stream, group, item, event))
-        for client in list(self.clients):
-            client.deliver(stream, group, item, message)
+        self._broadcast(stream, group, item, message)
         matching = [
             (binding, watch.condition_function_id)
             for binding, watch in self.watchers.bindings.values()
@@ -358,7 +357,17 @@ class Streams:
 
             self._host.later(fan_out)
 
-    def snapshot(self, subscription: Subscription) -> bytes:
+    def _broadcast(self, stream: str, group: str, item: Optional[str], message: bytes) -> None:
+        """Send an event on to the WebSocket clients (a bridged backend sends it round the
+        remote engine, which hands it to every engine bridged to it)."""
+        self.deliver(stream, group, item, message)
+
+    def deliver(self, stream: str, group: str, item: Optional[str], message: bytes) -> None:
+        """Hand an event to this engine's WebSocket clients subscribed to it."""
+        for client in list(self.clients):
+            client.deliver(stream, group, item, message)
+
+    async def snapshot(self, subscription: Subscription) -> bytes:
         """The ``sync`` message a new subscription starts with."""
         items = self._group(subscription.stream_name, subscription.group_id)
         data: Any = (
@@ -561,7 +570,7 @@ class StreamClient(WSListener):
         if message.type == "join":
             if await self._streams.joined(subscription, self._context):
                 self.subscriptions[subscription.id] = subscription
-                self._send(self._streams.snapshot(subscription))
+                self._send(await self._streams.snapshot(subscription))
             else:
                 event = _message(subscription.stream_name, subscription.group_id, subscription.item_id, {"type": "unauthorized"})
                 self._send(codec.encode_json(event))
@@ -640,7 +649,13 @@ class StreamClient(WSListener):
 def install(host: Host, config: Optional[StreamConfig] = None) -> Streams:
     """Register the ``stream::*`` functions and the stream trigger types; the engine then awaits
     ``start()`` (the client WebSocket server)."""
-    streams = Streams(host, config or StreamConfig())
+    config = config or StreamConfig()
+    if isinstance(config.adapter, BridgeAdapter):  # the items on another engine
+        from iii.modules._bridge_backends import BridgedStreams
+
+        streams: Streams = BridgedStreams(host, config, config.adapter.config.bridge_url)
+    else:
+        streams = Streams(host, config)
     for name, description in (
         ("set", "Store an item; subscribers get create/update"),
         ("get", "An item, or null"),

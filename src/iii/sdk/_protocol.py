@@ -71,6 +71,7 @@ __all__ = [
     "UnbindTrigger",
     "Welcomed",
     "WorkerRejected",
+    "ReplyError",
     "resolve_worker_namespace",
     "worker_metadata",
 ]
@@ -152,6 +153,17 @@ class WorkerRejected:
 
 
 Event = Union[InvokeHandler, CallResolved, CallFailed, BindTrigger, UnbindTrigger, Welcomed, WorkerRejected]
+
+
+class ReplyError(Exception):
+    """Raised by a handler to answer with exactly this error instead of ``invocation_failed``
+    (the engine's bridges relay a local function's error to the remote caller so)."""
+
+    def __init__(self, code: str, message: str, stacktrace: Optional[str] = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.stacktrace = stacktrace
 
 
 # ---------------------------------------------------------------------- records
@@ -389,12 +401,17 @@ class WorkerProtocol:
 
     def handler_raised(self, invocation: InvokeHandler, exc: BaseException) -> None:
         """Log the failure with its traceback (as the official SDK does, on its ``iii.iii``
-        logger) and answer ``invocation_failed`` with the traceback (a void call gets no answer)."""
-        handler_log.error("Error in handler %s", invocation.function_id, exc_info=exc)
+        logger) and answer ``invocation_failed`` with the traceback (a void call gets no answer);
+        a :class:`ReplyError` answers its own code, message and stacktrace."""
+        if isinstance(exc, ReplyError):  # an answer, not a crash: no traceback of this side
+            handler_log.debug("handler %s answered %s", invocation.function_id, exc)
+            error = ErrorBody(exc.code, exc.message, exc.stacktrace)
+        else:
+            handler_log.error("Error in handler %s", invocation.function_id, exc_info=exc)
+            stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            error = ErrorBody(ErrorCode.INVOCATION_FAILED, str(exc), stack)
         if invocation.invocation_id is None:
             return
-        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        error = ErrorBody(ErrorCode.INVOCATION_FAILED, str(exc), stack)
         self._send(codec.encode_error_result(invocation.invocation_id, invocation.function_id, error))
 
     def trigger_bound(self, binding: BindTrigger, error: Optional[Exception]) -> None:

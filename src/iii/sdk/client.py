@@ -207,15 +207,20 @@ class III:
             self._set_state("connecting" if first else "reconnecting")
             first = False
             try:
-                transport, _ = await ws_connect(
-                    lambda: _Listener(self),
-                    self._address,
-                    websocket_handshake_timeout=_HANDSHAKE_TIMEOUT_S,
-                    max_frame_size=MAX_MESSAGE_SIZE,
-                    extra_headers=self._headers(),
-                    enable_auto_ping=True,
-                    auto_ping_idle_timeout=_PING_INTERVAL_S,
-                    auto_ping_reply_timeout=_PING_INTERVAL_S,
+                # The handshake timeout does not cover the TCP connect (an unanswered SYN
+                # would wait minutes): the whole attempt is bounded.
+                transport, _ = await asyncio.wait_for(
+                    ws_connect(
+                        lambda: _Listener(self),
+                        self._address,
+                        websocket_handshake_timeout=_HANDSHAKE_TIMEOUT_S,
+                        max_frame_size=MAX_MESSAGE_SIZE,
+                        extra_headers=self._headers(),
+                        enable_auto_ping=True,
+                        auto_ping_idle_timeout=_PING_INTERVAL_S,
+                        auto_ping_reply_timeout=_PING_INTERVAL_S,
+                    ),
+                    _HANDSHAKE_TIMEOUT_S,
                 )
             except asyncio.CancelledError:
                 raise
