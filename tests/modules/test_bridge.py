@@ -309,3 +309,34 @@ async def test_the_bridge_is_opt_in(tmp_path):
     async with in_process_engine("workers: []\n", tmp_path) as app:
         assert "iii-bridge" not in app.modules
         assert app.router.find_function("default", "bridge.invoke") is None
+
+
+async def test_a_second_engine_bridging_the_same_remote_namespace_is_refused(tmp_path):
+    """Fixed worker names: the remote refuses a second ``iii-bridge-client`` in its namespace,
+    which is fatal for that bridge (no reconnect) and fails its calls at once."""
+    bridge = "workers:\n  - name: iii-bridge\n    config: {url: 'REMOTE'}\n"
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    async with in_process_engine(BACKEND, tmp_path) as backend:
+        remote = backend.urls[0]
+        async with in_process_engine(bridge.replace("REMOTE", remote), tmp_path / "first") as first:
+            on_backend = await RawClient.connect(remote)
+            await wait_for_worker(on_backend, "iii-bridge-client")
+            await on_backend.close()
+            async with in_process_engine(bridge.replace("REMOTE", remote), tmp_path / "second") as second:
+                refused = asyncio.Event()
+                second.modules["iii-bridge"].client.client.add_connection_state_listener(
+                    lambda state: state == "failed" and refused.set()
+                )
+                await asyncio.wait_for(refused.wait(), 10)
+                for app, works in ((second, False), (first, True)):
+                    client = await RawClient.connect(app.urls[0])
+                    try:
+                        frame = await client.call("bridge.invoke", {"function_id": "engine::workers::list", "data": {}})
+                    finally:
+                        await client.close()
+                    if works:
+                        assert frame["result"]["workers"]
+                    else:
+                        assert frame["error"]["code"] == "bridge_error"
+                        assert "WORKER_NAMESPACE_CONFLICT" in frame["error"]["message"]

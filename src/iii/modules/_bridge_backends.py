@@ -200,6 +200,10 @@ class _StreamEvent(msgspec.Struct):
     id: Optional[str] = None
 
 
+#: How a failure of each read says what failed (writes say "set value" and the like).
+_STREAM_WHAT = {"list": "get group", "list_groups": "list groups", "list_all": "list streams"}
+
+
 class BridgedStreams(Streams):
     """``iii-stream`` with its items on another engine; its WebSocket server stays here."""
 
@@ -239,9 +243,9 @@ class BridgedStreams(Streams):
         _ensure(publish())
 
     def _call(self, op: str, payload: Any, code: str) -> Any:
-        return _remote(self.client, f"stream::{op}", payload, code, f"{op} value")
+        return _remote(self.client, f"stream::{op}", payload, code, _STREAM_WHAT.get(op, f"{op} value"))
 
-    def _write(self, op: str, request: ItemInput, payload: dict[str, Any]) -> Any:
+    def _remote_write(self, op: str, request: ItemInput, payload: dict[str, Any]) -> Any:
         delegated = self._delegate_write(op, request)  # a worker's custom backend, as without a bridge
         if delegated is not None:
             return delegated
@@ -264,15 +268,15 @@ class BridgedStreams(Streams):
 
     def set(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::set", data, StreamSetInput)
-        return self._write("set", request, {"data": request.data})
+        return self._remote_write("set", request, {"data": request.data})
 
     def update(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::update", data, StreamUpdateInput)
-        return self._write("update", request, {"ops": request.ops})
+        return self._remote_write("update", request, {"ops": request.ops})
 
     def delete(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::delete", data, ItemInput)
-        return self._write("delete", request, {})
+        return self._remote_write("delete", request, {})
 
     def get(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::get", data, ItemInput)
