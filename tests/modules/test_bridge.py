@@ -340,3 +340,11 @@ async def test_a_second_engine_bridging_the_same_remote_namespace_is_refused(tmp
                     else:
                         assert frame["error"]["code"] == "bridge_error"
                         assert "WORKER_NAMESPACE_CONFLICT" in frame["error"]["message"]
+
+
+async def test_a_forward_may_not_take_an_existing_function_id(tmp_path):
+    config = ("workers:\n  - name: iii-bridge\n    config:\n      url: ws://127.0.0.1:9\n"
+              "      forward: [{local_function: state::get, remote_function: state::get}]\n")
+    with pytest.raises(ConfigError, match="'state::get' is already a function"):
+        async with in_process_engine(config, tmp_path):
+            pass

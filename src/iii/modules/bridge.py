@@ -26,6 +26,7 @@ from typing import Any, Optional, Union
 import msgspec
 
 from iii import codec
+from iii.config import ConfigError
 from iii.engine.host import (
     DEFAULT_INVOCATION_TIMEOUT_MS,
     BuiltinModule,
@@ -159,7 +160,11 @@ class Bridge:
 
 def install(host: Host, config: Optional[BridgeModuleConfig] = None) -> Bridge:
     """Register ``bridge.invoke``, ``bridge.invoke_async`` and the forwarded functions; the
-    engine then awaits ``start()`` (which only starts connecting)."""
+    engine then awaits ``start()`` (which only starts connecting).
+
+    Raises:
+        ConfigError: a forward's ``local_function`` is taken (by a built-in or another forward).
+    """
     bridge = Bridge(host, config or BridgeModuleConfig())
     invoke_format = json_schema(InvokeInput)
     host.add_function(
@@ -171,6 +176,11 @@ def install(host: Host, config: Optional[BridgeModuleConfig] = None) -> Bridge:
         description="Fire-and-forget invoke on the remote III instance",
     )
     for entry in bridge.config.forward:
+        if host.find_function(DEFAULT_NAMESPACE, entry.local_function) is not None:
+            raise ConfigError(
+                f"iii-bridge: forward.local_function {entry.local_function!r} is already a function "
+                "of this engine; give the forward another id"
+            )
         host.add_function(
             entry.local_function, bridge.forwarder(entry), module=NAME,
             description=f"Forward to remote function {entry.remote_function}",
