@@ -286,13 +286,14 @@ async def call_results(proc: Proc, count: int) -> list[dict]:
 @contextlib.asynccontextmanager
 async def in_process_engine(config_text: str, tmp: Path, **listener: Any) -> Any:
     """An engine on the test's own loop, from ``config_text``, its worker listener on 127.0.0.1
-    and a free port (``listener`` sets its other keys); stopped when the block ends."""
+    and a free port (``listener`` sets its other keys, or another port); stopped when the block
+    ends."""
     from iii.app import App
     from iii.config import parse_config
     from iii.engine.server import ListenerConfig
 
     config = parse_config(config_text, tmp / "config.yaml")
-    config.listeners = [ListenerConfig(host="127.0.0.1", port=0, **listener)]
+    config.listeners = [ListenerConfig(**{"host": "127.0.0.1", "port": 0, **listener})]
     app = App(config)
     await app.start()
     try:

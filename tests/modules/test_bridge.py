@@ -348,3 +348,26 @@ async def test_a_forward_may_not_take_an_existing_function_id(tmp_path):
     with pytest.raises(ConfigError, match="'state::get' is already a function"):
         async with in_process_engine(config, tmp_path):
             pass
+
+
+async def test_the_bridge_connects_once_the_remote_is_up_and_drops_calls_that_timed_out(tmp_path):
+    port = free_port()
+    config = ("workers:\n  - name: iii-bridge\n    config:\n      url: ws://127.0.0.1:%d\n"
+              "      forward: [{local_function: remote::set, remote_function: state::set, timeout_ms: 200}]\n" % port)
+    (tmp_path / "remote").mkdir()
+    async with in_process_engine(config, tmp_path) as bridged_app:
+        client = await RawClient.connect(bridged_app.urls[0])
+        try:
+            failed = await error(client, "remote::set", {"scope": "late", "key": "k", "value": 1})
+            assert failed == {"code": "bridge_error", "message": "invocation timed out after 200ms"}
+            async with in_process_engine(BACKEND, tmp_path / "remote", port=port) as backend:
+                on_backend = await RawClient.connect(backend.urls[0])
+                try:
+                    await wait_for_worker(on_backend, "iii-bridge-client")  # within its 2 s retry
+                    # The write that timed out while queued was dropped, not sent late.
+                    assert await result(client, "bridge.invoke", {"function_id": "state::get",
+                                                                  "data": {"scope": "late", "key": "k"}}) is None
+                finally:
+                    await on_backend.close()
+        finally:
+            await client.close()

@@ -452,6 +452,19 @@ def test_registrations_made_offline_are_replayed_once_and_calls_are_queued():
     assert replay[-1]["function_id"] == "engine::workers::register"
 
 
+def test_a_call_that_timed_out_offline_is_never_sent():
+    protocol = new_protocol()
+    expired = protocol.prepare_call({"function_id": "a::b", "payload": "expired", "timeout_ms": 10})
+    kept = protocol.prepare_call({"function_id": "a::b", "payload": "kept"})
+    for call in (expired, kept):
+        assert protocol.start_call(call, call.invocation_id) is None
+    failed = protocol.time_out(expired.invocation_id)
+    assert failed is not None and failed.error.code == "TIMEOUT"
+    protocol.connection_opened()
+    calls = [frame for frame in sent(protocol) if frame.get("function_id") == "a::b"]
+    assert [frame["data"] for frame in calls] == ["kept"]
+
+
 def test_frames_the_worker_does_not_act_on_are_ignored():
     protocol = connected()
     for frame in (b"not json", b'{"type":"ping"}', b'{"type":"surprise"}', b'{"type":"invocationresult"}'):

@@ -194,12 +194,14 @@ class OutboundCall:
 
 
 class _PendingCall:
-    __slots__ = ("waiter", "function_id", "timeout_ms")
+    __slots__ = ("waiter", "function_id", "timeout_ms", "frame")
 
-    def __init__(self, waiter: Any, function_id: str, timeout_ms: int) -> None:
+    def __init__(self, waiter: Any, function_id: str, timeout_ms: int, frame: bytes) -> None:
         self.waiter = waiter
         self.function_id = function_id
         self.timeout_ms = timeout_ms
+        #: Its frame, while it may still wait in the offline queue.
+        self.frame = frame
 
 
 class _ProvidedType:
@@ -598,7 +600,7 @@ class WorkerProtocol:
         self._send(call.frame)
         if call.invocation_id is None:
             return CallResolved(waiter, None)
-        self._pending[call.invocation_id] = _PendingCall(waiter, call.function_id, call.timeout_ms)
+        self._pending[call.invocation_id] = _PendingCall(waiter, call.function_id, call.timeout_ms, call.frame)
         return None
 
     def time_out(self, invocation_id: str) -> Optional[CallFailed]:
@@ -606,6 +608,11 @@ class WorkerProtocol:
         pending = self._pending.pop(invocation_id, None)
         if pending is None:
             return None
+        if not self.connected:  # never sent: a call its caller gave up on must not run later
+            try:
+                self._offline.remove(pending.frame)
+            except ValueError:
+                pass  # sent before the connection was lost
         message = f"invocation timed out after {pending.timeout_ms}ms"
         return CallFailed(pending.waiter, InvocationError("TIMEOUT", message, pending.function_id, None, invocation_id))
 
