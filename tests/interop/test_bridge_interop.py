@@ -2,11 +2,13 @@
 stream, local pub/sub) and a **bridged** engine (state and stream on ``bridge`` adapters, and an
 ``iii-bridge`` to the backend), with official SDK workers (Python 0.25.0, Node 0.22.1) asserting
 what the original's bridge-state / bridge-stream tests assert, ``iii-bridge`` expose / forward /
-invoke / invoke_async across the two engines, and the bridge's reconnect and replay when the
-backend restarts."""
+invoke / invoke_async across the two engines, durable subscribers served by the backend's queue,
+and the bridge's reconnect and replay when the backend restarts."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import socket
 from typing import Any
 
@@ -36,7 +38,8 @@ def backend_config(port: int) -> str:
 
 
 def bridged_config(backend_url: str) -> str:
-    """``sdk/fixtures/config-bridge.yaml`` (free ports), plus an ``iii-bridge`` to the backend."""
+    """``sdk/fixtures/config-bridge.yaml`` (free ports), plus the queue's bridge adapter and an
+    ``iii-bridge`` to the backend."""
     return f"""workers:
   - name: iii-worker-manager
     config: {{host: 127.0.0.1, port: 0}}
@@ -50,6 +53,8 @@ def bridged_config(backend_url: str) -> str:
     config: {{host: 127.0.0.1, port: 0}}
   - name: iii-observability
     config: {{enabled: false}}
+  - name: iii-queue
+    config: {{adapter: {{name: bridge, config: {{bridge_url: '{backend_url}'}}}}}}
   - name: iii-bridge
     config:
       url: {backend_url}
@@ -208,5 +213,47 @@ async def test_the_bridge_reconnects_and_replays_after_the_backend_restarts(proc
         ])
         (echoed,) = await call_results(caller, 1)
         assert echoed["result"]["again"] is True
+    finally:
+        await client.close()
+
+
+async def remote_subscribers(client: RawClient, topic: str) -> int:
+    listed = await client.call("engine::triggers::list", {"include_internal": True})
+    return sum(1 for trigger in listed["result"]["triggers"]
+               if trigger["trigger_type"] == "durable:subscriber" and trigger["config"].get("topic") == topic)
+
+
+async def test_durable_subscribers_on_a_bridged_engine_are_served_by_the_backend_queue(
+    procs, tmp_path, official_python, node
+):
+    backend, bridged, _ = await start_pair(procs, tmp_path)
+    on_bridged = Workers(procs, bridged, official_python, node)
+    retry_fast = json.dumps({"topic": "orders", "queue_config": {"maxRetries": 1, "backoffDelayMs": 10}})
+    subscriber = await on_bridged.start(
+        "python", "subscriber", "--watch", 'durable:subscriber={"topic": "orders"}',
+        "--fn", "orders::reject=fail", "--bind", f"orders::reject=durable:subscriber={retry_fast}", "--stay",
+    )
+    await subscriber.key("ready")
+    client = await RawClient.connect(backend.url)
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while await remote_subscribers(client, "orders") < 2:  # the bridge binds them there
+            assert asyncio.get_running_loop().time() < deadline, "the remote bindings never came"
+            await asyncio.sleep(0.05)
+        publisher = await on_bridged.start("node", "publisher", calls=[
+            {"function_id": "iii::durable::publish", "payload": {"topic": "orders", "data": {"id": 7}}},
+        ])
+        (published,) = await call_results(publisher, 1)
+        assert "error" not in published
+        delivered = await subscriber.key("event")
+        assert delivered["event"]["id"] == 7 and delivered["type"] == "durable:subscriber"
+        # The failing subscriber: retried by the backend's queue, then dead-lettered there.
+        deadline = asyncio.get_running_loop().time() + 10
+        while not (dead := (await client.call("engine::queue::dlq_topics", {}))["result"]):
+            assert asyncio.get_running_loop().time() < deadline, "never dead-lettered"
+            await asyncio.sleep(0.05)
+        assert [topic["message_count"] for topic in dead] == [1]
+        (letter,) = (await client.call("engine::queue::dlq_messages", {"topic": dead[0]["topic"]}))["result"]
+        assert letter["retries"] == 2 and "boom from orders::reject" in letter["error"]
     finally:
         await client.close()
