@@ -33,8 +33,8 @@ def run_iii(*args: str, cwd: Path, timeout: float = 20) -> subprocess.CompletedP
         ("workers:\n  - config: {}\n", "workers[0].name"),
         ("workers:\n  - name: iii-worker-manager\n    config:\n      port: ${III_TEST_UNSET_PORT}\n", "III_TEST_UNSET_PORT"),
         ("workers:\n  - name: state\n    config:\n      max_value_bytes: lots\n", "max_value_bytes"),
-        ("workers:\n  - name: iii-state\n    config:\n      adapter: {name: redis}\n", "not available here"),
-        ("workers:\n  - name: iii-pubsub\n    config:\n      adapter: {name: redis}\n", "not available here"),
+        ("workers:\n  - name: iii-state\n    config:\n      adapter: {name: redis, config: {url: x}}\n", "unknown field `url`"),
+        ("workers:\n  - name: iii-pubsub\n    config:\n      adapter: {name: redis, config: {url: x}}\n", "unknown field `url`"),
         ("workers:\n  - name: cron\n    config:\n      adapter: {name: redis}\n", "not available here"),
         ("workers:\n  - name: queue\n    config:\n      queue_configs: {pay: {type: fifo}}\n", "message_group_field"),
         # What this engine does not do is refused, never silently ignored.

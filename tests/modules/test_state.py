@@ -277,8 +277,8 @@ async def test_a_file_that_is_not_a_database_is_refused_at_start(tmp_path):
         ({"name": "kv", "config": {"save_interval_ms": -1}}, "at `$.adapter.config.save_interval_ms`"),
         ({"name": "kv", "config": {"store_method": "disk"}}, "at `$.adapter.config.store_method`"),
         ({"name": "kv", "config": {"file": "x"}}, "unknown field `file` - at `$.adapter.config`"),
-        ({"name": "redis", "config": {"redis_url": "redis://x"}}, "adapter 'redis' is not available here"),
         ({"name": "bridge", "config": {"url": "ws://x"}}, "unknown field `url` - at `$.adapter.config`"),
+        ({"name": "redis", "config": {"url": "redis://x"}}, "unknown field `url` - at `$.adapter.config`"),
         ({"name": "memory"}, "Invalid value 'memory' - at `$.adapter.name`"),
     ],
 )

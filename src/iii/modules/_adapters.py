@@ -145,16 +145,16 @@ class RabbitmqAdapter(_Unavailable, tag="rabbitmq"):
     pass
 
 
-StateAdapter = Union[KvAdapter, _RedisUnavailable, BridgeAdapter, None]
-StreamAdapter = Union[StreamKvAdapter, _RedisUnavailable, BridgeAdapter, None]
+StateAdapter = Union[KvAdapter, RedisAdapter, BridgeAdapter, None]
+StreamAdapter = Union[StreamKvAdapter, RedisAdapter, BridgeAdapter, None]
 QueueAdapter = Union[BuiltinAdapter, _RedisUnavailable, RabbitmqAdapter, BridgeAdapter, None]
-PubSubAdapter = Union[LocalAdapter, _RedisUnavailable, None]
+PubSubAdapter = Union[LocalAdapter, RedisAdapter, None]
 CronAdapter = Union[CronKvAdapter, _RedisUnavailable, None]
 
 
 def database_path(adapter: Any, default: str) -> Optional[Path]:
     """The database file of a ``file_based`` store, or ``None`` for the in-memory one."""
     config = getattr(adapter, "config", None)
-    if config is None or config.store_method != "file_based":
+    if getattr(config, "store_method", None) != "file_based":  # also: adapters without a store
         return None
     return Path(config.file_path or default)

@@ -33,8 +33,10 @@ _BACKOFF_MAX_S = 2.0
 MessageHandler = Callable[[bytes], None]
 
 
-class RedisUnavailable(RuntimeError):
-    """Redis did not answer at start-up (the message names the URL, as the original's does)."""
+class RedisUnavailable(ConnectionError):
+    """Redis did not answer at start-up (the message names the URL, as the original's does).
+
+    An ``OSError``: the ``iii`` command reports it as it reports a listener that cannot bind."""
 
 
 async def connect(url: str, *, timeout_s: float = CONNECT_TIMEOUT_S) -> aioredis.Redis:

@@ -7,10 +7,17 @@ Values are kept as the JSON bytes they arrived as, so reads answer without decod
 at once; with the file, once it is committed (with the other writes of its event-loop turn). Every
 successful set, update and delete (also of a missing key) fires the matching ``state`` bindings,
 in registration order, after the write (with the file: after its commit).
+
+With the ``redis`` adapter the values live in Redis (:mod:`iii.modules._redis_stores`, the
+original's layout) and every write publishes its event on ``state::events`` in the same atomic
+script; each engine fires its own ``state`` bindings from the events it receives, its own writes'
+included, so a binding fires once whichever engine did the write.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from functools import partial
 from typing import Annotated, Any, Optional, Union
 
@@ -28,9 +35,11 @@ from iii.engine.host import (
     json_schema,
     parse_input,
 )
-from iii.modules._adapters import BridgeAdapter, StateAdapter, database_path
+from iii.modules._adapters import BridgeAdapter, RedisAdapter, StateAdapter, database_path
+from iii.modules._redis import RedisUnavailable, Subscriber
+from iii.modules._redis_stores import STATE_EVENTS, RedisHashes, failing_as, json_or_none
 from iii.modules._store import Journal, Values
-from iii.modules.update_ops import apply_ops
+from iii.modules.update_ops import apply_ops, prepare_ops
 
 __all__ = ["MODULE", "StateConfig", "install"]
 
@@ -39,6 +48,7 @@ NAME = "iii-state"
 DEFAULT_FILE = "./data/state_store.db"
 _TABLE, _KEY_COLUMNS = "kv", ("scope", "key")
 _NULL = msgspec.Raw(b"null")
+log = logging.getLogger("iii.modules")
 
 
 class StateConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -47,7 +57,8 @@ class StateConfig(msgspec.Struct, forbid_unknown_fields=True):
     triggers_enabled: bool = True
     #: Largest JSON-encoded value accepted, in bytes (``None``: no limit).
     max_value_bytes: Union[int, None] = None
-    #: ``{name: kv, config: {store_method: in_memory | file_based, file_path?}}``
+    #: ``{name: kv, config: {store_method: in_memory | file_based, file_path?}}`` or
+    #: ``{name: redis, config: {redis_url}}``
     adapter: StateAdapter = None
     #: Accepted for the original's configs and unused (every write is committed before its answer).
     save_interval_ms: Optional[Annotated[int, msgspec.Meta(ge=0)]] = None
@@ -88,6 +99,16 @@ class StateTriggerConfig(msgspec.Struct):
     condition_function_id: Union[str, None] = None
 
 
+class StateEvent(msgspec.Struct):
+    """What an engine reads of a change event from Redis to route it (the rest goes on as is)."""
+
+    scope: str
+    key: str
+
+
+_event_decoder = msgspec.json.Decoder(StateEvent)
+
+
 class State:
     """The store and the functions over it."""
 
@@ -103,9 +124,26 @@ class State:
             Journal(path, Values.schema(_TABLE, _KEY_COLUMNS)), _TABLE, _KEY_COLUMNS,
             restore=self._restore,
         )
+        adapter = config.adapter
+        #: The values in Redis (``None``: here).
+        self.remote = RedisHashes(adapter.config.redis_url) if isinstance(adapter, RedisAdapter) else None
+        self._events: Optional[Subscriber] = None
 
     async def start(self) -> None:
-        """Open the file and load what it keeps."""
+        """Open the file and load what it keeps, or connect to Redis and listen to its events.
+
+        Raises:
+            RedisUnavailable: Redis did not answer (the engine does not start, as the original).
+        """
+        if self.remote is not None:
+            try:
+                await self.remote.open()
+                self._events = Subscriber(self.remote.url)
+                await self._events.start()
+                await self._events.subscribe(STATE_EVENTS, self._on_event)
+            except (RedisUnavailable, TimeoutError) as error:
+                await self.stop()
+                raise RedisUnavailable(f"failed to create worker '{NAME}': {error or 'Redis did not answer'}") from None
         if self.store is not None:
             self.store.journal.open()
             for scope, key, value in self.store.load():
@@ -114,6 +152,11 @@ class State:
     async def stop(self) -> None:
         if self.store is not None:
             self.store.journal.close()
+        if self._events is not None:
+            await self._events.close()
+            self._events = None
+        if self.remote is not None:
+            await self.remote.close()
 
     def _encoded(self, value: Any) -> bytes:
         raw = codec.encode_json(value)
@@ -131,21 +174,29 @@ class State:
         if value is msgspec.UNSET:
             raise EngineError("deserialization_error", "Failed to deserialize input for state::set: `value` is required")
         raw = self._encoded(value)
+        if self.remote is not None:
+            return asyncio.ensure_future(self._set_remote(request.scope, request.key, raw))
         old = self._write(request.scope, request.key, raw)
         return self._answer(self._changed(old, raw), request.scope, request.key, old, raw)
 
     def get(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("state::get", data, KeyInput)
+        if self.remote is not None:
+            return asyncio.ensure_future(self._get_remote(request.scope, request.key))
         raw = self.scopes.get(request.scope, {}).get(request.key)
         return _NULL if raw is None else msgspec.Raw(raw)
 
     def delete(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("state::delete", data, KeyInput)
+        if self.remote is not None:
+            return asyncio.ensure_future(self._delete_remote(request.scope, request.key))
         old = self._write(request.scope, request.key, None)
         return self._answer(_NULL if old is None else msgspec.Raw(old), request.scope, request.key, old, None)
 
     def update(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("state::update", data, UpdateInput)
+        if self.remote is not None:
+            return asyncio.ensure_future(self._update_remote(request.scope, request.key, request.ops))
         old = self.scopes.get(request.scope, {}).get(request.key)
         value, errors = apply_ops(None if old is None else codec.decode_json(old), request.ops)
         raw = self._encoded(value)
@@ -157,13 +208,104 @@ class State:
 
     def list(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("state::list", data, ListInput)
+        if self.remote is not None:
+            return asyncio.ensure_future(self._list_remote(request.scope, request.with_keys))
         values = self.scopes.get(request.scope, {})
         if request.with_keys:
             return [{"key": key, "value": msgspec.Raw(values[key])} for key in sorted(values)]
         return [msgspec.Raw(raw) for raw in values.values()]
 
     def list_groups(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        if self.remote is not None:
+            return asyncio.ensure_future(self._list_groups_remote())
         return {"groups": sorted(scope for scope, keys in self.scopes.items() if keys)}
+
+    # ------------------------------------------------------------------ on Redis
+
+    @staticmethod
+    def _hash(scope: str) -> str:
+        return f"state:{scope}"
+
+    @staticmethod
+    def _event_head(scope: str, key: str) -> bytes:
+        return b'{"type":"state","scope":%s,"key":%s,' % (codec.encode_json(scope), codec.encode_json(key))
+
+    async def _set_remote(self, scope: str, key: str, raw: bytes) -> Any:
+        assert self.remote is not None
+        with failing_as("SET_ERROR", "Failed to set value"):
+            old = await self.remote.set(self._hash(scope), key, raw, STATE_EVENTS, "state", self._event_head(scope, key))
+        return self._changed(json_or_none(old), raw)
+
+    async def _get_remote(self, scope: str, key: str) -> Any:
+        assert self.remote is not None
+        with failing_as("GET_ERROR", "Failed to get value"):
+            raw = await self.remote.get(self._hash(scope), key)
+        if raw is None:
+            return _NULL
+        if json_or_none(raw) is None:
+            raise EngineError("GET_ERROR", f"Failed to get value: Failed to deserialize value from Redis: {raw[:80]!r}")
+        return msgspec.Raw(raw)
+
+    async def _delete_remote(self, scope: str, key: str) -> Any:
+        assert self.remote is not None
+        with failing_as("DELETE_ERROR", "Failed to delete value"):
+            old = await self.remote.delete(self._hash(scope), key, STATE_EVENTS, "state", self._event_head(scope, key))
+        old = json_or_none(old)
+        return _NULL if old is None else msgspec.Raw(old)
+
+    async def _update_remote(self, scope: str, key: str, ops: list[Any]) -> Any:
+        assert self.remote is not None
+        prepared, errors = prepare_ops(ops)
+        with failing_as("UPDATE_ERROR", "Failed to update value"):
+            outcome = await self.remote.update(
+                self._hash(scope), key, prepared, self._config.max_value_bytes, STATE_EVENTS, "state",
+                self._event_head(scope, key),
+            )
+        if outcome.too_large is not None:
+            raise EngineError(
+                "VALUE_TOO_LARGE",
+                f"value of {outcome.too_large} bytes exceeds the configured max_value_bytes limit of "
+                f"{self._config.max_value_bytes}",
+            )
+        result = self._changed(json_or_none(outcome.old), outcome.new)
+        if outcome.errors is not None:
+            errors = sorted(errors + codec.decode_json(outcome.errors), key=lambda error: error["op_index"])
+        if errors:
+            result["errors"] = errors
+        return result
+
+    async def _list_remote(self, scope: str, with_keys: bool) -> Any:
+        assert self.remote is not None
+        with failing_as("LIST_ERROR", "Failed to list values"):
+            values = await self.remote.items(self._hash(scope))
+        for raw in values.values():
+            if json_or_none(raw) is None:
+                raise EngineError("LIST_ERROR", f"Failed to list values: a value in Redis is not JSON: {raw[:80]!r}")
+        if with_keys:
+            by_key = {key.decode(errors="replace"): raw for key, raw in values.items()}
+            return [{"key": key, "value": msgspec.Raw(by_key[key])} for key in sorted(by_key)]
+        return [msgspec.Raw(raw) for raw in values.values()]
+
+    async def _list_groups_remote(self) -> Any:
+        assert self.remote is not None
+        with failing_as("LIST_GROUPS_ERROR", "Failed to list groups"):
+            keys = await self.remote.scan("state:*")
+        return {"groups": sorted({key.removeprefix("state:") for key in keys})}
+
+    def _on_event(self, payload: bytes) -> None:
+        """A change event from Redis (any engine's write, this one's too): fire the bindings."""
+        if not self._config.triggers_enabled or not self.watchers.bindings:
+            return
+        try:
+            event = _event_decoder.decode(payload)
+        except msgspec.DecodeError as error:
+            log.warning("iii-state: a change event on %s is not one (%s); skipped", STATE_EVENTS, error)
+            return
+        for binding, watch in list(self.watchers.bindings.values()):
+            if (watch.scope is None or watch.scope == event.scope) and (watch.key is None or watch.key == event.key):
+                self.watchers.fire(binding, payload, watch.condition_function_id)
+
+    # ------------------------------------------------------------------ embedded
 
     def _write(self, scope: str, key: str, raw: Optional[bytes]) -> Optional[bytes]:
         """Store (or, with ``None``, delete) a value, in memory and in the file if there is one;
@@ -269,5 +411,5 @@ def install(host: Host, config: Optional[StateConfig] = None) -> State:
 
 
 MODULE = BuiltinModule(
-    NAME, "Key-value state in scopes, with the state trigger (in memory, or also in a file)", StateConfig, install
+    NAME, "Key-value state in scopes, with the state trigger (in memory, in a file, or in Redis)", StateConfig, install
 )

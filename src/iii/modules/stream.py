@@ -9,6 +9,12 @@ then subscribes and sends a ``sync`` event with the item or the group's items. I
 memory, and also in a SQLite file with the ``kv`` adapter's ``file_based`` store
 (:mod:`iii.modules._store`), where a write answers, and its events go out, once committed.
 
+With the ``redis`` adapter the items live in Redis (:mod:`iii.modules._redis_stores`, the
+original's layout) and every change event goes out on ``stream::events`` (the original's channel
+and JSON), from the write's own atomic script; each engine hands every event it receives, its own
+writes' included, to its WebSocket clients and its ``stream`` bindings, so each gets each change
+once whichever engine did the write (a Rust engine's writes too).
+
 Custom stream backends: when a function ``stream::<op>(<stream_name>)`` exists in ``default``
 (a worker's ``create_stream``), ``stream::<op>`` on that stream calls it instead of touching the
 store (``get``, ``set``, ``delete``, ``list``, ``list_groups``, ``update``); the events of its
@@ -47,9 +53,18 @@ from iii.engine.host import (
     json_schema,
     parse_input,
 )
-from iii.modules._adapters import BridgeAdapter, StreamAdapter, database_path
+from iii.modules._adapters import BridgeAdapter, RedisAdapter, StreamAdapter, database_path
+from iii.modules._redis import RedisUnavailable, Subscriber
+from iii.modules._redis_stores import (
+    STREAM_EVENTS,
+    RedisHashes,
+    StoreUnavailable,
+    failing_as,
+    glob_escape,
+    json_or_none,
+)
 from iii.modules._store import Journal, Values
-from iii.modules.update_ops import apply_ops
+from iii.modules.update_ops import apply_ops, prepare_ops
 from iii.protocol import DEFAULT_NAMESPACE
 
 __all__ = ["MODULE", "StreamConfig", "install"]
@@ -69,7 +84,8 @@ class StreamConfig(msgspec.Struct, forbid_unknown_fields=True):
     host: str = "0.0.0.0"
     #: Called once per client with ``{headers, path, query_params, addr}``; returns ``{context}``.
     auth_function: Union[str, None] = None
-    #: ``{name: kv, config: {store_method: in_memory | file_based, file_path?}}``
+    #: ``{name: kv, config: {store_method: in_memory | file_based, file_path?}}`` or
+    #: ``{name: redis, config: {redis_url}}``
     adapter: StreamAdapter = None
     #: The deadline of each call it makes (bound functions, join/leave handlers, auth_function);
     #: a join handler that does not answer in time refuses the join.
@@ -136,6 +152,17 @@ class Subscription(msgspec.Struct):
     item_id: Union[str, None]
 
 
+class EventHead(msgspec.Struct):
+    """What an engine reads of a change event from Redis to route it (the rest goes on as is)."""
+
+    streamName: str  # noqa: N815 (the wire names)
+    groupId: str  # noqa: N815
+    id: Union[str, None] = None
+
+
+_event_decoder = msgspec.json.Decoder(EventHead)
+
+
 class Streams:
     """The store, the functions over it and the fan-out of its events."""
 
@@ -157,6 +184,33 @@ class Streams:
             Journal(path, Values.schema(_TABLE, _KEY_COLUMNS)), _TABLE, _KEY_COLUMNS,
             restore=self._restore,
         )
+        adapter = config.adapter
+        #: The items in Redis (``None``: here).
+        self.remote = RedisHashes(adapter.config.redis_url) if isinstance(adapter, RedisAdapter) else None
+        self._events: Optional[Subscriber] = None
+
+    async def _connect(self) -> None:
+        """Connect to Redis and listen to ``stream::events``.
+
+        Raises:
+            RedisUnavailable: Redis did not answer (the engine does not start, as the original).
+        """
+        assert self.remote is not None
+        try:
+            await self.remote.open()
+            self._events = Subscriber(self.remote.url)
+            await self._events.start()
+            await self._events.subscribe(STREAM_EVENTS, self._on_event)
+        except (RedisUnavailable, TimeoutError) as error:
+            await self._disconnect()
+            raise RedisUnavailable(f"failed to create worker '{NAME}': {error or 'Redis did not answer'}") from None
+
+    async def _disconnect(self) -> None:
+        if self._events is not None:
+            await self._events.close()
+            self._events = None
+        if self.remote is not None:
+            await self.remote.close()
 
     def _load(self) -> None:
         """Open the file and load what it keeps."""
@@ -268,6 +322,8 @@ class Streams:
         if delegated is not None:
             return delegated
         raw = codec.encode_json(request.data)
+        if self.remote is not None:
+            return asyncio.ensure_future(self._set_remote(request, raw))
         old = self._write(request.stream_name, request.group_id, request.item_id, raw)
         return self._answer(
             {"old_value": _raw(old), "new_value": msgspec.Raw(raw)},
@@ -280,6 +336,8 @@ class Streams:
         delegated = self._delegate("get", request, lambda result: result)
         if delegated is not None:
             return delegated
+        if self.remote is not None:
+            return asyncio.ensure_future(self._get_remote(request))
         return _raw(self._group(request.stream_name, request.group_id).get(request.item_id))
 
     def delete(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
@@ -287,6 +345,8 @@ class Streams:
         delegated = self._delegate_write("delete", request)
         if delegated is not None:
             return delegated
+        if self.remote is not None:
+            return asyncio.ensure_future(self._delete_remote(request))
         old = self._write(request.stream_name, request.group_id, request.item_id, None)
         return self._answer(
             {"old_value": _raw(old)}, request.stream_name, request.group_id, request.item_id,
@@ -298,6 +358,8 @@ class Streams:
         delegated = self._delegate_write("update", request)
         if delegated is not None:
             return delegated
+        if self.remote is not None:
+            return asyncio.ensure_future(self._update_remote(request))
         old = self._group(request.stream_name, request.group_id).get(request.item_id)
         value, errors = apply_ops(None if old is None else codec.decode_json(old), request.ops)
         raw = codec.encode_json(value)
@@ -316,6 +378,8 @@ class Streams:
         delegated = self._delegate("list", GroupInput(request.stream_name, request.group_id), lambda result: result)
         if delegated is not None:
             return delegated
+        if self.remote is not None:
+            return asyncio.ensure_future(self._list_remote(request))
         items = self._group(request.stream_name, request.group_id)
         if request.with_ids:
             return [{"id": item_id, "data": msgspec.Raw(items[item_id])} for item_id in sorted(items)]
@@ -326,23 +390,147 @@ class Streams:
         delegated = self._delegate("list_groups", request, lambda result: result)
         if delegated is not None:
             return delegated
+        if self.remote is not None:
+            return asyncio.ensure_future(self._list_groups_remote(request.stream_name))
         return sorted(self.items.get(request.stream_name, {}))
 
     def list_all(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        if self.remote is not None:
+            return asyncio.ensure_future(self._list_all_remote())
         streams = [{"id": name, "groups": sorted(groups)} for name, groups in sorted(self.items.items())]
         return {"stream": streams, "count": len(streams)}
 
     def send(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("stream::send", data, SendInput)
+        if self.remote is not None:
+            message = codec.encode_json(_message(
+                request.stream_name, request.group_id, request.id,
+                {"type": "event", "event": {"type": request.type, "data": request.data}},
+            ))
+            return asyncio.ensure_future(self._publish_remote(message))
         self._emit(request.stream_name, request.group_id, request.id,
                    {"type": "event", "event": {"type": request.type, "data": request.data}})
         return None
+
+    # ------------------------------------------------------------------ on Redis
+
+    @staticmethod
+    def _hash(stream: str, group: str) -> str:
+        return f"stream:{stream}:{group}"
+
+    @staticmethod
+    def _event_head(request: ItemInput) -> bytes:
+        return b'{"type":"stream","timestamp":%d,"streamName":%s,"groupId":%s,"id":%s,"event":{"type":"' % (
+            int(time.time() * 1000), codec.encode_json(request.stream_name), codec.encode_json(request.group_id),
+            codec.encode_json(request.item_id),
+        )
+
+    async def _set_remote(self, request: SetInput, raw: bytes) -> Any:
+        assert self.remote is not None
+        with failing_as("STREAM_SET_ERROR", "Failed to set value"):
+            old = await self.remote.set(
+                self._hash(request.stream_name, request.group_id), request.item_id, raw, STREAM_EVENTS, "stream",
+                self._event_head(request),
+            )
+        return {"old_value": _raw(json_or_none(old)), "new_value": msgspec.Raw(raw)}
+
+    async def _get_remote(self, request: ItemInput) -> Any:
+        assert self.remote is not None
+        with failing_as("STREAM_GET_ERROR", "Failed to get value"):
+            raw = await self.remote.get(self._hash(request.stream_name, request.group_id), request.item_id)
+        if raw is not None and json_or_none(raw) is None:
+            raise EngineError("STREAM_GET_ERROR", f"Failed to get value: the item in Redis is not JSON: {raw[:80]!r}")
+        return _raw(raw)
+
+    async def _delete_remote(self, request: ItemInput) -> Any:
+        assert self.remote is not None
+        with failing_as("STREAM_DELETE_ERROR", "Failed to delete value"):
+            old = await self.remote.delete(
+                self._hash(request.stream_name, request.group_id), request.item_id, STREAM_EVENTS, "stream",
+                self._event_head(request),
+            )
+        return {"old_value": _raw(json_or_none(old))}
+
+    async def _update_remote(self, request: UpdateInput) -> Any:
+        assert self.remote is not None
+        prepared, errors = prepare_ops(request.ops)
+        with failing_as("STREAM_UPDATE_ERROR", "Failed to update value"):
+            outcome = await self.remote.update(
+                self._hash(request.stream_name, request.group_id), request.item_id, prepared, None, STREAM_EVENTS,
+                "stream", self._event_head(request),
+            )
+        result: dict[str, Any] = {"old_value": _raw(json_or_none(outcome.old)), "new_value": msgspec.Raw(outcome.new)}
+        if outcome.errors is not None:
+            errors = sorted(errors + codec.decode_json(outcome.errors), key=lambda error: error["op_index"])
+        if errors:
+            result["errors"] = errors
+        return result
+
+    async def _items_remote(self, stream: str, group: str) -> dict[str, bytes]:
+        """A group's items by id (raises ``StoreUnavailable``; an item that is not JSON is left out)."""
+        assert self.remote is not None
+        items = await self.remote.items(self._hash(stream, group))
+        return {item.decode(errors="replace"): raw for item, raw in items.items() if json_or_none(raw) is not None}
+
+    async def _list_remote(self, request: ListInput) -> Any:
+        with failing_as("STREAM_GET_GROUP_ERROR", "Failed to get group"):
+            items = await self._items_remote(request.stream_name, request.group_id)
+        if request.with_ids:
+            return [{"id": item_id, "data": msgspec.Raw(items[item_id])} for item_id in sorted(items)]
+        return [msgspec.Raw(raw) for raw in items.values()]
+
+    async def _list_groups_remote(self, stream: str) -> Any:
+        assert self.remote is not None
+        prefix = f"stream:{stream}:"
+        with failing_as("STREAM_LIST_GROUPS_ERROR", "Failed to list groups"):
+            keys = await self.remote.scan(glob_escape(prefix) + "*")
+        return sorted({key[len(prefix):] for key in keys})
+
+    async def _list_all_remote(self) -> Any:
+        assert self.remote is not None
+        with failing_as("STREAM_LIST_ALL_ERROR", "Failed to list streams"):
+            keys = await self.remote.scan("stream:*")
+        groups: dict[str, set[str]] = {}
+        for key in keys:
+            stream, separator, group = key.removeprefix("stream:").partition(":")
+            if separator:
+                groups.setdefault(stream, set()).add(group)
+        streams = [{"id": name, "groups": sorted(groups[name])} for name in sorted(groups)]
+        return {"stream": streams, "count": len(streams)}
+
+    async def _publish_remote(self, message: bytes) -> None:
+        assert self.remote is not None
+        with failing_as("STREAM_SEND_ERROR", "Failed to send event"):
+            await self.remote.publish(STREAM_EVENTS, message)
+
+    def _on_event(self, message: bytes) -> None:
+        """A change event from Redis (any engine's, this one's too): to the clients and bindings."""
+        try:
+            head = _event_decoder.decode(message)
+        except msgspec.DecodeError as error:
+            log.warning("iii-stream: a message on %s is not a stream event (%s); skipped", STREAM_EVENTS, error)
+            return
+        self.deliver(head.streamName, head.groupId, head.id, message)
+        self._fire(head.streamName, head.groupId, head.id, message)
 
     # ------------------------------------------------------------------ events
 
     def _emit(self, stream: str, group: str, item: Optional[str], event: dict[str, Any]) -> None:
         message = codec.encode_json(_message(stream, group, item, event))
+        if self.remote is not None:  # every engine, this one too, hands it on when Redis relays it
+            asyncio.ensure_future(self._publish_logged(message))
+            return
         self._broadcast(stream, group, item, message)
+        self._fire(stream, group, item, message)
+
+    async def _publish_logged(self, message: bytes) -> None:
+        try:
+            await self._publish_remote(message)
+        except EngineError as error:
+            log.warning("iii-stream: an event was not published: %s", error.message)
+
+    def _fire(self, stream: str, group: str, item: Optional[str], message: bytes) -> None:
+        """Call the ``stream`` bindings an event matches (once the message being handled is done)."""
         matching = [
             (binding, watch.condition_function_id)
             for binding, watch in self.watchers.bindings.values()
@@ -367,9 +555,16 @@ class Streams:
         for client in list(self.clients):
             client.deliver(stream, group, item, message)
 
-    async def snapshot(self, subscription: Subscription) -> bytes:
-        """The ``sync`` message a new subscription starts with."""
-        items = self._group(subscription.stream_name, subscription.group_id)
+    async def snapshot(self, subscription: Subscription) -> Optional[bytes]:
+        """The ``sync`` message a new subscription starts with (``None``: Redis cannot tell)."""
+        if self.remote is not None:
+            try:
+                items = await self._items_remote(subscription.stream_name, subscription.group_id)
+            except StoreUnavailable as error:
+                log.warning("iii-stream: no sync for subscription %s: %s", subscription.id, error)
+                return None
+        else:
+            items = self._group(subscription.stream_name, subscription.group_id)
         data: Any = (
             _raw(items.get(subscription.item_id)) if subscription.item_id is not None
             else [msgspec.Raw(raw) for raw in items.values()]
@@ -422,6 +617,8 @@ class Streams:
 
     async def start(self) -> None:
         self._load()
+        if self.remote is not None:
+            await self._connect()
         try:
             self._server = await ws_create_server(
                 lambda request: StreamClient(self, request), self.config.host, self.config.port,
@@ -438,6 +635,7 @@ class Streams:
     async def stop(self) -> None:
         if self.store is not None:
             self.store.journal.close()
+        await self._disconnect()
         if self._server is not None:
             self._server.close()
             for client in list(self.clients):
@@ -570,7 +768,9 @@ class StreamClient(WSListener):
         if message.type == "join":
             if await self._streams.joined(subscription, self._context):
                 self.subscriptions[subscription.id] = subscription
-                self._send(await self._streams.snapshot(subscription))
+                snapshot = await self._streams.snapshot(subscription)
+                if snapshot is not None:
+                    self._send(snapshot)
             else:
                 event = _message(subscription.stream_name, subscription.group_id, subscription.item_id, {"type": "unauthorized"})
                 self._send(codec.encode_json(event))

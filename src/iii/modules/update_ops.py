@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-__all__ = ["apply_ops"]
+__all__ = ["apply_ops", "prepare_ops"]
 
 _MAX_PATH_SEGMENTS = 32
 _MAX_SEGMENT_BYTES = 256
@@ -86,6 +86,73 @@ def _apply(root: Any, op: Any) -> Any:
         parent[last] = _append(parent.get(last), item, kind, missing=last not in parent)
         return root
     raise OpError("op.unknown_type", f"unknown op type {kind!r} (set, merge, increment, decrement, append, remove)")
+
+
+def prepare_ops(ops: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Check ``ops`` as far as that needs no value, for a store that applies them where the value
+    is (the Redis script of :mod:`iii.modules._redis_stores`); returns the prepared ops and the
+    errors found.
+
+    Each op keeps its index: a refused one becomes ``{"type": "noop"}``. An error that
+    :func:`apply_ops` reports only once the value is an object (a bad ``path`` of set, increment,
+    decrement, remove and merge) travels as ``post: {code, message}``, for the store to report
+    after that check, so both report the same error for the same op and value. Prepared shapes:
+    ``set {root, key?, value}``, ``increment|decrement {root, key?, by}`` (``by`` already negated
+    for decrement), ``remove {root, key?}``, ``merge {segments?, value}``,
+    ``append {segments, value}``.
+    """
+    if not isinstance(ops, list):
+        ops = [ops]
+    prepared: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    for index, op in enumerate(ops):
+        try:
+            prepared.append(_prepare(op))
+        except OpError as exc:
+            errors.append({"op_index": index, "code": exc.code, "message": exc.message})
+            prepared.append({"type": "noop"})
+    return prepared, errors
+
+
+def _prepare(op: Any) -> dict[str, Any]:
+    """One op of :func:`prepare_ops`, its checks in :func:`_apply`'s order."""
+    if not isinstance(op, dict) or not isinstance(op.get("type"), str):
+        raise OpError("op.invalid", "an op is an object with a string `type`")
+    kind = op["type"]
+    path = op.get("path")
+    if kind == "set":
+        return _keyed({"type": kind, "value": op.get("value")}, path, kind)
+    if kind in ("increment", "decrement"):
+        by = op.get("by", 1)
+        if isinstance(by, bool) or not isinstance(by, int):
+            raise OpError(f"{kind}.by.not_integer", f"`by` must be an integer, got {by!r}")
+        return _keyed({"type": kind, "by": by if kind == "increment" else -by}, path, kind)
+    if kind == "remove":
+        return _keyed({"type": kind}, path, kind)
+    if kind == "merge":
+        patch = op.get("value")
+        if not isinstance(patch, dict):
+            raise OpError("merge.value.not_an_object", "merge needs an object `value`")
+        _check_merge_value(patch)
+        merge: dict[str, Any] = {"type": kind, "value": patch}
+        try:
+            merge["segments"] = _segments(path, kind)
+        except OpError as exc:
+            merge["post"] = {"code": exc.code, "message": exc.message}
+        return merge
+    if kind == "append":
+        return {"type": kind, "segments": _segments(path, kind), "value": op.get("value")}
+    raise OpError("op.unknown_type", f"unknown op type {kind!r} (set, merge, increment, decrement, append, remove)")
+
+
+def _keyed(prepared: dict[str, Any], path: Any, kind: str) -> dict[str, Any]:
+    prepared["root"] = _is_root(path)
+    if not prepared["root"]:
+        try:
+            prepared["key"] = _key(path, kind)
+        except OpError as exc:
+            prepared["post"] = {"code": exc.code, "message": exc.message}
+    return prepared
 
 
 def _is_root(path: Any) -> bool:
