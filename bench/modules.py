@@ -6,8 +6,10 @@ started with :func:`iii.testing.start_engine`, the plugin's engine.
           → our SDK worker → back, vs a bare aiohttp handler doing the same work in one process;
           requests/s, p50/p99 at 1 (client, engine and worker pinned to cpu0; the bare server
           too) and 64 concurrent
-  state   state::set and state::get (64 in flight, raw protocol peer), in memory and durable
-          (SQLite), vs a routed call to a worker (the engine's own hot path) in the same run
+  state   state::set and state::get (64 in flight, raw protocol peer), in memory, durable
+          (SQLite) and on Redis (the redis adapter, a local redis-server without persistence;
+          skipped when redis-server is not installed), vs a routed call to a worker (the
+          engine's own hot path) in the same run
   queue   enqueue → delivery: 64 jobs between enqueue and delivery, msgs/s and latency, in
           memory and durable, vs a routed call
   pubsub  publish to 10 subscribers: deliveries/s and publish → last delivery, vs the same
@@ -20,8 +22,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,6 +69,29 @@ def _stop(process: "subprocess.Popen[str]") -> None:
 
 def _engine(durable: bool = False) -> EngineProcess:
     return start_engine(durable=durable, env={"III_NAMESPACE_GRACE_MS": "50"})
+
+
+def _redis_server() -> tuple["subprocess.Popen[bytes]", str]:
+    """A redis-server on a free loopback port, without persistence; returns it and its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", tempfile.gettempdir()],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.02)
+    process.kill()
+    raise RuntimeError("redis-server did not start")
 
 
 def _medians(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
@@ -123,6 +152,13 @@ def stores_section(reps: int, seconds: float) -> list[dict[str, Any]]:
     """state::set, state::get and enqueue → delivery on in-memory and durable engines, and a
     routed call on the in-memory one, interleaved."""
     engines = {"in_memory": _engine(), "durable": _engine(durable=True)}
+    redis = None
+    if shutil.which("redis-server"):
+        redis, redis_url = _redis_server()
+        engines["redis"] = start_engine(
+            {"iii-state": {"adapter": {"name": "redis", "config": {"redis_url": redis_url}}}},
+            env={"III_NAMESPACE_GRACE_MS": "50"},
+        )
     callee = _start([str(BENCH / "peers.py"), "callee", engines["in_memory"].url, "bench::echo"], "ready")
     try:
         cases: list[tuple[str, str, list[str]]] = []
@@ -130,6 +166,8 @@ def stores_section(reps: int, seconds: float) -> list[dict[str, Any]]:
             url = engines[store].url
             for op in ("set", "get"):
                 cases.append((f"state::{op}", store, [str(BENCH / "store_peer.py"), url, op, str(IN_FLIGHT), str(seconds)]))
+            if store == "redis":  # the queue stays builtin there
+                continue
             cases.append(("enqueue → delivery", store, [PEER, "deliver", url, str(IN_FLIGHT), str(seconds)]))
         baseline = [str(BENCH / "peers.py"), "caller", engines["in_memory"].url, "bench::echo", "160", str(IN_FLIGHT), str(seconds), str(10**9)]
         runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -149,6 +187,8 @@ def stores_section(reps: int, seconds: float) -> list[dict[str, Any]]:
         _stop(callee)
         for engine in engines.values():
             engine.stop()
+        if redis is not None:
+            _stop(redis)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- pub/sub

@@ -411,3 +411,28 @@ async def test_floats_are_written_as_our_encoder_writes_them(hashes):
     await hashes.client.hset("state:s", "k", codec.encode_json(stored))
     outcome = await hashes.update("state:s", "k", prepare_ops(ops)[0], None, "", "state", b"")
     assert outcome.new == codec.encode_json(apply_ops(dict(stored), ops)[0])
+
+
+async def test_a_redis_that_stops_answering_fails_calls_at_the_deadline(redis_server, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from iii.modules import _redis_stores
+
+    monkeypatch.setattr(_redis_stores, "OP_DEADLINE_S", 0.5)
+    async with in_process_engine(redis_config(redis_server.url, "iii-state", "iii-stream"), tmp_path) as app:
+        client = await RawClient.connect(app.urls[0])
+        assert (await call(client, "state::set", {"scope": "s", "key": "k", "value": 1}))["new_value"] == 1
+        os.kill(redis_server.process.pid, signal.SIGSTOP)  # alive, silent
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            error = await call(client, "state::get", {"scope": "s", "key": "k"})
+            assert error == {"code": "GET_ERROR", "message": f"Failed to get value: Redis at {redis_server.url} did not answer within 0.5s"}
+            error = await call(client, "stream::set", {"stream_name": "a", "group_id": "b", "item_id": "c", "data": 1})
+            assert error["code"] == "STREAM_SET_ERROR" and "did not answer within 0.5s" in error["message"]
+            assert loop.time() - started < 3
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        assert await call(client, "state::get", {"scope": "s", "key": "k"}) == 1  # a new connection
+        await client.close()

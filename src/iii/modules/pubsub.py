@@ -19,6 +19,7 @@ import msgspec
 from iii import codec
 from iii.engine.host import (
     DEFAULT_INVOCATION_TIMEOUT_MS,
+    Binding,
     BuiltinModule,
     Connection,
     EngineError,
@@ -26,13 +27,12 @@ from iii.engine.host import (
     Provider,
     Running,
     TimeoutMs,
-    Binding,
     json_schema,
     parse_input,
 )
 from iii.modules._adapters import PubSubAdapter, RedisAdapter
 from iii.modules._redis import RedisUnavailable, Subscriber
-from iii.modules._redis_stores import RedisHashes, StoreUnavailable, json_or_none
+from iii.modules._redis_stores import RedisHashes, json_or_none, then
 
 __all__ = ["MODULE", "PubSubConfig", "install"]
 
@@ -133,11 +133,10 @@ class RedisTopics(Provider[SubscribeConfig]):
             if subscription.topic == topic:
                 self.fire(binding, message, subscription.condition_function_id, with_metadata=False)
 
-    async def publish(self, topic: str, payload: bytes) -> None:
-        try:
-            await self.commands.publish(topic, payload)
-        except StoreUnavailable as error:
-            raise EngineError("publish_error", f"Failed to publish to topic {topic!r}: {error}") from None
+    def publish(self, topic: str, payload: bytes) -> asyncio.Future:
+        """``PUBLISH``: a future of ``None``, or of a ``publish_error``."""
+        published = self.commands.publish(topic, payload)
+        return then(published, lambda _: None, "publish_error", f"Failed to publish to topic {topic!r}")
 
 
 def install(host: Host, config: Optional[PubSubConfig] = None) -> Union[Running, RedisTopics]:
@@ -156,7 +155,7 @@ def install(host: Host, config: Optional[PubSubConfig] = None) -> Union[Running,
             raise EngineError("topic_not_set", "Topic is not set")
         payload = codec.encode_json(request.data)
         if remote is not None:  # every engine's bindings fire when Redis relays it, this one's too
-            return asyncio.ensure_future(remote.publish(request.topic, payload))
+            return remote.publish(request.topic, payload)
         matching = [
             (binding, subscription.condition_function_id)
             for binding, subscription in subscribers.bindings.values()

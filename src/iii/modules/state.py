@@ -37,7 +37,7 @@ from iii.engine.host import (
 )
 from iii.modules._adapters import BridgeAdapter, RedisAdapter, StateAdapter, database_path
 from iii.modules._redis import RedisUnavailable, Subscriber
-from iii.modules._redis_stores import STATE_EVENTS, RedisHashes, failing_as, json_or_none
+from iii.modules._redis_stores import STATE_EVENTS, RedisHashes, UpdateOutcome, failing_as, json_or_none, then
 from iii.modules._store import Journal, Values
 from iii.modules.update_ops import apply_ops, prepare_ops
 
@@ -109,6 +109,17 @@ class StateEvent(msgspec.Struct):
 _event_decoder = msgspec.json.Decoder(StateEvent)
 
 
+def _raw(value: Optional[bytes]) -> msgspec.Raw:
+    return _NULL if value is None else msgspec.Raw(value)
+
+
+def _stored(raw: Optional[bytes]) -> msgspec.Raw:
+    """A value read from Redis; one that is not JSON (written by someone else) is an error."""
+    if raw is not None and json_or_none(raw) is None:
+        raise EngineError("GET_ERROR", f"Failed to get value: Failed to deserialize value from Redis: {raw[:80]!r}")
+    return _raw(raw)
+
+
 class State:
     """The store and the functions over it."""
 
@@ -175,28 +186,28 @@ class State:
             raise EngineError("deserialization_error", "Failed to deserialize input for state::set: `value` is required")
         raw = self._encoded(value)
         if self.remote is not None:
-            return asyncio.ensure_future(self._set_remote(request.scope, request.key, raw))
+            return self._set_remote(request.scope, request.key, raw)
         old = self._write(request.scope, request.key, raw)
         return self._answer(self._changed(old, raw), request.scope, request.key, old, raw)
 
     def get(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("state::get", data, KeyInput)
         if self.remote is not None:
-            return asyncio.ensure_future(self._get_remote(request.scope, request.key))
+            return self._get_remote(request.scope, request.key)
         raw = self.scopes.get(request.scope, {}).get(request.key)
         return _NULL if raw is None else msgspec.Raw(raw)
 
     def delete(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("state::delete", data, KeyInput)
         if self.remote is not None:
-            return asyncio.ensure_future(self._delete_remote(request.scope, request.key))
+            return self._delete_remote(request.scope, request.key)
         old = self._write(request.scope, request.key, None)
         return self._answer(_NULL if old is None else msgspec.Raw(old), request.scope, request.key, old, None)
 
     def update(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("state::update", data, UpdateInput)
         if self.remote is not None:
-            return asyncio.ensure_future(self._update_remote(request.scope, request.key, request.ops))
+            return self._update_remote(request.scope, request.key, request.ops)
         old = self.scopes.get(request.scope, {}).get(request.key)
         value, errors = apply_ops(None if old is None else codec.decode_json(old), request.ops)
         raw = self._encoded(value)
@@ -209,7 +220,7 @@ class State:
     def list(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input("state::list", data, ListInput)
         if self.remote is not None:
-            return asyncio.ensure_future(self._list_remote(request.scope, request.with_keys))
+            return self._list_remote(request.scope, request.with_keys)
         values = self.scopes.get(request.scope, {})
         if request.with_keys:
             return [{"key": key, "value": msgspec.Raw(values[key])} for key in sorted(values)]
@@ -230,61 +241,57 @@ class State:
     def _event_head(scope: str, key: str) -> bytes:
         return b'{"type":"state","scope":%s,"key":%s,' % (codec.encode_json(scope), codec.encode_json(key))
 
-    async def _set_remote(self, scope: str, key: str, raw: bytes) -> Any:
+    def _set_remote(self, scope: str, key: str, raw: bytes) -> asyncio.Future:
         assert self.remote is not None
-        with failing_as("SET_ERROR", "Failed to set value"):
-            old = await self.remote.set(self._hash(scope), key, raw, STATE_EVENTS, "state", self._event_head(scope, key))
-        return self._changed(json_or_none(old), raw)
+        written = self.remote.set(self._hash(scope), key, raw, STATE_EVENTS, "state", self._event_head(scope, key))
+        return then(written, lambda old: self._changed(json_or_none(old), raw), "SET_ERROR", "Failed to set value")
 
-    async def _get_remote(self, scope: str, key: str) -> Any:
+    def _get_remote(self, scope: str, key: str) -> asyncio.Future:
         assert self.remote is not None
-        with failing_as("GET_ERROR", "Failed to get value"):
-            raw = await self.remote.get(self._hash(scope), key)
-        if raw is None:
-            return _NULL
-        if json_or_none(raw) is None:
-            raise EngineError("GET_ERROR", f"Failed to get value: Failed to deserialize value from Redis: {raw[:80]!r}")
-        return msgspec.Raw(raw)
+        return then(self.remote.get(self._hash(scope), key), _stored, "GET_ERROR", "Failed to get value")
 
-    async def _delete_remote(self, scope: str, key: str) -> Any:
+    def _delete_remote(self, scope: str, key: str) -> asyncio.Future:
         assert self.remote is not None
-        with failing_as("DELETE_ERROR", "Failed to delete value"):
-            old = await self.remote.delete(self._hash(scope), key, STATE_EVENTS, "state", self._event_head(scope, key))
-        old = json_or_none(old)
-        return _NULL if old is None else msgspec.Raw(old)
+        deleted = self.remote.delete(self._hash(scope), key, STATE_EVENTS, "state", self._event_head(scope, key))
+        return then(deleted, lambda old: _raw(json_or_none(old)), "DELETE_ERROR", "Failed to delete value")
 
-    async def _update_remote(self, scope: str, key: str, ops: list[Any]) -> Any:
+    def _update_remote(self, scope: str, key: str, ops: list[Any]) -> asyncio.Future:
         assert self.remote is not None
         prepared, errors = prepare_ops(ops)
-        with failing_as("UPDATE_ERROR", "Failed to update value"):
-            outcome = await self.remote.update(
-                self._hash(scope), key, prepared, self._config.max_value_bytes, STATE_EVENTS, "state",
-                self._event_head(scope, key),
-            )
-        if outcome.too_large is not None:
-            raise EngineError(
-                "VALUE_TOO_LARGE",
-                f"value of {outcome.too_large} bytes exceeds the configured max_value_bytes limit of "
-                f"{self._config.max_value_bytes}",
-            )
-        result = self._changed(json_or_none(outcome.old), outcome.new)
-        if outcome.errors is not None:
-            errors = sorted(errors + codec.decode_json(outcome.errors), key=lambda error: error["op_index"])
-        if errors:
-            result["errors"] = errors
-        return result
+        limit = self._config.max_value_bytes
+        updated = self.remote.update(
+            self._hash(scope), key, prepared, limit, STATE_EVENTS, "state", self._event_head(scope, key)
+        )
 
-    async def _list_remote(self, scope: str, with_keys: bool) -> Any:
+        def finish(outcome: UpdateOutcome) -> Any:
+            if outcome.too_large is not None:
+                raise EngineError(
+                    "VALUE_TOO_LARGE",
+                    f"value of {outcome.too_large} bytes exceeds the configured max_value_bytes limit of {limit}",
+                )
+            result = self._changed(json_or_none(outcome.old), outcome.new)
+            found = errors
+            if outcome.errors is not None:
+                found = sorted(errors + codec.decode_json(outcome.errors), key=lambda error: error["op_index"])
+            if found:
+                result["errors"] = found
+            return result
+
+        return then(updated, finish, "UPDATE_ERROR", "Failed to update value")
+
+    def _list_remote(self, scope: str, with_keys: bool) -> asyncio.Future:
         assert self.remote is not None
-        with failing_as("LIST_ERROR", "Failed to list values"):
-            values = await self.remote.items(self._hash(scope))
-        for raw in values.values():
-            if json_or_none(raw) is None:
-                raise EngineError("LIST_ERROR", f"Failed to list values: a value in Redis is not JSON: {raw[:80]!r}")
-        if with_keys:
-            by_key = {key.decode(errors="replace"): raw for key, raw in values.items()}
-            return [{"key": key, "value": msgspec.Raw(by_key[key])} for key in sorted(by_key)]
-        return [msgspec.Raw(raw) for raw in values.values()]
+
+        def finish(values: dict[bytes, bytes]) -> Any:
+            for raw in values.values():
+                if json_or_none(raw) is None:
+                    raise EngineError("LIST_ERROR", f"Failed to list values: a value in Redis is not JSON: {raw[:80]!r}")
+            if with_keys:
+                by_key = {key.decode(errors="replace"): raw for key, raw in values.items()}
+                return [{"key": key, "value": msgspec.Raw(by_key[key])} for key in sorted(by_key)]
+            return [msgspec.Raw(raw) for raw in values.values()]
+
+        return then(self.remote.items(self._hash(scope)), finish, "LIST_ERROR", "Failed to list values")
 
     async def _list_groups_remote(self) -> Any:
         assert self.remote is not None

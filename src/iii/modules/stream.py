@@ -59,9 +59,11 @@ from iii.modules._redis_stores import (
     STREAM_EVENTS,
     RedisHashes,
     StoreUnavailable,
+    UpdateOutcome,
     failing_as,
     glob_escape,
     json_or_none,
+    then,
 )
 from iii.modules._store import Journal, Values
 from iii.modules.update_ops import apply_ops, prepare_ops
@@ -323,7 +325,7 @@ class Streams:
             return delegated
         raw = codec.encode_json(request.data)
         if self.remote is not None:
-            return asyncio.ensure_future(self._set_remote(request, raw))
+            return self._set_remote(request, raw)
         old = self._write(request.stream_name, request.group_id, request.item_id, raw)
         return self._answer(
             {"old_value": _raw(old), "new_value": msgspec.Raw(raw)},
@@ -337,7 +339,7 @@ class Streams:
         if delegated is not None:
             return delegated
         if self.remote is not None:
-            return asyncio.ensure_future(self._get_remote(request))
+            return self._get_remote(request)
         return _raw(self._group(request.stream_name, request.group_id).get(request.item_id))
 
     def delete(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
@@ -346,7 +348,7 @@ class Streams:
         if delegated is not None:
             return delegated
         if self.remote is not None:
-            return asyncio.ensure_future(self._delete_remote(request))
+            return self._delete_remote(request)
         old = self._write(request.stream_name, request.group_id, request.item_id, None)
         return self._answer(
             {"old_value": _raw(old)}, request.stream_name, request.group_id, request.item_id,
@@ -359,7 +361,7 @@ class Streams:
         if delegated is not None:
             return delegated
         if self.remote is not None:
-            return asyncio.ensure_future(self._update_remote(request))
+            return self._update_remote(request)
         old = self._group(request.stream_name, request.group_id).get(request.item_id)
         value, errors = apply_ops(None if old is None else codec.decode_json(old), request.ops)
         raw = codec.encode_json(value)
@@ -407,7 +409,7 @@ class Streams:
                 request.stream_name, request.group_id, request.id,
                 {"type": "event", "event": {"type": request.type, "data": request.data}},
             ))
-            return asyncio.ensure_future(self._publish_remote(message))
+            return self._publish_remote(message)
         self._emit(request.stream_name, request.group_id, request.id,
                    {"type": "event", "event": {"type": request.type, "data": request.data}})
         return None
@@ -425,46 +427,54 @@ class Streams:
             codec.encode_json(request.item_id),
         )
 
-    async def _set_remote(self, request: SetInput, raw: bytes) -> Any:
+    def _set_remote(self, request: SetInput, raw: bytes) -> asyncio.Future:
         assert self.remote is not None
-        with failing_as("STREAM_SET_ERROR", "Failed to set value"):
-            old = await self.remote.set(
-                self._hash(request.stream_name, request.group_id), request.item_id, raw, STREAM_EVENTS, "stream",
-                self._event_head(request),
-            )
-        return {"old_value": _raw(json_or_none(old)), "new_value": msgspec.Raw(raw)}
+        written = self.remote.set(
+            self._hash(request.stream_name, request.group_id), request.item_id, raw, STREAM_EVENTS, "stream",
+            self._event_head(request),
+        )
+        return then(
+            written, lambda old: {"old_value": _raw(json_or_none(old)), "new_value": msgspec.Raw(raw)},
+            "STREAM_SET_ERROR", "Failed to set value",
+        )
 
-    async def _get_remote(self, request: ItemInput) -> Any:
+    def _get_remote(self, request: ItemInput) -> asyncio.Future:
         assert self.remote is not None
-        with failing_as("STREAM_GET_ERROR", "Failed to get value"):
-            raw = await self.remote.get(self._hash(request.stream_name, request.group_id), request.item_id)
-        if raw is not None and json_or_none(raw) is None:
-            raise EngineError("STREAM_GET_ERROR", f"Failed to get value: the item in Redis is not JSON: {raw[:80]!r}")
-        return _raw(raw)
 
-    async def _delete_remote(self, request: ItemInput) -> Any:
+        def finish(raw: Optional[bytes]) -> Any:
+            if raw is not None and json_or_none(raw) is None:
+                raise EngineError("STREAM_GET_ERROR", f"Failed to get value: the item in Redis is not JSON: {raw[:80]!r}")
+            return _raw(raw)
+
+        item = self.remote.get(self._hash(request.stream_name, request.group_id), request.item_id)
+        return then(item, finish, "STREAM_GET_ERROR", "Failed to get value")
+
+    def _delete_remote(self, request: ItemInput) -> asyncio.Future:
         assert self.remote is not None
-        with failing_as("STREAM_DELETE_ERROR", "Failed to delete value"):
-            old = await self.remote.delete(
-                self._hash(request.stream_name, request.group_id), request.item_id, STREAM_EVENTS, "stream",
-                self._event_head(request),
-            )
-        return {"old_value": _raw(json_or_none(old))}
+        deleted = self.remote.delete(
+            self._hash(request.stream_name, request.group_id), request.item_id, STREAM_EVENTS, "stream",
+            self._event_head(request),
+        )
+        return then(deleted, lambda old: {"old_value": _raw(json_or_none(old))}, "STREAM_DELETE_ERROR", "Failed to delete value")
 
-    async def _update_remote(self, request: UpdateInput) -> Any:
+    def _update_remote(self, request: UpdateInput) -> asyncio.Future:
         assert self.remote is not None
         prepared, errors = prepare_ops(request.ops)
-        with failing_as("STREAM_UPDATE_ERROR", "Failed to update value"):
-            outcome = await self.remote.update(
-                self._hash(request.stream_name, request.group_id), request.item_id, prepared, None, STREAM_EVENTS,
-                "stream", self._event_head(request),
-            )
-        result: dict[str, Any] = {"old_value": _raw(json_or_none(outcome.old)), "new_value": msgspec.Raw(outcome.new)}
-        if outcome.errors is not None:
-            errors = sorted(errors + codec.decode_json(outcome.errors), key=lambda error: error["op_index"])
-        if errors:
-            result["errors"] = errors
-        return result
+        updated = self.remote.update(
+            self._hash(request.stream_name, request.group_id), request.item_id, prepared, None, STREAM_EVENTS,
+            "stream", self._event_head(request),
+        )
+
+        def finish(outcome: UpdateOutcome) -> Any:
+            result: dict[str, Any] = {"old_value": _raw(json_or_none(outcome.old)), "new_value": msgspec.Raw(outcome.new)}
+            found = errors
+            if outcome.errors is not None:
+                found = sorted(errors + codec.decode_json(outcome.errors), key=lambda error: error["op_index"])
+            if found:
+                result["errors"] = found
+            return result
+
+        return then(updated, finish, "STREAM_UPDATE_ERROR", "Failed to update value")
 
     async def _items_remote(self, stream: str, group: str) -> dict[str, bytes]:
         """A group's items by id (raises ``StoreUnavailable``; an item that is not JSON is left out)."""
@@ -498,10 +508,9 @@ class Streams:
         streams = [{"id": name, "groups": sorted(groups[name])} for name in sorted(groups)]
         return {"stream": streams, "count": len(streams)}
 
-    async def _publish_remote(self, message: bytes) -> None:
+    def _publish_remote(self, message: bytes) -> asyncio.Future:
         assert self.remote is not None
-        with failing_as("STREAM_SEND_ERROR", "Failed to send event"):
-            await self.remote.publish(STREAM_EVENTS, message)
+        return then(self.remote.publish(STREAM_EVENTS, message), lambda _: None, "STREAM_SEND_ERROR", "Failed to send event")
 
     def _on_event(self, message: bytes) -> None:
         """A change event from Redis (any engine's, this one's too): to the clients and bindings."""
