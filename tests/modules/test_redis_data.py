@@ -436,3 +436,29 @@ async def test_a_redis_that_stops_answering_fails_calls_at_the_deadline(redis_se
             os.kill(redis_server.process.pid, signal.SIGCONT)
         assert await call(client, "state::get", {"scope": "s", "key": "k"}) == 1  # a new connection
         await client.close()
+
+
+async def test_a_custom_stream_backend_keeps_serving_its_stream_and_its_events_go_through_redis(redis_server, tmp_path):
+    async with in_process_engine(redis_config(redis_server.url, "iii-stream"), tmp_path) as app:
+        backend = await RawClient.connect(app.urls[0])
+        await backend.register("backend")
+        backend.send(type="registerfunction", id="stream::set(custom)")
+        backend.send(type="registerfunction", id="w::on-stream")
+        backend.send(type="registertrigger", id="t1", trigger_type="stream", function_id="w::on-stream", config={"stream_name": "custom"})
+        await backend.call("engine::workers::list", {})
+        caller = await RawClient.connect(app.urls[0])
+        caller.send(type="invokefunction", invocation_id="set-1", function_id="stream::set",
+                    data={"stream_name": "custom", "group_id": "g", "item_id": "i", "data": {"x": 1}})
+        request = await backend.recv_until(lambda f: f.get("type") == "invokefunction" and f["function_id"] == "stream::set(custom)")
+        assert request["data"]["data"] == {"x": 1}
+        backend.send(type="invocationresult", invocation_id=request["invocation_id"], function_id="stream::set(custom)",
+                     result={"old_value": None, "new_value": {"x": 1}})
+        answer = await caller.recv_until(lambda f: f.get("invocation_id") == "set-1")
+        assert answer["result"] == {"old_value": None, "new_value": {"x": 1}}
+        event = await invocations(backend, "w::on-stream")
+        assert (event["streamName"], event["event"]) == ("custom", {"type": "create", "data": {"x": 1}})
+        redis = await connect(redis_server.url)
+        assert await redis.exists("stream:custom:g") == 0  # the backend keeps it, not Redis
+        await redis.aclose()
+        await caller.close()
+        await backend.close()

@@ -149,9 +149,10 @@ class State:
         if self.remote is not None:
             try:
                 await self.remote.open()
-                self._events = Subscriber(self.remote.url)
-                await self._events.start()
-                await self._events.subscribe(STATE_EVENTS, self._on_event)
+                if self._config.triggers_enabled:  # else no event is of use here
+                    self._events = Subscriber(self.remote.url)
+                    await self._events.start()
+                    await self._events.subscribe(STATE_EVENTS, self._on_event)
             except (RedisUnavailable, TimeoutError) as error:
                 await self.stop()
                 raise RedisUnavailable(f"failed to create worker '{NAME}': {error or 'Redis did not answer'}") from None
