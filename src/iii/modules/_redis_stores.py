@@ -480,6 +480,12 @@ class _Replies(asyncio.Protocol):
         self.transport: Optional[asyncio.Transport] = None
         self.waiting: collections.deque[asyncio.Future] = collections.deque()
         self._reader = hiredis.Reader()
+        self._loop = asyncio.get_running_loop()
+        #: Loop time of the last reply, and of the last send to an idle connection: Redis has
+        #: been silent since the later of the two while commands wait.
+        self.last_reply = self.busy_since = self._loop.time()
+        #: Checks that Redis keeps answering while commands wait (``None``: not armed).
+        self.watchdog: Optional[asyncio.TimerHandle] = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -487,12 +493,13 @@ class _Replies(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader, waiting = self._reader, self.waiting
         reader.feed(data)
+        self.last_reply = self._loop.time()
         while True:
             reply = reader.gets()
             if reply is False:
                 return
             answer = waiting.popleft()
-            if answer.done():  # its deadline passed
+            if answer.done():  # failed already (the connection was given up on)
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 answer.set_exception(StoreUnavailable(f"Redis at {self.url}: {reply}"))
@@ -508,6 +515,8 @@ class _Replies(asyncio.Protocol):
                 answer.set_exception(error)
 
     def send(self, packed: list[bytes], answers: list[asyncio.Future]) -> None:
+        if not self.waiting:
+            self.busy_since = self._loop.time()
         self.waiting.extend(answers)
         self.transport.writelines(packed)  # type: ignore[union-attr]
 
@@ -518,9 +527,9 @@ class RedisHashes:
     The operations share one connection, pipelined: what is asked in one turn of the event loop
     goes out in one write, replies are matched in order. (redis-py spends ~100 µs of CPU per
     single command; its client still serves start-up, SCAN and script loading.) A lost
-    connection fails what waits on it and is opened again by the next operation; each batch has
-    the deadline :data:`OP_DEADLINE_S`, past which its operations fail and the connection, now
-    suspect, is dropped.
+    connection fails what waits on it and is opened again by the next operation. The deadline is
+    :data:`OP_DEADLINE_S`: once Redis has been silent that long while operations wait, they fail
+    and the connection, now suspect, is dropped.
 
     Args:
         url: ``redis://…`` of the server.
@@ -614,7 +623,8 @@ class RedisHashes:
             return
         self._packed, self._answers = [], []
         connection.send(packed, answers)
-        asyncio.get_running_loop().call_later(OP_DEADLINE_S, self._expire, connection, answers)
+        if connection.watchdog is None:
+            connection.watchdog = asyncio.get_running_loop().call_later(OP_DEADLINE_S / 4, self._watch, connection)
 
     async def _reconnect(self) -> None:
         try:
@@ -629,16 +639,23 @@ class RedisHashes:
             self._connecting = None
         self._flush()
 
-    def _expire(self, connection: _Replies, answers: list[asyncio.Future]) -> None:
-        late = [answer for answer in answers if not answer.done()]
-        if not late:
+    def _watch(self, connection: _Replies) -> None:
+        """While operations wait: fail them all and drop the connection once Redis has been
+        silent for the deadline (its replies can no longer be trusted to come)."""
+        connection.watchdog = None
+        if not connection.waiting or connection.transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - max(connection.last_reply, connection.busy_since) < OP_DEADLINE_S:
+            connection.watchdog = loop.call_later(OP_DEADLINE_S / 4, self._watch, connection)
             return
         error = StoreUnavailable(f"Redis at {self.url} did not answer within {OP_DEADLINE_S:g}s")
-        for answer in late:
-            answer.set_exception(error)
-        if connection.transport is not None:  # its replies can no longer be trusted to come
-            log.warning("redis: no answer within %gs; dropping the connection", OP_DEADLINE_S)
-            connection.transport.abort()
+        log.warning("redis: no answer from %s within %gs; dropping the connection", self.url, OP_DEADLINE_S)
+        while connection.waiting:
+            answer = connection.waiting.popleft()
+            if not answer.done():
+                answer.set_exception(error)
+        connection.transport.abort()
 
     def _script(self, index: int, *args: Any) -> asyncio.Future:
         """``EVALSHA`` of script ``index``; once more after loading it if Redis forgot it."""
