@@ -352,6 +352,10 @@ async def test_stream_on_redis_serves_items_clients_and_bindings_through_stream_
         transport.send(WSMsgType.TEXT, json.dumps({"type": "join", "data": {"subscriptionId": "sub", "streamName": "chat", "groupId": "room"}}).encode())
         sync = await asyncio.wait_for(socket_client.queue.get(), 10)
         assert sync["event"] == {"type": "sync", "data": [{"t": "hi"}]}
+        transport.send(WSMsgType.TEXT, json.dumps({"type": "join", "data": {"subscriptionId": "one", "streamName": "chat", "groupId": "room", "id": "m1"}}).encode())
+        sync = await asyncio.wait_for(socket_client.queue.get(), 10)
+        assert (sync["id"], sync["event"]) == ("m1", {"type": "sync", "data": {"t": "hi"}})
+        transport.send(WSMsgType.TEXT, json.dumps({"type": "leave", "data": {"subscriptionId": "one", "streamName": "chat", "groupId": "room", "id": "m1"}}).encode())
 
         # a write by any Redis client in the original's format reaches clients and bindings alike
         await redis.publish("stream::events", json.dumps({"type": "stream", "timestamp": 1, "streamName": "chat", "groupId": "room",

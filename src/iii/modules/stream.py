@@ -566,20 +566,21 @@ class Streams:
 
     async def snapshot(self, subscription: Subscription) -> Optional[bytes]:
         """The ``sync`` message a new subscription starts with (``None``: Redis cannot tell)."""
+        stream, group, item = subscription.stream_name, subscription.group_id, subscription.item_id
+        data: Any
         if self.remote is not None:
             try:
-                items = await self._items_remote(subscription.stream_name, subscription.group_id)
+                if item is not None:
+                    data = _raw(json_or_none(await self.remote.get(self._hash(stream, group), item)))
+                else:
+                    data = [msgspec.Raw(raw) for raw in (await self._items_remote(stream, group)).values()]
             except StoreUnavailable as error:
                 log.warning("iii-stream: no sync for subscription %s: %s", subscription.id, error)
                 return None
         else:
-            items = self._group(subscription.stream_name, subscription.group_id)
-        data: Any = (
-            _raw(items.get(subscription.item_id)) if subscription.item_id is not None
-            else [msgspec.Raw(raw) for raw in items.values()]
-        )
-        event = {"type": "sync", "data": data}
-        return codec.encode_json(_message(subscription.stream_name, subscription.group_id, subscription.item_id, event))
+            items = self._group(stream, group)
+            data = _raw(items.get(item)) if item is not None else [msgspec.Raw(raw) for raw in items.values()]
+        return codec.encode_json(_message(stream, group, item, {"type": "sync", "data": data}))
 
     async def joined(self, subscription: Subscription, context: Any) -> bool:
         """Run every ``stream:join`` binding; ``False`` when one refuses the subscription, fails or
