@@ -96,20 +96,25 @@ class RedisTopics(Provider[SubscribeConfig]):
         await self.commands.close()
 
     def register(self, binding: Binding) -> Optional[str]:
+        previous = self.bindings.get(binding.id)
         refusal = super().register(binding)
         if refusal is None:
             topic = self.bindings[binding.id][1].topic
             if topic not in self._handlers:
                 handler = self._handlers[topic] = lambda message, topic=topic: self._deliver(topic, message)
                 self._in_background(self.subscriber.subscribe(topic, handler), f"subscribe to {topic!r}")
+            if previous is not None:  # the same binding id again, maybe for another topic
+                self._release(previous[1].topic)
         return refusal
 
     def unregister(self, binding: Binding) -> None:
         entry = self.bindings.get(binding.id)
         super().unregister(binding)
-        if entry is None:
-            return
-        topic = entry[1].topic
+        if entry is not None:
+            self._release(entry[1].topic)
+
+    def _release(self, topic: Optional[str]) -> None:
+        """Leave ``topic`` if no binding names it any more."""
         if topic in self._handlers and not any(config.topic == topic for _, config in self.bindings.values()):
             handler = self._handlers.pop(topic)
             self._in_background(self.subscriber.unsubscribe(topic, handler), f"unsubscribe from {topic!r}")
