@@ -586,11 +586,22 @@ class RedisHashes:
         self._connection = protocol
 
     async def close(self) -> None:
+        """Close the connections; what still waits fails."""
         if self._connecting is not None:
             self._connecting.cancel()
-        if self._connection is not None and self._connection.transport is not None:
-            self._connection.transport.close()
-        self._connection = None
+        closed = StoreUnavailable("the Redis store is closed")
+        answers, self._packed, self._answers = self._answers, [], []
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            answers.extend(connection.waiting)
+            connection.waiting.clear()
+            if connection.watchdog is not None:
+                connection.watchdog.cancel()
+            if connection.transport is not None:
+                connection.transport.close()
+        for answer in answers:
+            if not answer.done():
+                answer.set_exception(closed)
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -617,6 +628,12 @@ class RedisHashes:
         if not answers:
             return
         connection = self._connection
+        if self._client is None:  # closed (or never opened)
+            self._packed, self._answers = [], []
+            for answer in answers:
+                if not answer.done():
+                    answer.set_exception(StoreUnavailable("the Redis store is closed"))
+            return
         if connection is None or connection.transport is None or connection.transport.is_closing():
             if self._connecting is None:  # they wait for the connection (the next flush sends them)
                 self._connecting = asyncio.ensure_future(self._reconnect())
