@@ -498,6 +498,10 @@ class _Replies(asyncio.Protocol):
             reply = reader.gets()
             if reply is False:
                 return
+            if not waiting:  # nothing asked for it: the stream is out of step, start afresh
+                log.warning("redis: %s sent a reply nobody asked for; dropping the connection", self.url)
+                self.transport.abort()  # type: ignore[union-attr]
+                return
             answer = waiting.popleft()
             if answer.done():  # failed already (the connection was given up on)
                 continue
