@@ -29,6 +29,8 @@ __all__ = [
     "RabbitmqAdapter",
     "RedisAdapter",
     "RedisConfig",
+    "RedisQueueAdapter",
+    "RedisQueueConfig",
     "StateAdapter",
     "StoreConfig",
     "StreamAdapter",
@@ -112,6 +114,20 @@ class RedisAdapter(msgspec.Struct, tag="redis", tag_field="name", forbid_unknown
     config: RedisConfig = msgspec.field(default_factory=RedisConfig)
 
 
+class RedisQueueConfig(RedisConfig, forbid_unknown_fields=True):
+    """``config`` of the queue's ``redis`` adapter: the original's key, and how long a job taken
+    by an engine that stopped answering stays with it before another engine takes it over."""
+
+    visibility_timeout_ms: Annotated[int, msgspec.Meta(ge=100, le=86_400_000)] = 30_000
+
+
+class RedisQueueAdapter(msgspec.Struct, tag="redis", tag_field="name", forbid_unknown_fields=True):
+    """``{name: redis, config: {redis_url?, visibility_timeout_ms?}}`` (queue): jobs in Redis
+    Streams, consumed by every engine pointed at it."""
+
+    config: RedisQueueConfig = msgspec.field(default_factory=RedisQueueConfig)
+
+
 class BridgeConfig(msgspec.Struct, forbid_unknown_fields=True):
     """``config`` of the ``bridge`` adapters (the original's one key)."""
 
@@ -147,9 +163,9 @@ class RabbitmqAdapter(_Unavailable, tag="rabbitmq"):
 
 StateAdapter = Union[KvAdapter, RedisAdapter, BridgeAdapter, None]
 StreamAdapter = Union[StreamKvAdapter, RedisAdapter, BridgeAdapter, None]
-QueueAdapter = Union[BuiltinAdapter, _RedisUnavailable, RabbitmqAdapter, BridgeAdapter, None]
+QueueAdapter = Union[BuiltinAdapter, RedisQueueAdapter, RabbitmqAdapter, BridgeAdapter, None]
 PubSubAdapter = Union[LocalAdapter, RedisAdapter, None]
-CronAdapter = Union[CronKvAdapter, _RedisUnavailable, None]
+CronAdapter = Union[CronKvAdapter, RedisAdapter, None]
 
 
 def database_path(adapter: Any, default: str) -> Optional[Path]:

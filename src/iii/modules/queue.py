@@ -30,7 +30,7 @@ import collections
 import datetime
 import logging
 from functools import partial
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Literal, Optional, Protocol, Union
 
 import msgspec
 
@@ -52,11 +52,11 @@ from iii.engine.host import (
     json_schema,
     parse_input,
 )
-from iii.modules._adapters import BridgeAdapter, QueueAdapter, database_path
+from iii.modules._adapters import BridgeAdapter, QueueAdapter, RedisQueueAdapter, database_path
 from iii.modules._store import Jobs, Journal
 from iii.protocol import WireId
 
-__all__ = ["MODULE", "QueueConfig", "QueueSettings", "install"]
+__all__ = ["MODULE", "QueueBackend", "QueueConfig", "QueueSettings", "install", "require_group"]
 
 NAME = "iii-queue"
 DEFAULT_QUEUE = "default"
@@ -160,6 +160,20 @@ class Job(msgspec.Struct):
 
 _encode_job = msgspec.json.Encoder().encode
 _decode_job = msgspec.json.Decoder(Job).decode
+
+
+def require_group(name: str, settings: QueueSettings, data: Any) -> None:
+    """A FIFO queue's job must carry its message group field.
+
+    Raises:
+        EngineError: ``message_group_missing``.
+    """
+    group_field = settings.message_group_field
+    if settings.type == "fifo" and (not isinstance(data, dict) or data.get(group_field) is None):  # type: ignore[arg-type]
+        raise EngineError(
+            "message_group_missing",
+            f"FIFO queue '{name}' requires field '{group_field}' in data, but it was not found",
+        )
 
 
 def _answer(store: Optional[Jobs], result: Any, then: Optional[Callable[[], None]] = None) -> Any:
@@ -526,14 +540,7 @@ class Queues:
     def enqueue(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
         request = parse_input(WireId.QUEUE_ENQUEUE, data, EnqueueInput)
         queue = self._queue(request.queue, named_only=True)
-        group_field = queue.settings.message_group_field
-        if queue.settings.type == "fifo" and (
-            not isinstance(request.data, dict) or request.data.get(group_field) is None  # type: ignore[arg-type]
-        ):
-            raise EngineError(
-                "message_group_missing",
-                f"FIFO queue '{queue.name}' requires field '{group_field}' in data, but it was not found",
-            )
+        require_group(queue.name, queue.settings, request.data)
         job_id = request.messageReceiptId or self._host.new_id()
         data = msgspec.Raw(codec.encode_json(request.data))
         queued = queue.add(Job(job_id, request.function_id, request.namespace or "default", data))
@@ -618,13 +625,39 @@ class Queues:
         return _answer(self.store, result)
 
 
-def install(host: Host, config: Optional[QueueConfig] = None, scheduler: Optional[Scheduler] = None) -> Queues:
+class QueueBackend(Protocol):
+    """What ``install`` registers, served by :class:`Queues` (``builtin``: in memory or SQLite) and
+    by ``iii.modules._queue_redis.RedisQueues`` (``redis``): the module's functions (handlers that
+    answer, or return a future answered once the job is kept), its durable topics' provider (with
+    ``publish``), its metrics, and ``start``/``stop``."""
+
+    topics: Any
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def enqueue(self, host: Host, caller: Optional[Connection], data: Any) -> Any: ...
+    def list_topics(self, host: Host, caller: Optional[Connection], data: Any) -> Any: ...
+    def topic_stats(self, host: Host, caller: Optional[Connection], data: Any) -> Any: ...
+    def dlq_topics(self, host: Host, caller: Optional[Connection], data: Any) -> Any: ...
+    def dlq_messages(self, host: Host, caller: Optional[Connection], data: Any) -> Any: ...
+    def redrive(self, host: Host, caller: Optional[Connection], data: Any) -> Any: ...
+    def redrive_message(self, host: Host, caller: Optional[Connection], data: Any) -> Any: ...
+    def discard_message(self, host: Host, caller: Optional[Connection], data: Any) -> Any: ...
+    def metric_families(self) -> list[MetricFamily]: ...
+
+
+def install(host: Host, config: Optional[QueueConfig] = None, scheduler: Optional[Scheduler] = None) -> QueueBackend:
     """Register ``engine::queue::enqueue``, the queue inspection functions and durable topics."""
     config = config or QueueConfig()
+    queues: QueueBackend
     if isinstance(config.adapter, BridgeAdapter):  # topics and queues of another engine
         from iii.modules._bridge_backends import BridgedQueues
 
-        queues: Queues = BridgedQueues(host, config, scheduler or LoopScheduler(), config.adapter.config.bridge_url)
+        queues = BridgedQueues(host, config, scheduler or LoopScheduler(), config.adapter.config.bridge_url)
+    elif isinstance(config.adapter, RedisQueueAdapter):
+        from iii.modules._queue_redis import RedisQueues  # imports redis-py only when configured
+
+        queues = RedisQueues(host, config, config.adapter)
     else:
         queues = Queues(host, config, scheduler or LoopScheduler())
     for function_id, handler, description in (

@@ -1,0 +1,899 @@
+"""The queue's ``redis`` adapter: named queues and durable topics in Redis Streams, consumed by
+every engine pointed at the same Redis.
+
+A job goes into the stream of its ``(queue, namespace, function_id)``; every engine that can call
+that function here reads the stream in one consumer group (``iii``, one consumer per engine), so
+each job goes to one engine, and an engine without the function leaves its jobs to the others
+(they wait, as a durable subscriber's jobs wait for it, instead of failing). A job stays pending
+in the group until its engine answers it: acknowledged (``XACK`` + ``XDEL``), retried, or moved to
+the dead letters, each in one Lua script. An engine touches the jobs it holds every third of the
+visibility timeout; a job not touched for ``visibility_timeout_ms`` (its engine died or lost
+Redis) is taken over by another engine (``XAUTOCLAIM``). Delivery is at least once.
+
+Key layout (``{q}`` a queue name: a ``queue_configs`` name, or ``{topic}::{function_id}`` for a
+durable subscriber; ``{ns}``/``{fn}`` the job's namespace and function id):
+
+- ``iii:queue:{q}:jobs:{ns}:{fn}``: stream of jobs (field ``job``: the job's JSON), group ``iii``;
+- ``iii:queue:{q}:jobs:{ns}:{fn}:delayed``: sorted set of jobs waiting for a retry, scored by the
+  Redis time (ms) they are due; whichever engine polls first moves them back (Lua);
+- ``iii:queue:{q}:jobs:{ns}:{fn}:retry``: hash, stream entry id -> the job with its failed
+  attempts (FIFO queues retry a job in place, so that nothing overtakes it);
+- ``iii:queue:{q}:jobs:{ns}:{fn}:lock``: FIFO lease (``SET NX PX``, the holding engine's id):
+  one engine at a time delivers a FIFO stream, one job at a time, in order;
+- ``iii:queue:{q}:functions``: set of ``[ns, fn]`` (JSON) that have a stream in the queue;
+- ``iii:queue:{q}:dead`` (hash, job id -> dead job) and ``iii:queue:{q}:dead:order`` (sorted set,
+  job id by the Redis time it died): the dead letters;
+- ``iii:queue:{q}:stats``: hash of counters ``delivered`` and ``failed`` (every engine's);
+- ``iii:queue:topic:{topic}:subscribers``: sorted set of ``[ns, fn]`` subscribing to a durable
+  topic, scored by when the subscription lapses unless an engine holding a binding renews it;
+- ``iii:queue:topics``, ``iii:queue:queues``: sets of the topic and queue names in use.
+
+A named queue's concurrency and a FIFO queue's one-at-a-time hold per function stream and engine
+(``concurrency`` jobs of one function at once on each engine). Redis unavailable: an enqueue or
+publish fails with ``queue_unavailable`` (nothing is accepted that Redis did not take); consumers
+retry with backoff and go on where they were once Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import logging
+import time
+from typing import Any, Optional
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from iii import codec
+from iii.engine.host import (
+    Binding,
+    Connection,
+    EngineError,
+    ErrorBody,
+    Host,
+    MetricFamily,
+    Provider,
+    check_condition,
+    parse_input,
+)
+from iii.modules._adapters import RedisQueueAdapter
+from iii.modules._redis import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, connect
+from iii.modules.queue import (
+    DEFAULT_QUEUE,
+    PUBLISH,
+    SUBSCRIBER,
+    DlqInput,
+    EnqueueInput,
+    Job,
+    MessageInput,
+    PublishInput,
+    QueueConfig,
+    QueueInput,
+    QueueSettings,
+    SubscriberConfig,
+    SubscriberQueueConfig,
+    _decode_job,
+    _encode_job,
+    require_group,
+)
+from iii.protocol import WireId
+
+__all__ = ["PREFIX", "RedisQueues", "stream_key"]
+
+log = logging.getLogger("iii.modules")
+
+PREFIX = "iii:queue"
+GROUP = "iii"
+#: How long one blocking read waits for a job (then the consumer looks after its other work).
+BLOCK_MS = 1_000
+#: How often an engine looks for new function streams of its named queues.
+DISCOVERY_S = 0.5
+#: A durable subscription lapses this long after the last engine holding a binding renewed it.
+SUBSCRIPTION_TTL_MS = 30_000
+#: Reconnect backoff of a consumer: from 50 ms, doubling, at most 2 s.
+_BACKOFF_FIRST_S = 0.05
+_BACKOFF_MAX_S = 2.0
+#: Jobs moved back from a delayed set in one step.
+_PROMOTE_BATCH = 100
+
+_ACK = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('HINCRBY', KEYS[3], 'delivered', 1)
+  return 1
+end
+return 0
+"""
+_RETRY_LATER = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[4]), ARGV[3])
+  redis.call('HINCRBY', KEYS[3], 'failed', 1)
+  return 1
+end
+return 0
+"""
+_KILL = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  local now = redis.call('TIME')
+  redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+  redis.call('ZADD', KEYS[4], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[3])
+  redis.call('HINCRBY', KEYS[5], 'failed', 1)
+  return 1
+end
+return 0
+"""
+_PROMOTE = """
+local now = redis.call('TIME')
+now = now[1] * 1000 + math.floor(now[2] / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, job in ipairs(due) do
+  redis.call('XADD', KEYS[1], '*', 'job', job)
+  redis.call('ZREM', KEYS[2], job)
+end
+local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if next_due[2] then return tonumber(next_due[2]) - now end
+return -1
+"""
+_REVIVE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('XADD', KEYS[3], '*', 'job', ARGV[2])
+  redis.call('SADD', KEYS[4], ARGV[3])
+  return 1
+end
+return 0
+"""
+_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+elseif holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def queue_key(queue: str) -> str:
+    return f"{PREFIX}:{queue}"
+
+
+def stream_key(queue: str, namespace: str, function_id: str) -> str:
+    """The stream of a queue's jobs for one function."""
+    return f"{PREFIX}:{queue}:jobs:{namespace}:{function_id}"
+
+
+def _topic_key(topic: str) -> str:
+    return f"{PREFIX}:topic:{topic}:subscribers"
+
+
+def _member(namespace: str, function_id: str) -> bytes:
+    return codec.encode_json([namespace, function_id])
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+def _unavailable(action: str, error: Exception) -> EngineError:
+    return EngineError("queue_unavailable", f"Redis did not take the {action} ({type(error).__name__}: {error})")
+
+
+class _Scripts:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.ack = client.register_script(_ACK)
+        self.retry_later = client.register_script(_RETRY_LATER)
+        self.kill = client.register_script(_KILL)
+        self.promote = client.register_script(_PROMOTE)
+        self.revive = client.register_script(_REVIVE)
+        self.lease = client.register_script(_LEASE)
+        self.release = client.register_script(_RELEASE)
+
+
+class _Consumer:
+    """This engine's consumer of one jobs stream: reads it in the group while there is room,
+    delivers, and answers each job back to Redis (ack, retry, dead letter)."""
+
+    def __init__(
+        self, backend: RedisQueues, queue: str, settings: Any, namespace: str, function_id: str,
+        condition: Optional[str] = None,
+    ) -> None:
+        self.backend = backend
+        self.queue = queue
+        self.settings = settings
+        self.namespace = namespace
+        self.function_id = function_id
+        self.condition = condition
+        self.key = stream_key(queue, namespace, function_id)
+        self._stats_key = f"{queue_key(queue)}:stats"
+        self.active = 0
+        self.delivered = 0
+        self.failed = 0
+        #: stream entry id -> its job, for every job this consumer holds (delivering or retrying)
+        self.held: dict[bytes, Any] = {}
+        #: jobs taken over from another engine, waiting for a slot (in stream order)
+        self._claimed: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._task: Optional[asyncio.Task[None]] = None
+        self._stopped = False
+        self._leased = False
+        self._next_touch = 0.0
+        self._next_reclaim = 0.0
+
+    @property
+    def fifo(self) -> bool:
+        return self.settings.type == "fifo"
+
+    @property
+    def limit(self) -> int:
+        return 1 if self.fifo else self.settings.concurrency
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"iii-queue {self.key}")
+
+    async def stop(self) -> None:
+        """No more reads; jobs being delivered still answer back to Redis."""
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._leased:
+            try:
+                await self.backend.scripts.release(keys=[self.key + ":lock"], args=[self.backend.consumer])
+            except (RedisError, OSError):
+                pass  # it lapses on its own
+
+    # -- the read loop ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backend = self.backend
+        backoff = _BACKOFF_FIRST_S
+        ready = False
+        failing = False
+        while not self._stopped:
+            try:
+                if not ready:
+                    await self._create_group()
+                    ready = True
+                next_due_ms = await self._look_after()
+                if self.fifo and not self._leased:
+                    await asyncio.sleep(backend.visibility_s / 4)
+                    continue
+                while self._claimed and self.active < self.limit:
+                    self._deliver(*self._claimed.popleft())
+                if self.active >= self.limit:
+                    self._room.clear()
+                    try:
+                        async with asyncio.timeout(backend.visibility_s / 4):
+                            await self._room.wait()
+                    except TimeoutError:
+                        pass
+                    continue
+                block = min(BLOCK_MS, int(backend.visibility_s * 250))
+                if next_due_ms >= 0:
+                    block = max(1, min(block, next_due_ms))
+                reply = await backend.blocking.xreadgroup(
+                    GROUP, backend.consumer, {self.key: ">"}, count=self.limit - self.active, block=block
+                )
+                if failing:
+                    log.info("queue %s: Redis is back, consuming %s again", self.queue, self.key)
+                failing, backoff = False, _BACKOFF_FIRST_S
+                for _, entries in reply or ():
+                    for entry_id, fields in entries:
+                        if self._stopped:  # taken but not delivered: another engine reclaims it
+                            break
+                        self._deliver(entry_id, _decode_job(fields[b"job"]))
+            except asyncio.CancelledError:
+                raise
+            except ResponseError as error:
+                if "NOGROUP" not in str(error):
+                    raise
+                ready = False  # the stream was deleted (or Redis lost it): make it again
+            except (RedisError, OSError) as error:
+                if not failing:
+                    log.warning("queue %s: Redis unavailable (%s); consumer backs off", self.queue, error)
+                failing = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+
+    async def _create_group(self) -> None:
+        try:
+            await self.backend.redis.xgroup_create(self.key, GROUP, id="0", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def _look_after(self) -> int:
+        """Renew the FIFO lease and touch the held jobs (every third of the visibility timeout),
+        take over jobs stale elsewhere, move due retries back; returns ms until the next retry is
+        due (-1: none)."""
+        backend = self.backend
+        now = time.monotonic()
+        if now >= self._next_touch:
+            self._next_touch = now + backend.visibility_s / 3
+            if self.fifo:
+                leased = await backend.scripts.lease(
+                    keys=[self.key + ":lock"], args=[backend.consumer, backend.visibility_ms]
+                )
+                if leased == 2:  # newly ours: the previous holder's jobs come first, in order
+                    await self._take_over(min_idle_ms=0)
+                self._leased = bool(leased)
+            if self.held:
+                await backend.redis.xclaim(
+                    self.key, GROUP, backend.consumer, 0, list(self.held), justid=True
+                )
+        if self.fifo:
+            return -1
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + backend.visibility_s / 2
+            await self._take_over(min_idle_ms=backend.visibility_ms)
+        return int(await backend.scripts.promote(keys=[self.key, self.key + ":delayed"], args=[_PROMOTE_BATCH]))
+
+    async def _take_over(self, min_idle_ms: int) -> None:
+        """Claim jobs left pending (by an engine that died) for at least ``min_idle_ms``."""
+        backend = self.backend
+        start = "0-0"
+        for _ in range(100):  # bounded: 100 pages of at most 100 jobs each look
+            reply = await backend.redis.xautoclaim(
+                self.key, GROUP, backend.consumer, min_idle_ms, start_id=start, count=100
+            )
+            start, entries = reply[0], reply[1]
+            entries = [(entry_id, fields) for entry_id, fields in entries if fields and entry_id not in self.held]
+            if entries:
+                retried = await backend.redis.hmget(self.key + ":retry", [entry_id for entry_id, _ in entries])
+                for (entry_id, fields), kept in zip(entries, retried):
+                    log.info("queue %s: took over job %s (%s) from an engine that stopped answering",
+                             self.queue, entry_id.decode(), self.key)
+                    self._claimed.append((entry_id, _decode_job(kept or fields[b"job"])))
+            if start in (b"0-0", "0-0"):
+                return
+
+    # -- delivery --------------------------------------------------------------------------------
+
+    def _deliver(self, entry_id: bytes, job: Any) -> None:
+        self.active += 1
+        self.held[entry_id] = job
+        self._attempt(entry_id, job)
+
+    def _attempt(self, entry_id: bytes, job: Any) -> None:
+        host = self.backend.host
+        timeout_ms = self.backend.timeout_ms
+        job.attempts += 1
+
+        def answered(result: bytes, error: Optional[ErrorBody]) -> None:
+            self.backend.spawn(self._answered(entry_id, job, error))
+
+        def call() -> None:
+            host.invoke(job.namespace, job.function_id, bytes(job.data), b"", on_result=answered, timeout_ms=timeout_ms)
+
+        if self.condition is None:
+            call()
+            return
+
+        def checked(passed: bool, error: Optional[ErrorBody]) -> None:
+            if passed:
+                call()
+            else:  # false acks the job without a call; a failed condition is a failed attempt
+                answered(b"null", error)
+
+        check_condition(host, job.namespace, self.condition, bytes(job.data), checked, timeout_ms=timeout_ms)
+
+    async def _answered(self, entry_id: bytes, job: Any, error: Optional[ErrorBody]) -> None:
+        scripts = self.backend.scripts
+        key = self.key
+        if error is None:
+            done = await self._persist("ack", lambda: scripts.ack(keys=[key, key + ":retry", self._stats_key], args=[GROUP, entry_id]))
+            self.delivered += 1
+            return self._release(entry_id, done)
+        self.failed += 1
+        job.error = f"{error.code}: {error.message}"
+        if job.attempts >= self.settings.max_retries:
+            job.failed_at = _now_iso()
+            dead = _encode_job(job)
+            base = queue_key(self.queue)
+            done = await self._persist("dead letter", lambda: scripts.kill(
+                keys=[key, key + ":retry", base + ":dead", base + ":dead:order", self._stats_key],
+                args=[GROUP, entry_id, job.id, dead],
+            ))
+            log.warning("queue %s: job %s to %s failed %d times, moved to the DLQ: %s",
+                        self.queue, job.id, job.function_id, job.attempts, job.error)
+            return self._release(entry_id, done)
+        delay_ms = self.settings.backoff_ms * 2 ** (job.attempts - 1)
+        if not self.fifo:
+            done = await self._persist("retry", lambda: scripts.retry_later(
+                keys=[key, key + ":delayed", self._stats_key], args=[GROUP, entry_id, _encode_job(job), delay_ms]
+            ))
+            return self._release(entry_id, done)
+        # FIFO: the job keeps its place (and its slot); its attempts are kept for a takeover.
+        redis = self.backend.redis
+
+        async def keep() -> Any:
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key + ":retry", entry_id, _encode_job(job))
+                pipe.hincrby(self._stats_key, "failed", 1)
+                return await pipe.execute()
+
+        await self._persist("retry", keep)
+        await asyncio.sleep(delay_ms / 1000)
+        if self._stopped or entry_id not in self.held:
+            self._release(entry_id, False)
+        else:
+            self._attempt(entry_id, job)
+
+    async def _persist(self, what: str, command: Any) -> bool:
+        """Run a Redis write about a held job until Redis takes it (for at most the visibility
+        timeout: after that another engine may have taken the job over)."""
+        deadline = time.monotonic() + self.backend.visibility_s
+        backoff = _BACKOFF_FIRST_S
+        while True:
+            try:
+                return bool(await command())
+            except (RedisError, OSError) as error:
+                if time.monotonic() + backoff > deadline:
+                    log.warning("queue %s: could not store the %s of a job (%s): it will be delivered again",
+                                self.queue, what, error)
+                    return False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+
+    def _release(self, entry_id: bytes, done: bool) -> None:
+        self.held.pop(entry_id, None)
+        self.active -= 1
+        self._room.set()
+
+
+class _Subscription:
+    def __init__(self, consumer: _Consumer) -> None:
+        self.consumer = consumer
+        self.bindings: set[str] = set()
+
+
+class RedisTopics(Provider[Any]):
+    """Durable topics on Redis: the ``durable:subscriber`` trigger type and the publish function.
+
+    A subscription (a ``(namespace, function_id)`` bound to a topic on any engine) is in the
+    topic's subscriber set while an engine holding a binding renews it; a publish puts the message
+    in the jobs stream of every subscription, and the engines holding bindings of one function
+    compete for its jobs (replicas share the work).
+    """
+
+    def __init__(self, backend: RedisQueues) -> None:
+        super().__init__(backend.host, SubscriberConfig, backend.timeout_ms, self._check)
+        self.backend = backend
+        #: (topic, namespace, function_id) -> this engine's subscription
+        self.local: dict[tuple[str, str, str], _Subscription] = {}
+
+    @staticmethod
+    def _check(config: Any) -> Optional[str]:
+        return None if config.name else f"Topic is not set: a {SUBSCRIBER} trigger needs {{\"topic\": \"<name>\"}}"
+
+    def register(self, binding: Binding) -> Optional[str]:
+        self.unregister(binding)  # a re-registered id may have changed topic or function
+        refusal = super().register(binding)
+        if refusal is None:
+            config = self.bindings[binding.id][1]
+            key = (config.name, binding.namespace, binding.function_id)
+            subscription = self.local.get(key)
+            if subscription is None:
+                consumer = _Consumer(
+                    self.backend, f"{config.name}::{binding.function_id}", config.queue_config.settings(),
+                    binding.namespace, binding.function_id, config.condition_function_id,
+                )
+                subscription = self.local[key] = _Subscription(consumer)
+                self.backend.spawn(self._advertise([key]))
+                if self.backend.started:
+                    consumer.start()
+            subscription.bindings.add(binding.id)
+        return refusal
+
+    def unregister(self, binding: Binding) -> None:
+        entry = self.bindings.get(binding.id)
+        super().unregister(binding)
+        if entry is None:
+            return
+        key = (entry[1].name, entry[0].namespace, entry[0].function_id)
+        subscription = self.local.get(key)
+        if subscription is not None:
+            subscription.bindings.discard(binding.id)
+            if not subscription.bindings:  # its subscription lapses unless another engine renews it
+                del self.local[key]
+                self.backend.spawn(subscription.consumer.stop())
+
+    async def _advertise(self, keys: list[tuple[str, str, str]]) -> None:
+        """Put subscriptions in their topics' subscriber sets (or renew them)."""
+        if not keys:
+            return
+        redis = self.backend.redis
+        lapse = int(time.time() * 1000) + SUBSCRIPTION_TTL_MS
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for topic, namespace, function_id in keys:
+                    member = _member(namespace, function_id)
+                    queue = f"{topic}::{function_id}"
+                    pipe.zadd(_topic_key(topic), {member: lapse})
+                    pipe.sadd(f"{PREFIX}:topics", topic)
+                    pipe.sadd(f"{PREFIX}:queues", queue)
+                    pipe.sadd(f"{queue_key(queue)}:functions", member)
+                await pipe.execute()
+        except (RedisError, OSError) as error:
+            log.warning("queue: durable subscriptions not advertised in Redis (%s); retrying", error)
+
+    async def renew(self) -> None:
+        await self._advertise(list(self.local))
+
+    async def subscribers(self, topic: str) -> set[tuple[str, str]]:
+        now = int(time.time() * 1000)
+        members = await self.backend.redis.zrangebyscore(_topic_key(topic), now, "+inf")
+        found = {tuple(codec.decode_json(member)) for member in members}
+        found.update((namespace, function_id) for t, namespace, function_id in self.local if t == topic)
+        return found  # type: ignore[return-value]
+
+    def publish(self, host: Host, caller: Optional[Connection], data: Any, function_id: str = PUBLISH) -> Any:
+        request = parse_input(function_id, data, PublishInput)
+        if not request.topic:
+            raise EngineError("topic_not_set", "Topic is not set")
+        payload = msgspec.Raw(codec.encode_json(request.data))
+        topic = request.topic
+        backend = self.backend
+
+        async def publish() -> None:
+            try:
+                subscribers = await self.subscribers(topic)
+                if not subscribers:
+                    return None
+                async with backend.redis.pipeline(transaction=True) as pipe:
+                    for namespace, subscriber in sorted(subscribers):
+                        job = Job(backend.host.new_id(), subscriber, namespace, payload, topic=topic)
+                        pipe.xadd(stream_key(f"{topic}::{subscriber}", namespace, subscriber), {"job": _encode_job(job)})
+                    await pipe.execute()
+            except (RedisError, OSError) as error:
+                raise _unavailable(f"message for topic {topic!r}", error) from None
+            return None
+
+        return asyncio.ensure_future(publish())
+
+
+class RedisQueues:
+    """The queue module on Redis: the same functions as the builtin ``Queues``."""
+
+    def __init__(self, host: Host, config: QueueConfig, adapter: RedisQueueAdapter) -> None:
+        self.host = host
+        self.url = adapter.config.redis_url
+        self.visibility_ms = adapter.config.visibility_timeout_ms
+        self.visibility_s = self.visibility_ms / 1000
+        self.timeout_ms = config.invocation_timeout_ms
+        self.settings = {DEFAULT_QUEUE: QueueSettings(), **config.queue_configs}
+        #: This engine's consumer name in every group.
+        self.consumer = host.new_id()
+        self.redis: aioredis.Redis = None  # type: ignore[assignment]
+        self.blocking: aioredis.Redis = None  # type: ignore[assignment]
+        self.scripts: _Scripts = None  # type: ignore[assignment]
+        self.started = False
+        #: (queue, namespace, function_id) -> this engine's consumer of a named queue's stream
+        self.consumers: dict[tuple[str, str, str], _Consumer] = {}
+        self.topics = RedisTopics(self)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._housekeeping: Optional[asyncio.Task[None]] = None
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (start-up fails if Redis does not answer), then consume."""
+        self.redis = await connect(self.url)
+        # Blocking reads hold a connection each, with a deadline past their BLOCK; no silent
+        # retries: a consumer's loop backs off itself.
+        self.blocking = aioredis.Redis.from_url(
+            self.url, socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=BLOCK_MS / 1000 + COMMAND_TIMEOUT_S, retry=Retry(NoBackoff(), 0),
+        )
+        self.scripts = _Scripts(self.redis)
+        await self.redis.sadd(f"{PREFIX}:queues", *self.settings)
+        self.started = True
+        for subscription in self.topics.local.values():
+            subscription.consumer.start()
+        self._housekeeping = asyncio.get_running_loop().create_task(self._look_after(), name="iii-queue-redis")
+        log.info("queue: on Redis at %s (consumer %s, visibility timeout %d ms)", self.url, self.consumer, self.visibility_ms)
+
+    async def stop(self) -> None:
+        self.started = False
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        consumers = list(self.consumers.values()) + [s.consumer for s in self.topics.local.values()]
+        await asyncio.gather(*(consumer.stop() for consumer in consumers), return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._housekeeping is not None:
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
+        for client in (self.blocking, self.redis):
+            if client is not None:
+                await client.aclose()
+
+    def spawn(self, work: Any) -> None:
+        """Run a coroutine in the background, kept until it is done."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _look_after(self) -> None:
+        """Consume the named queues' streams of the functions this engine serves (and stop
+        consuming those it no longer serves); renew this engine's durable subscriptions."""
+        next_renewal = 0.0
+        while True:
+            try:
+                names = list(self.settings)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for name in names:
+                        pipe.smembers(f"{queue_key(name)}:functions")
+                    members = await pipe.execute()
+                wanted = set()
+                for name, found in zip(names, members):
+                    for member in found:
+                        namespace, function_id = codec.decode_json(member)
+                        if self.host.find_function(namespace, function_id) is not None:
+                            wanted.add((name, namespace, function_id))
+                for key in wanted - set(self.consumers):
+                    consumer = self.consumers[key] = _Consumer(self, key[0], self.settings[key[0]], key[1], key[2])
+                    consumer.start()
+                for key in set(self.consumers) - wanted:
+                    self.spawn(self.consumers.pop(key).stop())
+                if time.monotonic() >= next_renewal:
+                    next_renewal = time.monotonic() + SUBSCRIPTION_TTL_MS / 3000
+                    await self.topics.renew()
+            except (RedisError, OSError) as error:
+                log.debug("queue: housekeeping skipped (%s)", error)
+            await asyncio.sleep(DISCOVERY_S)
+
+    # -- functions (the builtin Queues' handlers, answered once Redis has answered) ---------------
+
+    def enqueue(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input(WireId.QUEUE_ENQUEUE, data, EnqueueInput)
+        if not request.queue:
+            raise EngineError("queue_not_set", "Queue is not set")
+        settings = self.settings.get(request.queue)
+        if settings is None:
+            raise EngineError("queue_not_found", f"Queue '{request.queue}' not found")
+        require_group(request.queue, settings, request.data)
+        name = request.queue
+        job = Job(request.messageReceiptId or self.host.new_id(), request.function_id, request.namespace or "default",
+                  msgspec.Raw(codec.encode_json(request.data)))
+        member = _member(job.namespace, job.function_id)
+        encoded = _encode_job(job)
+        key = stream_key(name, job.namespace, job.function_id)
+
+        async def add() -> dict[str, str]:
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.sadd(f"{queue_key(name)}:functions", member)
+                    pipe.xadd(key, {"job": encoded})
+                    await pipe.execute()
+            except (RedisError, OSError) as error:
+                raise _unavailable(f"job for queue {name!r}", error) from None
+            return {"messageReceiptId": job.id}
+
+        return asyncio.ensure_future(add())
+
+    async def _known(self, name: Optional[str], code: str = "queue_not_set") -> str:
+        if not name:
+            raise EngineError(code, "Queue is not set")
+        if name in self.settings or await self.redis.sismember(f"{PREFIX}:queues", name):
+            return name
+        raise EngineError("queue_not_found", f"Queue '{name}' not found")
+
+    async def _streams(self, name: str) -> list[str]:
+        members = await self.redis.smembers(f"{queue_key(name)}:functions")
+        return sorted(stream_key(name, *codec.decode_json(member)) for member in members)
+
+    @staticmethod
+    def _guarded(work: Any) -> asyncio.Future:
+        """The answer of a function that reads or writes Redis (a Redis failure is its error)."""
+
+        async def guarded() -> Any:
+            try:
+                return await work
+            except (RedisError, OSError) as error:
+                raise _unavailable("request", error) from None
+
+        return asyncio.ensure_future(guarded())
+
+    def list_topics(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        async def listed() -> list[dict[str, Any]]:
+            topics = sorted(member.decode() for member in await self.redis.smembers(f"{PREFIX}:topics"))
+            now = int(time.time() * 1000)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for topic in topics:
+                    pipe.zcount(_topic_key(topic), now, "+inf")
+                counts = await pipe.execute()
+            rows = [
+                {"name": topic, "broker_type": "redis", "subscriber_count": count}
+                for topic, count in zip(topics, counts) if count
+            ]
+            return rows + [
+                {"name": name, "broker_type": "function_queue",
+                 "subscriber_count": 1 if settings.type == "fifo" else settings.concurrency}
+                for name, settings in self.settings.items()
+            ]
+
+        return self._guarded(listed())
+
+    def topic_stats(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("engine::queue::topic_stats", data, QueueInput)
+
+        async def stats() -> dict[str, Any]:
+            queue = await self._known(request.queue or request.topic, "topic_required")
+            streams = await self._streams(queue)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in streams:
+                    pipe.xlen(key)
+                    pipe.zcard(key + ":delayed")
+                    pipe.xpending(key, GROUP)
+                    pipe.xinfo_consumers(key, GROUP)
+                pipe.hlen(f"{queue_key(queue)}:dead")
+                pipe.hgetall(f"{queue_key(queue)}:stats")
+                replies = await pipe.execute(raise_on_error=False)
+            depth = in_flight = 0
+            consumers: set[bytes] = set()
+            for index in range(len(streams)):
+                length, delayed, pending, group = replies[4 * index: 4 * index + 4]
+                depth += length + delayed
+                if isinstance(pending, dict):  # an error: the group is not made yet
+                    in_flight += pending.get("pending", 0)
+                if isinstance(group, list):
+                    consumers.update(row["name"] for row in group)
+            dead, counters = replies[-2], replies[-1]
+            settings = self.settings.get(queue) or self._subscriber_settings(queue)
+            return {
+                "depth": depth,
+                "in_flight": in_flight,
+                "consumer_count": len(consumers),
+                "dlq_depth": dead,
+                "config": msgspec.to_builtins(settings),
+                "delivered": int(counters.get(b"delivered", 0)),
+                "failed": int(counters.get(b"failed", 0)),
+            }
+
+        return self._guarded(stats())
+
+    def _subscriber_settings(self, queue: str) -> QueueSettings:
+        """A durable subscriber's settings as a binding here gives them (defaults otherwise)."""
+        for subscription in self.topics.local.values():
+            if subscription.consumer.queue == queue:
+                return subscription.consumer.settings
+        return SubscriberQueueConfig().settings()
+
+    def dlq_topics(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        async def listed() -> list[dict[str, Any]]:
+            names = sorted(member.decode() for member in await self.redis.smembers(f"{PREFIX}:queues"))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hlen(f"{queue_key(name)}:dead")
+                counts = await pipe.execute()
+            return [
+                {"topic": name, "broker_type": "function_queue", "message_count": count}
+                for name, count in zip(names, counts) if count
+            ]
+
+        return self._guarded(listed())
+
+    def dlq_messages(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("engine::queue::dlq_messages", data, DlqInput)
+
+        async def listed() -> list[dict[str, Any]]:
+            queue = await self._known(request.topic or request.queue, "topic_required")
+            base = queue_key(queue)
+            start = max(0, request.offset)
+            if request.limit <= 0:
+                return []
+            ids = await self.redis.zrange(f"{base}:dead:order", start, start + request.limit - 1)
+            found = await self.redis.hmget(f"{base}:dead", ids) if ids else []
+            rows = []
+            for encoded in found:
+                if encoded is not None:  # discarded meanwhile
+                    job = _decode_job(encoded)
+                    rows.append({"id": job.id, "payload": job.data, "error": job.error, "failed_at": job.failed_at,
+                                 "retries": job.attempts, "size_bytes": len(job.data)})
+            return rows
+
+        return self._guarded(listed())
+
+    async def _redrive(self, name: Optional[str], message_id: Optional[str] = None) -> tuple[str, int]:
+        """Put dead letters (all, or ``message_id``) back at the end of their streams with fresh
+        attempts; returns the queue and how many went back."""
+        queue = await self._known(name)
+        base = queue_key(queue)
+        if message_id is None:
+            dead = await self.redis.hgetall(f"{base}:dead")
+        else:
+            found = await self.redis.hget(f"{base}:dead", message_id)
+            dead = {} if found is None else {message_id.encode(): found}
+        if not dead:
+            return queue, 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, encoded in dead.items():
+                job = _decode_job(encoded)
+                fresh = msgspec.structs.replace(job, attempts=0, error=None, failed_at=None)
+                await self.scripts.revive(  # queued in the pipeline
+                    keys=[f"{base}:dead", f"{base}:dead:order", stream_key(queue, job.namespace, job.function_id),
+                          f"{base}:functions"],
+                    args=[job_id, _encode_job(fresh), _member(job.namespace, job.function_id)],
+                    client=pipe,
+                )
+            revived = await pipe.execute()
+        return queue, sum(revived)
+
+    def redrive(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = parse_input("iii::queue::redrive", data, QueueInput)
+
+        async def redriven() -> dict[str, Any]:
+            queue, count = await self._redrive(request.queue or request.topic)
+            return {"queue": queue, "redriven": count}
+
+        return self._guarded(redriven())
+
+    @staticmethod
+    def _dead_letter(function_id: str, data: Any) -> MessageInput:
+        request = parse_input(function_id, data, MessageInput)
+        if not request.queue:
+            raise EngineError("queue_not_set", "Queue is not set")
+        if not request.message_id:
+            raise EngineError("message_id_not_set", "Message id is not set")
+        return request
+
+    def redrive_message(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = self._dead_letter("iii::queue::redrive_message", data)
+
+        async def redriven() -> dict[str, Any]:
+            queue, count = await self._redrive(request.queue, request.message_id)
+            return {"queue": queue, "message_id": request.message_id, "redriven": count}
+
+        return self._guarded(redriven())
+
+    def discard_message(self, host: Host, caller: Optional[Connection], data: Any) -> Any:
+        request = self._dead_letter("iii::queue::discard_message", data)
+
+        async def discarded() -> dict[str, Any]:
+            queue = await self._known(request.queue)
+            base = queue_key(queue)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(f"{base}:dead", request.message_id)
+                pipe.zrem(f"{base}:dead:order", request.message_id)
+                removed, _ = await pipe.execute()
+            return {"queue": queue, "message_id": request.message_id, "redriven": removed}
+
+        return self._guarded(discarded())
+
+    def metric_families(self) -> list[MetricFamily]:
+        """This engine's consumers: jobs in delivery and the outcomes it saw."""
+        families = {
+            "active": MetricFamily("iii_queue_active", "gauge", "Jobs of a queue being delivered", ("queue",)),
+            "delivered": MetricFamily("iii_queue_delivered", "counter", "Jobs delivered", ("queue",)),
+            "failed": MetricFamily("iii_queue_failed", "counter", "Failed delivery attempts", ("queue",)),
+        }
+        totals: dict[str, list[int]] = {}
+        for consumer in list(self.consumers.values()) + [s.consumer for s in self.topics.local.values()]:
+            total = totals.setdefault(consumer.queue, [0, 0, 0])
+            total[0] += consumer.active
+            total[1] += consumer.delivered
+            total[2] += consumer.failed
+        for queue, (active, delivered, failed) in totals.items():
+            families["active"].samples.append(((queue,), active))
+            families["delivered"].samples.append(((queue,), delivered))
+            families["failed"].samples.append(((queue,), failed))
+        return list(families.values())
