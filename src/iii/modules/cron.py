@@ -8,11 +8,23 @@ croniter's (with ``second_at_beginning``); the day-of-week numbers are shifted t
 Each binding is a job: wait for the next instant, check the condition, call the function and wait
 for its answer, then look for the next instant after now, so runs of one job never overlap and
 ticks missed meanwhile are skipped. Errors are only logged.
+
+With ``adapter: {name: redis, config: {redis_url}}`` each tick runs once across every engine
+pointed at that Redis: before a run the engine takes the tick's lock, ``SET
+cron_lock:{job}:{tick_ms} <engine id> NX PX 60000``, where ``{job}`` is a hash of the binding's
+namespace, function id and expression (so replicas of a worker bound on several engines share
+it; the original keys its lock by the binding's random id, which lets every replica run) and
+``{tick_ms}`` the tick's instant. The engine that gets it runs the tick; the others skip it. The
+lock is never released (it names one tick) and lapses after a minute; an engine that dies only
+stops taking ticks, the others take them. Redis unavailable: the tick is skipped and logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import hashlib
+import logging
 import re
 from typing import Annotated, Any, Optional, Union
 
@@ -34,11 +46,14 @@ from iii.engine.host import (
     TimeoutMs,
     json_schema,
 )
-from iii.modules._adapters import CronAdapter
+from iii.modules._adapters import CronAdapter, RedisAdapter
 
 __all__ = ["MODULE", "CronConfig", "parse_expression", "install"]
 
 NAME = "iii-cron"
+#: How long a tick's Redis lock lives: longer than engines' clocks may differ by.
+LOCK_TTL_MS = 60_000
+log = logging.getLogger("iii.modules")
 
 _SHORTHANDS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly"}
 #: A day-of-week number (not a step after "/", nor the n of "#n").
@@ -46,9 +61,11 @@ _WEEKDAY_NUMBER = re.compile(r"(?<![/#\d])\d+")
 
 
 class CronConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """The ``iii-cron`` entry's ``config``: only the process-local lock (``kv``) exists here."""
+    """The ``iii-cron`` entry's ``config``."""
 
-    #: ``{name: kv, config: {lock_ttl_ms?, lock_index?, …}}``: the lock is process-local here.
+    #: ``{name: kv, config: {lock_ttl_ms?, lock_index?, …}}``: the lock is process-local (every
+    #: engine runs its jobs); ``{name: redis, config: {redis_url}}``: each tick runs once across
+    #: the engines sharing that Redis.
     adapter: CronAdapter = None
     #: The deadline of each run (condition and function): a run that does not answer in time is
     #: given up and the job waits for its next tick.
@@ -142,7 +159,19 @@ class Job:
             "scheduled_time": _timestamp(scheduled),
             "actual_time": _timestamp(self._scheduler.time()),
         })
-        self._provider.fire(self.binding, payload, self._condition, on_done=self._ran)
+        locks = self._provider.locks
+        if locks is None:
+            self._provider.fire(self.binding, payload, self._condition, on_done=self._ran)
+            return
+        key = locks.key(self.binding, self._expression, scheduled)
+
+        async def run_if_locked() -> None:
+            if await locks.take(key) and not self._stopped:
+                self._provider.fire(self.binding, payload, self._condition, on_done=self._ran)
+            else:
+                self.schedule()
+
+        locks.spawn(run_if_locked())
 
     def _ran(self, result: bytes, error: Optional[ErrorBody]) -> None:
         self.schedule()
@@ -154,6 +183,48 @@ class Job:
             self._timer = None
 
 
+class RedisLocks:
+    """One lock per job and tick in Redis, shared by the engines pointed at it."""
+
+    def __init__(self, url: str, engine_id: str) -> None:
+        self.url = url
+        self.engine_id = engine_id
+        self.redis: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        from iii.modules._redis import connect  # redis-py only when configured
+
+        self.redis = await connect(self.url)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    @staticmethod
+    def key(binding: Binding, expression: str, tick: float) -> str:
+        job = hashlib.sha1(f"{binding.namespace}\0{binding.function_id}\0{expression}".encode()).hexdigest()[:16]
+        return f"cron_lock:{job}:{round(tick * 1000)}"
+
+    async def take(self, key: str) -> bool:
+        """Whether this engine runs the tick (``False`` too when Redis does not answer)."""
+        from redis.exceptions import RedisError
+
+        try:
+            return bool(await self.redis.set(key, self.engine_id, nx=True, px=LOCK_TTL_MS))
+        except (RedisError, OSError) as error:
+            log.warning("cron: tick %s skipped, Redis unavailable: %s", key, error)
+            return False
+
+    def spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
 class CronProvider(Provider[CronTriggerConfig], Running):
     """The ``cron`` trigger type: a :class:`Job` per binding (a re-registered id replaces it)."""
 
@@ -161,6 +232,12 @@ class CronProvider(Provider[CronTriggerConfig], Running):
         super().__init__(host, CronTriggerConfig, timeout_ms, self._check)
         self.scheduler = scheduler
         self.jobs: dict[str, Job] = {}
+        #: The cluster-wide tick locks (``None``: every engine runs the jobs it holds).
+        self.locks: Optional[RedisLocks] = None
+
+    async def start(self) -> None:
+        if self.locks is not None:
+            await self.locks.start()
 
     @staticmethod
     def _check(config: CronTriggerConfig) -> Optional[str]:
@@ -187,6 +264,8 @@ class CronProvider(Provider[CronTriggerConfig], Running):
         """The engine stops: no job runs again (durable bindings have no owner to remove them)."""
         for binding_id in list(self.jobs):
             self._stop(binding_id)
+        if self.locks is not None:
+            await self.locks.stop()
 
     def _stop(self, binding_id: str) -> None:
         job = self.jobs.pop(binding_id, None)
@@ -198,6 +277,8 @@ def install(host: Host, config: Optional[CronConfig] = None, scheduler: Optional
     """Register the ``cron`` trigger type."""
     config = config or CronConfig()
     provider = CronProvider(host, scheduler or LoopScheduler(), config.invocation_timeout_ms)
+    if isinstance(config.adapter, RedisAdapter):
+        provider.locks = RedisLocks(config.adapter.config.redis_url, host.new_id())
     host.add_trigger_type(
         "cron",
         provider,

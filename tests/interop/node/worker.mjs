@@ -34,6 +34,9 @@ while (argv.length) {
 
 function handlerFor(behavior, functionId) {
   switch (behavior) {
+    // Print each call (queue deliveries), then answer or fail.
+    case "record": return async (data) => { emit({ received: functionId, data }); return data; };
+    case "recordfail": return async (data) => { emit({ received: functionId, data }); throw new Error(`boom from ${functionId}`); };
     case "add": return async (data) => ({ c: data.a + data.b });
     case "echo": return async (data) => data;
     case "fail": return async () => { throw new Error(`boom from ${functionId}`); };

@@ -51,6 +51,15 @@ def handler_for(behavior, function_id, worker=None):
             return await worker.trigger_async({"function_id": data["target"], "payload": data.get("payload")})
 
         return relay
+    if behavior in ("record", "recordfail"):  # print each call (queue deliveries), then answer or fail
+
+        def record(data):
+            emit(received=function_id, data=data, worker=worker.worker_id if worker else None)
+            if behavior == "recordfail":
+                raise ValueError("boom from " + function_id)
+            return data
+
+        return record
     if behavior == "add":
         return lambda data: {"c": data["a"] + data["b"]}
     if behavior == "echo":
