@@ -47,7 +47,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from iii import codec
 from iii.engine.host import (
@@ -98,6 +98,8 @@ SUBSCRIPTION_TTL_MS = 30_000
 #: Reconnect backoff of a consumer: from 50 ms, doubling, at most 2 s.
 _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 2.0
+#: Connections for blocking reads (one per stream consumed here; redis-py's default is 100).
+_MAX_BLOCKING_READS = 10_000
 #: Jobs moved back from a delayed set in one step.
 _PROMOTE_BATCH = 100
 
@@ -204,6 +206,69 @@ class _Scripts:
         self.revive = client.register_script(_REVIVE)
         self.lease = client.register_script(_LEASE)
         self.release = client.register_script(_RELEASE)
+        self._all = (self.ack, self.retry_later, self.kill, self.promote, self.revive, self.lease, self.release)
+
+    async def load(self) -> None:
+        """Load every script (Redis forgets them when it restarts)."""
+        for script in self._all:
+            await script.registered_client.script_load(script.script)
+
+
+class _Batch:
+    """Every command asked for during one turn of the loop goes to Redis in one pipeline (one
+    round trip): enqueues, and the acks of jobs answered together."""
+
+    def __init__(self, client: aioredis.Redis, scripts: _Scripts, spawn: Any) -> None:
+        self._client = client
+        self._scripts = scripts
+        self._spawn = spawn
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+
+    def run(self, *command: Any) -> asyncio.Future[Any]:
+        """Send ``command`` with this turn's others; the future resolves to its reply."""
+        future = asyncio.get_running_loop().create_future()
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append((command, future))
+        return future
+
+    def script(self, script: Any, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
+        return self.run("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self._spawn(self._send(pending))
+
+    async def _send(self, pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]], again: bool = True) -> None:
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for command, _ in pending:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as error:
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        unknown = []
+        for (command, future), reply in zip(pending, replies):
+            if isinstance(reply, NoScriptError) and again:
+                unknown.append((command, future))
+            elif future.done():
+                continue
+            elif isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+        if unknown:  # Redis restarted: load the scripts, then once more
+            try:
+                await self._scripts.load()
+            except (RedisError, OSError) as error:
+                for _, future in unknown:
+                    if not future.done():
+                        future.set_exception(error)
+                return
+            await self._send(unknown, again=False)
 
 
 class _Consumer:
@@ -236,6 +301,7 @@ class _Consumer:
         self._leased = False
         self._next_touch = 0.0
         self._next_reclaim = 0.0
+        self._next_promote = 0.0
 
     @property
     def fifo(self) -> bool:
@@ -322,8 +388,8 @@ class _Consumer:
 
     async def _look_after(self) -> int:
         """Renew the FIFO lease and touch the held jobs (every third of the visibility timeout),
-        take over jobs stale elsewhere, move due retries back; returns ms until the next retry is
-        due (-1: none)."""
+        take over jobs stale elsewhere, move due retries back; returns how long a read may block
+        (ms; -1: as long as it likes)."""
         backend = self.backend
         now = time.monotonic()
         if now >= self._next_touch:
@@ -344,7 +410,10 @@ class _Consumer:
         if now >= self._next_reclaim:
             self._next_reclaim = now + backend.visibility_s / 2
             await self._take_over(min_idle_ms=backend.visibility_ms)
-        return int(await backend.scripts.promote(keys=[self.key, self.key + ":delayed"], args=[_PROMOTE_BATCH]))
+        if now >= self._next_promote:  # this engine's retries when due; the others' at least each BLOCK_MS
+            next_due = int(await backend.scripts.promote(keys=[self.key, self.key + ":delayed"], args=[_PROMOTE_BATCH]))
+            self._next_promote = now + (BLOCK_MS if next_due < 0 else min(next_due, BLOCK_MS)) / 1000
+        return max(1, int((self._next_promote - now) * 1000))
 
     async def _take_over(self, min_idle_ms: int) -> None:
         """Claim jobs left pending (by an engine that died) for at least ``min_idle_ms``."""
@@ -397,9 +466,12 @@ class _Consumer:
 
     async def _answered(self, entry_id: bytes, job: Any, error: Optional[ErrorBody]) -> None:
         scripts = self.backend.scripts
+        batch = self.backend.batch
         key = self.key
         if error is None:
-            done = await self._persist("ack", lambda: scripts.ack(keys=[key, key + ":retry", self._stats_key], args=[GROUP, entry_id]))
+            done = await self._persist("ack", lambda: batch.script(
+                scripts.ack, [key, key + ":retry", self._stats_key], [GROUP, entry_id]
+            ))
             self.delivered += 1
             return self._release(entry_id, done)
         self.failed += 1
@@ -408,18 +480,19 @@ class _Consumer:
             job.failed_at = _now_iso()
             dead = _encode_job(job)
             base = queue_key(self.queue)
-            done = await self._persist("dead letter", lambda: scripts.kill(
-                keys=[key, key + ":retry", base + ":dead", base + ":dead:order", self._stats_key],
-                args=[GROUP, entry_id, job.id, dead],
+            done = await self._persist("dead letter", lambda: batch.script(
+                scripts.kill, [key, key + ":retry", base + ":dead", base + ":dead:order", self._stats_key],
+                [GROUP, entry_id, job.id, dead],
             ))
             log.warning("queue %s: job %s to %s failed %d times, moved to the DLQ: %s",
                         self.queue, job.id, job.function_id, job.attempts, job.error)
             return self._release(entry_id, done)
         delay_ms = self.settings.backoff_ms * 2 ** (job.attempts - 1)
         if not self.fifo:
-            done = await self._persist("retry", lambda: scripts.retry_later(
-                keys=[key, key + ":delayed", self._stats_key], args=[GROUP, entry_id, _encode_job(job), delay_ms]
+            done = await self._persist("retry", lambda: batch.script(
+                scripts.retry_later, [key, key + ":delayed", self._stats_key], [GROUP, entry_id, _encode_job(job), delay_ms]
             ))
+            self._next_promote = min(self._next_promote, time.monotonic() + delay_ms / 1000)
             return self._release(entry_id, done)
         # FIFO: the job keeps its place (and its slot); its attempts are kept for a takeover.
         redis = self.backend.redis
@@ -585,6 +658,9 @@ class RedisQueues:
         self.redis: aioredis.Redis = None  # type: ignore[assignment]
         self.blocking: aioredis.Redis = None  # type: ignore[assignment]
         self.scripts: _Scripts = None  # type: ignore[assignment]
+        self.batch: _Batch = None  # type: ignore[assignment]
+        #: The ``[ns, fn]`` members this engine has put in its named queues' function sets.
+        self._announced: set[tuple[str, bytes]] = set()
         self.started = False
         #: (queue, namespace, function_id) -> this engine's consumer of a named queue's stream
         self.consumers: dict[tuple[str, str, str], _Consumer] = {}
@@ -602,8 +678,11 @@ class RedisQueues:
         self.blocking = aioredis.Redis.from_url(
             self.url, socket_connect_timeout=CONNECT_TIMEOUT_S,
             socket_timeout=BLOCK_MS / 1000 + COMMAND_TIMEOUT_S, retry=Retry(NoBackoff(), 0),
+            max_connections=_MAX_BLOCKING_READS,
         )
         self.scripts = _Scripts(self.redis)
+        await self.scripts.load()
+        self.batch = _Batch(self.redis, self.scripts, self.spawn)
         await self.redis.sadd(f"{PREFIX}:queues", *self.settings)
         self.started = True
         for subscription in self.topics.local.values():
@@ -649,9 +728,8 @@ class RedisQueues:
                         namespace, function_id = codec.decode_json(member)
                         if self.host.find_function(namespace, function_id) is not None:
                             wanted.add((name, namespace, function_id))
-                for key in wanted - set(self.consumers):
-                    consumer = self.consumers[key] = _Consumer(self, key[0], self.settings[key[0]], key[1], key[2])
-                    consumer.start()
+                for key in wanted:
+                    self._consume(key)
                 for key in set(self.consumers) - wanted:
                     self.spawn(self.consumers.pop(key).stop())
                 if time.monotonic() >= next_renewal:
@@ -660,6 +738,12 @@ class RedisQueues:
             except (RedisError, OSError) as error:
                 log.debug("queue: housekeeping skipped (%s)", error)
             await asyncio.sleep(DISCOVERY_S)
+
+    def _consume(self, key: tuple[str, str, str]) -> None:
+        """Consume a named queue's stream of one function, if it is served here."""
+        if key not in self.consumers and self.started and self.host.find_function(key[1], key[2]) is not None:
+            consumer = self.consumers[key] = _Consumer(self, key[0], self.settings[key[0]], key[1], key[2])
+            consumer.start()
 
     # -- functions (the builtin Queues' handlers, answered once Redis has answered) ---------------
 
@@ -678,14 +762,17 @@ class RedisQueues:
         encoded = _encode_job(job)
         key = stream_key(name, job.namespace, job.function_id)
 
+        announce = (name, member) not in self._announced
+
         async def add() -> dict[str, str]:
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.sadd(f"{queue_key(name)}:functions", member)
-                    pipe.xadd(key, {"job": encoded})
-                    await pipe.execute()
+                if announce:  # the other engines find the stream through this set
+                    await self.batch.run("SADD", f"{queue_key(name)}:functions", member)
+                    self._announced.add((name, member))
+                await self.batch.run("XADD", key, "*", "job", encoded)
             except (RedisError, OSError) as error:
                 raise _unavailable(f"job for queue {name!r}", error) from None
+            self._consume((name, job.namespace, job.function_id))  # at once, not at the next look
             return {"messageReceiptId": job.id}
 
         return asyncio.ensure_future(add())
