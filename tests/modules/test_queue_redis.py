@@ -350,3 +350,103 @@ async def test_cron_replicas_on_two_engines_run_each_tick_once_and_survive_a_kil
     await until(lambda: len(ticks(second)) >= before + 3, what="ticks after engine a died")
     after = ticks(first, second)
     assert len(after) == len(set(after)), f"a tick ran twice: {sorted(after)}"
+
+
+# ----------------------------------------------------------------------------- one engine, in process
+
+
+def single_config(redis_url: str) -> str:
+    return cluster_config(redis_url).replace(
+        f"visibility_timeout_ms: {VISIBILITY_MS}", "visibility_timeout_ms: 3000"
+    )
+
+
+async def serve(url: str, function_id: str) -> RawClient:
+    worker = await RawClient.connect(url)
+    await worker.register(f"serves-{function_id}")
+    worker.send(type="registerfunction", id=function_id)
+    await worker.wait_for_function(function_id)
+    return worker
+
+
+async def next_job(worker: RawClient, function_id: str) -> dict:
+    return await worker.recv_until(lambda f: f.get("type") == "invokefunction" and f.get("function_id") == function_id, 20)
+
+
+def answer(worker: RawClient, job: dict, error: bool = False) -> None:
+    outcome = {"error": {"code": "nope", "message": "refused"}} if error else {"result": {}}
+    worker.send(type="invocationresult", invocation_id=job["invocation_id"], function_id=job["function_id"], **outcome)
+
+
+async def test_a_fifo_job_being_retried_is_not_overtaken(tmp_path, redis_server):
+    from helpers import in_process_engine
+
+    async with in_process_engine(single_config(redis_server.url), tmp_path) as app:
+        url = app.engine.urls[0]
+        worker = await serve(url, "fifo::job")
+        caller = await RawClient.connect(url)  # (a worker's own calls would skip its deliveries)
+        for n in range(3):
+            sent = await caller.call("fifo::job", {"group": "g", "n": n}, action={"type": "enqueue", "queue": "ordered"})
+            assert "result" in sent, sent
+        order = []
+        first = True
+        while len(order) < 4:
+            job = await next_job(worker, "fifo::job")
+            order.append(job["data"]["n"])
+            answer(worker, job, error=first)  # job 0 fails once: it comes again before job 1
+            first = False
+        assert order == [0, 0, 1, 2]
+        await worker.close()
+        await caller.close()
+
+
+async def test_without_redis_an_enqueue_fails_clearly_and_consumers_resume(tmp_path, redis_server):
+    from helpers import in_process_engine
+
+    async with in_process_engine(single_config(redis_server.url), tmp_path) as app:
+        url = app.engine.urls[0]
+        worker = await serve(url, "jobs::later")
+        caller = await RawClient.connect(url)
+        redis_server.kill()
+        refused = await caller.call("jobs::later", {"n": 1}, action={"type": "enqueue", "queue": "jobs"})
+        assert refused["error"]["code"] == "enqueue_error"
+        assert refused["error"]["message"].startswith("queue_unavailable: Redis did not take the job for queue 'jobs'")
+        stats = await caller.call("engine::queue::topic_stats", {"queue": "jobs"})
+        assert stats["error"]["code"] == "queue_unavailable"
+        redis_server.start()
+        accepted = await caller.call("jobs::later", {"n": 2}, action={"type": "enqueue", "queue": "jobs"})
+        assert "result" in accepted, accepted
+        job = await next_job(worker, "jobs::later")
+        assert job["data"] == {"n": 2}
+        answer(worker, job)
+        await worker.close()
+        await caller.close()
+
+
+async def test_an_engine_does_not_start_without_its_redis(tmp_path):
+    import socket
+
+    from helpers import in_process_engine
+    from iii.modules._redis import RedisUnavailable
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{probe.getsockname()[1]}/0"
+    with pytest.raises(RedisUnavailable, match=f"Failed to connect to Redis at {url}"):
+        async with in_process_engine(single_config(url), tmp_path):
+            pass
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("iii-queue\n    config: {adapter: {name: redis, config: {redis_url: 'redis://x', lock_ttl_ms: 5}}}",
+     "Object contains unknown field `lock_ttl_ms`"),
+    ("iii-queue\n    config: {adapter: {name: redis, config: {visibility_timeout_ms: 10}}}",
+     "Expected `int` >= 100"),
+    ("iii-cron\n    config: {adapter: {name: redis, config: {lock_ttl_ms: 5}}}",
+     "Object contains unknown field `lock_ttl_ms`"),
+])
+def test_redis_adapter_configs_are_checked(tmp_path, entry, message):
+    from iii.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config(f"workers:\n  - name: {entry}\n", tmp_path / "config.yaml")
