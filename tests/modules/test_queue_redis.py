@@ -297,6 +297,11 @@ async def test_kill_9_of_an_engine_under_queue_load_loses_no_accepted_job(procs,
 
     await until(lambda: accepted <= delivered(), timeout=60,
                 what=f"all {len(accepted)} accepted jobs on engine b (missing: {sorted(accepted - delivered())[:10]})")
+    # The dead engine's consumer leaves the numbers once idle with nothing pending.
+    watcher = await RawClient.connect(b.url)
+    await until(lambda: _stats_when(watcher, "default", lambda s: (s["consumer_count"], s["in_flight"]) == (1, 0)),
+                timeout=30, what="one consumer left, nothing in flight")
+    await watcher.close()
 
 
 async def test_redis_restarted_mid_run_loses_no_accepted_job(procs, tmp_path, redis_server, on):

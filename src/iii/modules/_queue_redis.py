@@ -155,6 +155,24 @@ if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
 end
 return 0
 """
+_PRUNE = """
+local pruned = 0
+for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local fields = {}
+  for i = 1, #row, 2 do fields[row[i]] = row[i + 1] end
+  if fields['pending'] == 0 and fields['idle'] > tonumber(ARGV[2]) and fields['name'] ~= ARGV[3] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], fields['name'])
+    pruned = pruned + 1
+  end
+end
+return pruned
+"""
+_LEAVE = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+  return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1
+"""
 _LEASE = """
 local holder = redis.call('GET', KEYS[1])
 if holder == false then
@@ -206,7 +224,12 @@ class _Scripts:
         self.revive = client.register_script(_REVIVE)
         self.lease = client.register_script(_LEASE)
         self.release = client.register_script(_RELEASE)
-        self._all = (self.ack, self.retry_later, self.kill, self.promote, self.revive, self.lease, self.release)
+        self.prune = client.register_script(_PRUNE)
+        self.leave = client.register_script(_LEAVE)
+        self._all = (
+            self.ack, self.retry_later, self.kill, self.promote, self.revive, self.lease, self.release, self.prune,
+            self.leave,
+        )
 
     async def load(self) -> None:
         """Load every script (Redis forgets them when it restarts)."""
@@ -320,11 +343,14 @@ class _Consumer:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._leased:
-            try:
-                await self.backend.scripts.release(keys=[self.key + ":lock"], args=[self.backend.consumer])
-            except (RedisError, OSError):
-                pass  # it lapses on its own
+        scripts, consumer = self.backend.scripts, self.backend.consumer
+        try:
+            if self._leased:
+                await scripts.release(keys=[self.key + ":lock"], args=[consumer])
+            if not self.held:  # leave the group (its consumer count) unless it holds jobs
+                await scripts.leave(keys=[self.key], args=[GROUP, consumer])
+        except (RedisError, OSError):
+            pass  # the lease lapses, and an idle consumer is pruned by another engine
 
     # -- the read loop ---------------------------------------------------------------------------
 
@@ -410,6 +436,8 @@ class _Consumer:
         if now >= self._next_reclaim:
             self._next_reclaim = now + backend.visibility_s / 2
             await self._take_over(min_idle_ms=backend.visibility_ms)
+            # Consumers of engines gone (nothing pending, no read for a while) leave the group.
+            await backend.scripts.prune(keys=[self.key], args=[GROUP, 3 * max(backend.visibility_ms, BLOCK_MS), backend.consumer])
         if now >= self._next_promote:  # this engine's retries when due; the others' at least each BLOCK_MS
             next_due = int(await backend.scripts.promote(keys=[self.key, self.key + ":delayed"], args=[_PROMOTE_BATCH]))
             self._next_promote = now + (BLOCK_MS if next_due < 0 else min(next_due, BLOCK_MS)) / 1000
