@@ -100,6 +100,9 @@ _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 2.0
 #: Connections for blocking reads (one per stream consumed here; redis-py's default is 100).
 _MAX_BLOCKING_READS = 10_000
+#: How long a stopping engine waits for the answers of its jobs to reach Redis (the jobs it
+#: cannot answer in time are delivered again after the visibility timeout).
+_STOP_GRACE_S = 2.0
 #: Jobs moved back from a delayed set in one step.
 _PROMOTE_BATCH = 100
 
@@ -207,6 +210,12 @@ def _member(namespace: str, function_id: str) -> bytes:
     return codec.encode_json([namespace, function_id])
 
 
+def _function_of(member: bytes) -> tuple[str, str]:
+    """The ``(namespace, function_id)`` of a function-set or subscriber-set member."""
+    namespace, function_id = msgspec.json.decode(member, type=tuple[str, str])
+    return namespace, function_id
+
+
 def _now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
@@ -216,7 +225,7 @@ def _unavailable(action: str, error: Exception) -> EngineError:
 
 
 class _Scripts:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: Any) -> None:
         self.ack = client.register_script(_ACK)
         self.retry_later = client.register_script(_RETRY_LATER)
         self.kill = client.register_script(_KILL)
@@ -241,7 +250,7 @@ class _Batch:
     """Every command asked for during one turn of the loop goes to Redis in one pipeline (one
     round trip): enqueues, and the acks of jobs answered together."""
 
-    def __init__(self, client: aioredis.Redis, scripts: _Scripts, spawn: Any) -> None:
+    def __init__(self, client: Any, scripts: _Scripts, spawn: Any) -> None:
         self._client = client
         self._scripts = scripts
         self._spawn = spawn
@@ -497,31 +506,36 @@ class _Consumer:
         batch = self.backend.batch
         key = self.key
         if error is None:
-            done = await self._persist("ack", lambda: batch.script(
+            self.delivered += 1
+            if not self.fifo:  # its slot takes the next job while Redis stores the ack
+                self._free_slot()
+            await self._persist("ack", lambda: batch.script(
                 scripts.ack, [key, key + ":retry", self._stats_key], [GROUP, entry_id]
             ))
-            self.delivered += 1
-            return self._release(entry_id, done)
+            self.held.pop(entry_id, None)
+            if self.fifo:  # the next job only once this one is done
+                self._free_slot()
+            return None
         self.failed += 1
         job.error = f"{error.code}: {error.message}"
         if job.attempts >= self.settings.max_retries:
             job.failed_at = _now_iso()
             dead = _encode_job(job)
             base = queue_key(self.queue)
-            done = await self._persist("dead letter", lambda: batch.script(
+            await self._persist("dead letter", lambda: batch.script(
                 scripts.kill, [key, key + ":retry", base + ":dead", base + ":dead:order", self._stats_key],
                 [GROUP, entry_id, job.id, dead],
             ))
             log.warning("queue %s: job %s to %s failed %d times, moved to the DLQ: %s",
                         self.queue, job.id, job.function_id, job.attempts, job.error)
-            return self._release(entry_id, done)
+            return self._release(entry_id)
         delay_ms = self.settings.backoff_ms * 2 ** (job.attempts - 1)
         if not self.fifo:
-            done = await self._persist("retry", lambda: batch.script(
+            await self._persist("retry", lambda: batch.script(
                 scripts.retry_later, [key, key + ":delayed", self._stats_key], [GROUP, entry_id, _encode_job(job), delay_ms]
             ))
             self._next_promote = min(self._next_promote, time.monotonic() + delay_ms / 1000)
-            return self._release(entry_id, done)
+            return self._release(entry_id)
         # FIFO: the job keeps its place (and its slot); its attempts are kept for a takeover.
         redis = self.backend.redis
 
@@ -534,7 +548,7 @@ class _Consumer:
         await self._persist("retry", keep)
         await asyncio.sleep(delay_ms / 1000)
         if self._stopped or entry_id not in self.held:
-            self._release(entry_id, False)
+            self._release(entry_id)
         else:
             self._attempt(entry_id, job)
 
@@ -554,8 +568,11 @@ class _Consumer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
 
-    def _release(self, entry_id: bytes, done: bool) -> None:
+    def _release(self, entry_id: bytes) -> None:
         self.held.pop(entry_id, None)
+        self._free_slot()
+
+    def _free_slot(self) -> None:
         self.active -= 1
         self._room.set()
 
@@ -642,9 +659,9 @@ class RedisTopics(Provider[Any]):
     async def subscribers(self, topic: str) -> set[tuple[str, str]]:
         now = int(time.time() * 1000)
         members = await self.backend.redis.zrangebyscore(_topic_key(topic), now, "+inf")
-        found = {tuple(codec.decode_json(member)) for member in members}
+        found = {_function_of(member) for member in members}
         found.update((namespace, function_id) for t, namespace, function_id in self.local if t == topic)
-        return found  # type: ignore[return-value]
+        return found
 
     def publish(self, host: Host, caller: Optional[Connection], data: Any, function_id: str = PUBLISH) -> Any:
         request = parse_input(function_id, data, PublishInput)
@@ -683,8 +700,10 @@ class RedisQueues:
         self.settings = {DEFAULT_QUEUE: QueueSettings(), **config.queue_configs}
         #: This engine's consumer name in every group.
         self.consumer = host.new_id()
-        self.redis: aioredis.Redis = None  # type: ignore[assignment]
-        self.blocking: aioredis.Redis = None  # type: ignore[assignment]
+        #: Commands (``connect``'s client) and blocking reads (their own connections); typed
+        #: ``Any``: redis-py's annotations make every reply ``bytes | str``.
+        self.redis: Any = None
+        self.blocking: Any = None
         self.scripts: _Scripts = None  # type: ignore[assignment]
         self.batch: _Batch = None  # type: ignore[assignment]
         #: The ``[ns, fn]`` members this engine has put in its named queues' function sets.
@@ -724,6 +743,8 @@ class RedisQueues:
             self._housekeeping.cancel()
         consumers = list(self.consumers.values()) + [s.consumer for s in self.topics.local.values()]
         await asyncio.gather(*(consumer.stop() for consumer in consumers), return_exceptions=True)
+        if self._tasks:  # answers of jobs whose functions answered: stored if Redis takes them soon
+            await asyncio.wait(list(self._tasks), timeout=_STOP_GRACE_S)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -750,10 +771,10 @@ class RedisQueues:
                     for name in names:
                         pipe.smembers(f"{queue_key(name)}:functions")
                     members = await pipe.execute()
-                wanted = set()
+                wanted: set[tuple[str, str, str]] = set()
                 for name, found in zip(names, members):
                     for member in found:
-                        namespace, function_id = codec.decode_json(member)
+                        namespace, function_id = _function_of(member)
                         if self.host.find_function(namespace, function_id) is not None:
                             wanted.add((name, namespace, function_id))
                 for key in wanted:
@@ -799,6 +820,7 @@ class RedisQueues:
                     self._announced.add((name, member))
                 await self.batch.run("XADD", key, "*", "job", encoded)
             except (RedisError, OSError) as error:
+                self._announced.clear()  # a Redis that lost its data has lost the sets too
                 raise _unavailable(f"job for queue {name!r}", error) from None
             self._consume((name, job.namespace, job.function_id))  # at once, not at the next look
             return {"messageReceiptId": job.id}
@@ -814,7 +836,7 @@ class RedisQueues:
 
     async def _streams(self, name: str) -> list[str]:
         members = await self.redis.smembers(f"{queue_key(name)}:functions")
-        return sorted(stream_key(name, *codec.decode_json(member)) for member in members)
+        return sorted(stream_key(name, *_function_of(member)) for member in members)
 
     @staticmethod
     def _guarded(work: Any) -> asyncio.Future:

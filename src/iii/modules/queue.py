@@ -1,6 +1,9 @@
 """Queue (``iii-queue``): named queues behind ``TriggerAction.Enqueue`` and durable topics, on
 the ``builtin`` adapter: in memory (the default), or also in a SQLite file with
-``store_method: file_based`` (:mod:`iii.modules._store`).
+``store_method: file_based`` (:mod:`iii.modules._store`); or, with ``adapter: {name: redis}``,
+in Redis Streams shared by every engine pointed at that Redis (:mod:`iii.modules._queue_redis`,
+which documents its key layout). Both serve :class:`QueueBackend`; this docstring describes the
+semantics they share, and the builtin one.
 
 ``engine::queue::enqueue`` takes a job (the router calls it for an ``enqueue`` action); the queue
 then calls the job's function with its data (in the enqueue's namespace, no metadata). An
