@@ -35,7 +35,7 @@ def run_iii(*args: str, cwd: Path, timeout: float = 20) -> subprocess.CompletedP
         ("workers:\n  - name: state\n    config:\n      max_value_bytes: lots\n", "max_value_bytes"),
         ("workers:\n  - name: iii-state\n    config:\n      adapter: {name: redis, config: {url: x}}\n", "unknown field `url`"),
         ("workers:\n  - name: iii-pubsub\n    config:\n      adapter: {name: redis, config: {url: x}}\n", "unknown field `url`"),
-        ("workers:\n  - name: cron\n    config:\n      adapter: {name: redis}\n", "not available here"),
+        ("workers:\n  - name: cron\n    config:\n      adapter: {name: redis, config: {lock_ttl_ms: 5}}\n", "lock_ttl_ms"),
         ("workers:\n  - name: queue\n    config:\n      queue_configs: {pay: {type: fifo}}\n", "message_group_field"),
         # What this engine does not do is refused, never silently ignored.
         ("workers:\n  - name: iii-worker-manager\n    config:\n      rbac: {auth_function: a::b}\n",
