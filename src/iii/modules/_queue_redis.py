@@ -615,8 +615,8 @@ class RedisTopics(Provider[Any]):
                     binding.namespace, binding.function_id, config.condition_function_id,
                 )
                 subscription = self.local[key] = _Subscription(consumer)
-                self.backend.spawn(self._advertise([key]))
-                if self.backend.started:
+                if self.backend.started:  # (else start() advertises and starts it)
+                    self.backend.spawn(self._advertise([key]))
                     consumer.start()
             subscription.bindings.add(binding.id)
         return refusal
