@@ -405,6 +405,34 @@ async def test_a_fifo_job_being_retried_is_not_overtaken(tmp_path, redis_server)
         await caller.close()
 
 
+async def test_an_entry_that_is_not_a_job_is_removed_and_the_queue_goes_on(tmp_path, redis_server):
+    from helpers import in_process_engine
+    from iii.modules._queue_redis import stream_key
+    from iii.modules._redis import connect
+
+    async with in_process_engine(single_config(redis_server.url), tmp_path) as app:
+        url = app.engine.urls[0]
+        worker = await serve(url, "jobs::sturdy")
+        caller = await RawClient.connect(url)
+        redis = await connect(redis_server.url)
+        key = stream_key("jobs", "default", "jobs::sturdy")
+        await redis.xadd(key, {"job": b"not json"})
+        await redis.xadd(key, {"other": b"field"})
+        sent = await caller.call("jobs::sturdy", {"n": 1}, action={"type": "enqueue", "queue": "jobs"})
+        assert "result" in sent, sent
+        job = await next_job(worker, "jobs::sturdy")
+        assert job["data"] == {"n": 1}
+        answer(worker, job)
+        await until(lambda: _length_is(redis, key, 0), what="the stream emptied")
+        await redis.aclose()
+        await worker.close()
+        await caller.close()
+
+
+async def _length_is(redis: Any, key: str, length: int) -> bool:
+    return await redis.xlen(key) == length
+
+
 async def test_without_redis_an_enqueue_fails_clearly_and_consumers_resume(tmp_path, redis_server):
     from helpers import in_process_engine
 

@@ -400,19 +400,41 @@ class _Consumer:
                     for entry_id, fields in entries:
                         if self._stopped:  # taken but not delivered: another engine reclaims it
                             break
-                        self._deliver(entry_id, _decode_job(fields[b"job"]))
+                        job = self._job_of(entry_id, fields)
+                        if job is not None:
+                            self._deliver(entry_id, job)
             except asyncio.CancelledError:
                 raise
-            except ResponseError as error:
-                if "NOGROUP" not in str(error):
-                    raise
-                ready = False  # the stream was deleted (or Redis lost it): make it again
             except (RedisError, OSError) as error:
+                if isinstance(error, ResponseError) and "NOGROUP" in str(error):
+                    ready = False  # the stream was deleted (or Redis lost it): make it again
+                    continue
                 if not failing:
                     log.warning("queue %s: Redis unavailable (%s); consumer backs off", self.queue, error)
                 failing = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
+            except Exception:  # a bug must not stop the queue for good
+                log.exception("queue %s: consumer of %s failed; it goes on", self.queue, self.key)
+                await asyncio.sleep(_BACKOFF_MAX_S)
+
+    def _job_of(self, entry_id: bytes, fields: dict[bytes, bytes], kept: Optional[bytes] = None) -> Optional[Job]:
+        """The job of a stream entry; an entry that holds none (written by something else) is
+        logged and removed."""
+        try:
+            return _decode_job(kept or fields[b"job"])
+        except (KeyError, msgspec.DecodeError, msgspec.ValidationError) as error:
+            log.error("queue %s: entry %s of %s is not a job (%s); removed", self.queue,
+                      entry_id.decode(errors="replace"), self.key, error)
+            self.backend.spawn(self._drop(entry_id))
+            return None
+
+    async def _drop(self, entry_id: bytes) -> None:
+        try:
+            await self.backend.batch.run("XACK", self.key, GROUP, entry_id)
+            await self.backend.batch.run("XDEL", self.key, entry_id)
+        except (RedisError, OSError) as error:  # it comes back after the visibility timeout
+            log.warning("queue %s: could not remove entry %s: %s", self.queue, entry_id.decode(errors="replace"), error)
 
     async def _create_group(self) -> None:
         try:
@@ -467,7 +489,9 @@ class _Consumer:
                 for (entry_id, fields), kept in zip(entries, retried):
                     log.info("queue %s: took over job %s (%s) from an engine that stopped answering",
                              self.queue, entry_id.decode(), self.key)
-                    self._claimed.append((entry_id, _decode_job(kept or fields[b"job"])))
+                    job = self._job_of(entry_id, fields, kept)
+                    if job is not None:
+                        self._claimed.append((entry_id, job))
             if start in (b"0-0", "0-0"):
                 return
 
