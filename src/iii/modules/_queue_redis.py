@@ -220,7 +220,7 @@ def _now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
-def _unavailable(action: str, error: Exception) -> EngineError:
+def _unavailable(action: str, error: BaseException) -> EngineError:
     return EngineError("queue_unavailable", f"Redis did not take the {action} ({type(error).__name__}: {error})")
 
 
@@ -508,7 +508,10 @@ class _Consumer:
         job.attempts += 1
 
         def answered(result: bytes, error: Optional[ErrorBody]) -> None:
-            self.backend.spawn(self._answered(entry_id, job, error))
+            if error is None:
+                self._acknowledge(entry_id)
+            else:
+                self.backend.spawn(self._answered(entry_id, job, error))
 
         def call() -> None:
             host.invoke(job.namespace, job.function_id, bytes(job.data), b"", on_result=answered, timeout_ms=timeout_ms)
@@ -525,21 +528,39 @@ class _Consumer:
 
         check_condition(host, job.namespace, self.condition, bytes(job.data), checked, timeout_ms=timeout_ms)
 
-    async def _answered(self, entry_id: bytes, job: Any, error: Optional[ErrorBody]) -> None:
-        scripts = self.backend.scripts
-        batch = self.backend.batch
+    def _acknowledge(self, entry_id: bytes) -> None:
+        """The function answered: ``XACK`` + ``XDEL`` in this turn's batch (a callback, no task,
+        unless Redis fails it: then retried as :meth:`_persist` does)."""
+        self.delivered += 1
+        if not self.fifo:  # its slot takes the next job while Redis stores the ack
+            self._free_slot()
         key = self.key
-        if error is None:
-            self.delivered += 1
-            if not self.fifo:  # its slot takes the next job while Redis stores the ack
-                self._free_slot()
-            await self._persist("ack", lambda: batch.script(
-                scripts.ack, [key, key + ":retry", self._stats_key], [GROUP, entry_id]
-            ))
+
+        def ack() -> asyncio.Future[Any]:
+            return self.backend.batch.script(self.backend.scripts.ack, [key, key + ":retry", self._stats_key], [GROUP, entry_id])
+
+        def done(_: Any = None) -> None:
             self.held.pop(entry_id, None)
             if self.fifo:  # the next job only once this one is done
                 self._free_slot()
-            return None
+
+        async def again() -> None:
+            await self._persist("ack", ack)
+            done()
+
+        def acked(future: asyncio.Future[Any]) -> None:
+            if future.exception() is None:
+                done()
+            else:
+                self.backend.spawn(again())
+
+        ack().add_done_callback(acked)
+
+    async def _answered(self, entry_id: bytes, job: Any, error: ErrorBody) -> None:
+        """The function failed: retry later, retry in place (FIFO) or move to the dead letters."""
+        scripts = self.backend.scripts
+        batch = self.backend.batch
+        key = self.key
         self.failed += 1
         job.error = f"{error.code}: {error.message}"
         if job.attempts >= self.settings.max_retries:
@@ -834,22 +855,29 @@ class RedisQueues:
         member = _member(job.namespace, job.function_id)
         encoded = _encode_job(job)
         key = stream_key(name, job.namespace, job.function_id)
+        if (name, member) not in self._announced:  # the other engines find the stream in this set
+            self._announced.add((name, member))
 
-        announce = (name, member) not in self._announced
+            def announced(sadd: asyncio.Future[Any]) -> None:
+                if sadd.exception() is not None:
+                    self._announced.discard((name, member))
 
-        async def add() -> dict[str, str]:
-            try:
-                if announce:  # the other engines find the stream through this set
-                    await self.batch.run("SADD", f"{queue_key(name)}:functions", member)
-                    self._announced.add((name, member))
-                await self.batch.run("XADD", key, "*", "job", encoded)
-            except (RedisError, OSError) as error:
+            self.batch.run("SADD", f"{queue_key(name)}:functions", member).add_done_callback(announced)
+        answer = asyncio.get_running_loop().create_future()
+
+        def added(xadd: asyncio.Future[Any]) -> None:  # (a callback, not a task per enqueue)
+            error = xadd.exception()
+            if answer.done():
+                return
+            if error is not None:
                 self._announced.clear()  # a Redis that lost its data has lost the sets too
-                raise _unavailable(f"job for queue {name!r}", error) from None
+                answer.set_exception(_unavailable(f"job for queue {name!r}", error))
+                return
+            answer.set_result({"messageReceiptId": job.id})
             self._consume((name, job.namespace, job.function_id))  # at once, not at the next look
-            return {"messageReceiptId": job.id}
 
-        return asyncio.ensure_future(add())
+        self.batch.run("XADD", key, "*", "job", encoded).add_done_callback(added)
+        return answer
 
     async def _known(self, name: Optional[str], code: str = "queue_not_set") -> str:
         if not name:
