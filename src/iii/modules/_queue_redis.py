@@ -247,19 +247,22 @@ class _Scripts:
 
 
 class _Batch:
-    """Every command asked for during one turn of the loop goes to Redis in one pipeline (one
-    round trip): enqueues, and the acks of jobs answered together."""
+    """Enqueues and job answers go to Redis in pipelines, one at a time: the commands asked for
+    while one is on its way go together in the next (one round trip, and with ``appendfsync
+    always`` one fsync, for all of them: the busier, the bigger the batches)."""
 
     def __init__(self, client: Any, scripts: _Scripts, spawn: Any) -> None:
         self._client = client
         self._scripts = scripts
         self._spawn = spawn
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._flushing = False
 
     def run(self, *command: Any) -> asyncio.Future[Any]:
-        """Send ``command`` with this turn's others; the future resolves to its reply."""
+        """Send ``command`` with the next batch; the future resolves to its reply."""
         future = asyncio.get_running_loop().create_future()
-        if not self._pending:
+        if not self._pending and not self._flushing:
+            self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
         self._pending.append((command, future))
         return future
@@ -269,7 +272,16 @@ class _Batch:
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
-        self._spawn(self._send(pending))
+        self._spawn(self._send_then_next(pending))
+
+    async def _send_then_next(self, pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        try:
+            await self._send(pending)
+        finally:
+            if self._pending:
+                self._flush()
+            else:
+                self._flushing = False
 
     async def _send(self, pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]], again: bool = True) -> None:
         try:
