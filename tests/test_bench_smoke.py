@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -34,3 +35,5 @@ def test_module_benchmarks_run_in_smoke_mode(official_python):
     for heading in ("http:", "state and queue:", "pubsub:", "cron:"):
         assert heading in out
     assert out.count("| in_memory |") == 4 and out.count("| durable |") == 3
+    if shutil.which("redis-server"):  # the queue on Redis, two fsync policies
+        assert out.count("| enqueue → delivery | redis (fsync ") == 2
