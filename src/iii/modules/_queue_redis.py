@@ -225,6 +225,8 @@ def _unavailable(action: str, error: BaseException) -> EngineError:
 
 
 class _Scripts:
+    """The Lua scripts (each runs atomically in Redis)."""
+
     def __init__(self, client: Any) -> None:
         self.ack = client.register_script(_ACK)
         self.retry_later = client.register_script(_RETRY_LATER)
@@ -551,7 +553,7 @@ class _Consumer:
         def ack() -> asyncio.Future[Any]:
             return self.backend.batch.script(self.backend.scripts.ack, [key, key + ":retry", self._stats_key], [GROUP, entry_id])
 
-        def done(_: Any = None) -> None:
+        def done() -> None:
             self.held.pop(entry_id, None)
             if self.fifo:  # the next job only once this one is done
                 self._free_slot()
@@ -635,6 +637,8 @@ class _Consumer:
 
 
 class _Subscription:
+    """A function subscribed to a topic on this engine: its consumer and the bindings naming it."""
+
     def __init__(self, consumer: _Consumer) -> None:
         self.consumer = consumer
         self.bindings: set[str] = set()
