@@ -11,7 +11,8 @@ started with :func:`iii.testing.start_engine`, the plugin's engine.
           skipped when redis-server is not installed), vs a routed call to a worker (the
           engine's own hot path) in the same run
   queue   enqueue → delivery: 64 jobs between enqueue and delivery, msgs/s and latency, in
-          memory and durable, vs a routed call
+          memory, durable (SQLite) and on Redis (the queue's redis adapter, a local redis-server
+          with AOF, fsync on every write or every second), vs a routed call
   pubsub  publish to 10 subscribers: deliveries/s and publish → last delivery, vs the same
           deliveries made as 10 direct calls per message
   cron    10 jobs every second for --cron-seconds: how late each run reaches the worker
@@ -71,14 +72,16 @@ def _engine(durable: bool = False) -> EngineProcess:
     return start_engine(durable=durable, env={"III_NAMESPACE_GRACE_MS": "50"})
 
 
-def _redis_server() -> tuple["subprocess.Popen[bytes]", str]:
-    """A redis-server on a free loopback port, without persistence; returns it and its URL."""
+def _redis_server(fsync: Optional[str] = None) -> tuple["subprocess.Popen[bytes]", str]:
+    """A redis-server on a free loopback port, without persistence (or with AOF and ``fsync``
+    ``always`` or ``everysec``, in a directory of its own); returns it and its URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    persistence = ["--appendonly", "no", "--dir", tempfile.gettempdir()] if fsync is None else [
+        "--appendonly", "yes", "--appendfsync", fsync, "--dir", tempfile.mkdtemp(prefix="iii-bench-redis-")]
     process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", tempfile.gettempdir()],
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 15
@@ -152,19 +155,27 @@ def stores_section(reps: int, seconds: float) -> list[dict[str, Any]]:
     """state::set, state::get and enqueue → delivery on in-memory and durable engines, and a
     routed call on the in-memory one, interleaved."""
     engines = {"in_memory": _engine(), "durable": _engine(durable=True)}
-    redis = None
+    redis_servers = []
     if shutil.which("redis-server"):
         redis, redis_url = _redis_server()
+        redis_servers.append(redis)
         engines["redis"] = start_engine(
             {"iii-state": {"adapter": {"name": "redis", "config": {"redis_url": redis_url}}}},
             env={"III_NAMESPACE_GRACE_MS": "50"},
         )
+        for fsync in ("always", "everysec"):  # the queue on Redis (enqueue → delivery only)
+            redis, redis_url = _redis_server(fsync)
+            redis_servers.append(redis)
+            engines[f"redis (fsync {fsync})"] = start_engine(
+                {"iii-queue": {"adapter": {"name": "redis", "config": {"redis_url": redis_url}}}},
+                env={"III_NAMESPACE_GRACE_MS": "50"},
+            )
     callee = _start([str(BENCH / "peers.py"), "callee", engines["in_memory"].url, "bench::echo"], "ready")
     try:
         cases: list[tuple[str, str, list[str]]] = []
         for store in engines:
             url = engines[store].url
-            for op in ("set", "get"):
+            for op in ("set", "get") if not store.startswith("redis (") else ():
                 cases.append((f"state::{op}", store, [str(BENCH / "store_peer.py"), url, op, str(IN_FLIGHT), str(seconds)]))
             if store == "redis":  # the queue stays builtin there
                 continue
@@ -187,7 +198,7 @@ def stores_section(reps: int, seconds: float) -> list[dict[str, Any]]:
         _stop(callee)
         for engine in engines.values():
             engine.stop()
-        if redis is not None:
+        for redis in redis_servers:
             _stop(redis)  # type: ignore[arg-type]
 
 
