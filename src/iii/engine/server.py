@@ -26,6 +26,7 @@ from iii._version import __version__
 from iii.engine.auth_gate import AuthGate
 from iii.engine.channels import SWEEP_EVERY_MS, channel_listener
 from iii.engine.frames import TelemetryListener, WorkerListener
+from iii.engine.peers import PeerListener, peer_of
 from iii.engine.rbac import Policy, RbacConfig
 from iii.engine.router import Router
 from iii.protocol import DEFAULT_GRACE_MS, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE
@@ -165,6 +166,7 @@ class Engine:
                 url = f"ws://{host}:{port}" if ":" not in host else f"ws://[{host}]:{port}"
                 self.urls.append(url)
                 log.info("iii engine %s listening on %s", __version__, url)
+        self.router.listening(self.urls)
         return self.urls
 
     def _sweep_channels(self) -> None:
@@ -184,7 +186,8 @@ class Engine:
                     WSUpgradeResponse.create_error_response(503, policy.auth_full_message().encode()), None
                 )
             if path == b"":
-                return WorkerListener(self, config)
+                peer = peer_of(request, self.router.peer_token)  # another engine of the cluster
+                return WorkerListener(self, config) if peer is None else PeerListener(self, config, peer)
             if path == b"/otel":
                 telemetry = TelemetryListener(self, config)
                 if policy is not None and policy.auth_function_id is not None:
