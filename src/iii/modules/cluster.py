@@ -152,6 +152,9 @@ class _Link:
             log.info("cluster: linked to engine %s at %s", self.engine_id, url)
             cluster.link_up(self)
             await self._closed.wait()
+            # Linked again only once a dead engine's key has surely expired (2 heartbeats after
+            # its last renewal) and been read: a killed engine is forgotten, not relinked to.
+            await asyncio.sleep(3 * hb_s)
 
     def closed(self) -> None:
         """The link went down: the engine's functions leave this engine's view at once."""
