@@ -167,3 +167,25 @@ def test_a_peer_engine_call_reaches_a_local_worker_as_sent_and_never_a_third_eng
     assert refused["error"]["code"] == "function_not_found"
     router.disconnect(peer)
     assert [e for e in owner.take() if e.get("function_id") == "engine::workers-available"] == []
+
+
+def test_a_namespaced_function_of_another_engine_is_called_in_its_namespace():
+    router = make_router()
+    link = Link()
+    router.set_remote_functions("B", link.sent.append, [{"function_id": "ns::fn", "namespace": "team", "worker_name": "w"}])
+    caller = connected(router, "caller")
+    caller.call("ns::fn", {"a": 1}, invocation_id="n1", namespace="team")
+    (raw,) = link.sent
+    (call,) = link.take()
+    assert call["namespace"] == "team" and call["invocation_id"] == "n1"
+
+    engine_b = make_router()
+    owner = Peer(engine_b)
+    owner.register("w", namespace="team")
+    owner.function("ns::fn")
+    owner.take()
+    sent: list[bytes] = []
+    peer = engine_b.connect_peer("A", sent.append, lambda: None, None)
+    engine_b.handle_peer(peer, raw)
+    (delivered,) = [f for f in owner.take() if f.get("type") == "invokefunction"]
+    assert "namespace" not in delivered and delivered["data"]["a"] == 1

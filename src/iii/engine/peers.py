@@ -86,6 +86,7 @@ class PeerListener(WSListener):
             self._out.append(data)
         elif self._transport is not None and not self._transport.is_disconnected:
             self._transport.send(_TEXT, data)
+            self._check_buffer()
 
     def flush(self) -> None:
         out, self._out = self._out, []
@@ -94,6 +95,14 @@ class PeerListener(WSListener):
             return
         for data in out:
             transport.send(_TEXT, data)
+        self._check_buffer()
+
+    def _check_buffer(self) -> None:
+        """A peer that does not read its answers is dropped before they exhaust memory."""
+        waiting = self._transport.underlying_transport.get_write_buffer_size()
+        if waiting > self._config.max_write_buffer_bytes:
+            log.warning("cluster: engine %s is not reading (%d bytes wait for it): closing its link", self._engine_id, waiting)
+            self._transport.disconnect(graceful=False)
 
     def _close(self) -> None:
         if self._transport is not None and not self._transport.is_disconnected:

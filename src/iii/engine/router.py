@@ -101,6 +101,17 @@ def _who(conn: Connection) -> str:
     return f"{conn.name} ({conn.id})" if conn.name else conn.id
 
 
+#: What a call to another engine's function in a namespace other than ``default`` carries.
+_NAMESPACE_FIELD = b'"namespace":%s,'
+_INVOKE_TYPE = b'{"type":"invokefunction",'
+
+
+def _in_namespace(field: bytes, write: Callable[[bytes], None], frame: bytes) -> None:
+    """Write a call (as ``codec.encode_invoke`` made it) with its namespace: the engine that
+    owns the function looks it up there."""
+    write(_INVOKE_TYPE + field + frame[len(_INVOKE_TYPE):])
+
+
 class _NoEvents:
     """Where discovery events go until ``engine::*`` is installed (a router in a test)."""
 
@@ -1448,6 +1459,11 @@ class Router:
         if fn.handler is not None or fn.local_id is not None or invocation_id is None or msg.action is not None or invocation_id in self.pending:
             self.handle(conn, frame)
             return
+        if ns != DEFAULT_NAMESPACE:  # the namespace was for this engine: a worker is not told it
+            frame = codec.encode_invoke(
+                invocation_id, msg.function_id, bytes(msg.data) if msg.data else b"null",
+                bytes(msg.metadata) if msg.metadata else b"", msg.traceparent, msg.baggage,
+            )
         conn.invocations_made += 1
         self.invocations.open(self._pending(fn, conn), invocation_id)
         fn.owner.send(frame)
@@ -1480,8 +1496,10 @@ class Router:
         what it owned before; calls in flight to a function it dropped still get their answer."""
         before = self.remote_owners.get(engine_id, {})
         now: dict[tuple[str, str], FunctionEntry] = {}
+        link = write
         for row in functions:
             key = (row.get("namespace") or DEFAULT_NAMESPACE, row["function_id"])
+            write = link if key[0] == DEFAULT_NAMESPACE else partial(_in_namespace, _NAMESPACE_FIELD % codec.encode_json(key[0]), link)
             entry = before.get(key)
             if entry is None:
                 owner = Connection(engine_id, "", write, lambda: None, b"", None, self.now_ms())

@@ -57,6 +57,9 @@ _LINK_BACKOFF_MAX_S = 2.0
 #: workers say ``available``).
 _VOLATILE = ("status", "metrics", "active_invocations")
 _TEXT = WSMsgType.TEXT
+#: Bytes waiting on a link before the engine at its end is taken for stuck and the link dropped
+#: (its calls then fail with ``invocation_stopped``).
+_MAX_LINK_BUFFER = 256 * 1024 * 1024
 
 
 class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -117,6 +120,10 @@ class _Link:
         transport = self.transport
         if transport is not None:
             transport.send(_TEXT, frame)
+            if transport.underlying_transport.get_write_buffer_size() > _MAX_LINK_BUFFER:
+                log.warning("cluster: engine %s is not reading its link (%d bytes wait): closing it",
+                            self.engine_id, _MAX_LINK_BUFFER)
+                transport.disconnect(graceful=False)
 
     def open(self, url: str) -> None:
         if self.url != url and self.transport is not None:  # the engine moved: link again
@@ -284,7 +291,13 @@ class Cluster(Running):
         """A worker or function of this engine changed: publish once the turn is over."""
         if self.url is not None and not self._publish_due:
             self._publish_due = True
-            asyncio.get_running_loop().call_soon(lambda: self._spawn(self._publish()))
+            asyncio.get_running_loop().call_soon(lambda: self._spawn(self._publish_soon()))
+
+    async def _publish_soon(self) -> None:
+        try:
+            await self._publish()
+        except (RedisError, OSError) as error:  # the heartbeat publishes it once Redis is back
+            log.debug("cluster: publishing this engine's registry failed: %s", error)
 
     async def _publish(self, *, force: bool = False) -> None:
         self._publish_due = False
