@@ -209,3 +209,41 @@ async def test_redis_restarted_the_registry_is_published_again(procs, tmp_path, 
     await until(registered, timeout=15)
     assert (await probe_a.call("second::add", {"a": 2, "b": 2}))["result"] == {"c": 4}
     assert (await probe_a.call("first::add", {"a": 3, "b": 3}))["result"] == {"c": 6}
+
+
+async def test_redis_losing_every_key_costs_no_call(procs, tmp_path, redis_server, official_python, node):
+    """FLUSHALL (a Redis restarted without persistence): the engines publish themselves again and
+    keep each other; a call in flight across them is answered."""
+    from iii.modules._redis import connect
+
+    engine_a, engine_b = await start_engines(procs, tmp_path, redis_server.url, "a", "b")
+    slow = await sdk_workers(procs, engine_b, official_python, node).node("slow", "--fn", "slow::op=slow", "--stay")
+    await slow.key("ready")
+    probe_a = await RawClient.connect(engine_a.url)
+    await probe_a.wait_for_function("slow::op")
+    client = await connect(redis_server.url)
+    try:
+        probe_a.send(type="invokefunction", invocation_id="in-flight", function_id="slow::op", data={"seconds": 2})
+        await slow.key("started")
+        await client.flushall()
+        answer = await probe_a.recv_until(lambda f: f.get("invocation_id") == "in-flight", timeout=10)
+        assert answer["result"] == {"slept": True}
+
+        async def republished() -> bool:
+            return len([key async for key in client.scan_iter(match="iii:cluster:engine:*")]) == 2
+
+        await until(republished)
+        assert (await probe_a.call("slow::op", {"seconds": 0.001}))["result"] == {"slept": True}
+    finally:
+        await client.aclose()
+
+
+def test_the_config_is_checked():
+    from iii.config import ConfigError, parse_config
+
+    config = parse_config("workers:\n  - name: iii-cluster\n    config: {redis_url: 'redis://r:6379', name: a}\n", Path("c.yaml"))
+    assert config.modules["iii-cluster"].heartbeat_ms == 1000
+    with pytest.raises(ConfigError, match="heartbeat"):
+        parse_config("workers:\n  - name: iii-cluster\n    config: {heartbeat_ms: 5}\n", Path("c.yaml"))
+    with pytest.raises(ConfigError, match="unknown"):
+        parse_config("workers:\n  - name: iii-cluster\n    config: {redis: x}\n", Path("c.yaml"))

@@ -5,8 +5,9 @@ Each engine has an id (and an optional ``name``). It publishes itself in Redis u
 ``iii:cluster:engine:{id}`` (its worker listener's URL, its workers, the functions they own and
 its triggers), a key that lives ``2 × heartbeat_ms`` and is renewed every ``heartbeat_ms``, and
 says ``{"id", "event"}`` on the channel ``iii:cluster:events`` when that changes or it leaves.
-Every heartbeat it also reads the other engines' keys: an engine whose key expired (killed,
-cut off from Redis) leaves its view within 3 heartbeats.
+Every heartbeat it also reads the other engines' keys: an engine whose link closed (killed)
+is out at once; one whose key expired leaves its view within 3 heartbeats (one more while its
+link is still up: Redis may have lost the key, and it publishes it again).
 
 To each other engine it opens ONE WebSocket link to that engine's worker listener, presenting
 the cluster token (``token``, else one shared through Redis at ``iii:cluster:token``): there it
@@ -204,6 +205,8 @@ class Cluster(Running):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat: Optional[asyncio.Task[None]] = None
         self._redis_ok = True
+        #: Engines whose key was missing at the last read while their link was up.
+        self._missing: set[str] = set()
         self._started_at_ms = int(time.time() * 1000)
 
     # ------------------------------------------------------------------ the lists' view
@@ -353,8 +356,15 @@ class Cluster(Running):
             if isinstance(record, dict) and isinstance(record.get("id"), str) and record["id"] != self.id:
                 seen[record["id"]] = record
         for engine_id in [e for e in self.records if e not in seen]:
+            link = self.links.get(engine_id)
+            if link is not None and link.up and engine_id not in self._missing:
+                # Its link is up: it is alive, and Redis may just have lost its key (a restart
+                # without persistence); it has one more heartbeat to publish it again.
+                self._missing.add(engine_id)
+                continue
             log.info("cluster: engine %s's key expired: it leaves", engine_id)
             self._forget(engine_id)
+        self._missing &= self.records.keys() - seen.keys()
         for record in seen.values():
             self._update(record)
 
