@@ -101,6 +101,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--sdk-calls", type=int, default=3000)
+    parser.add_argument("--callee", choices=("sdk", "raw"), default="sdk",
+                        help="the callee: a worker on our SDK, or the bare-protocol peer (the engines' own cost)")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="iii-bench-cluster-"))
@@ -113,9 +115,9 @@ def main() -> None:
                 f"  - name: iii-cluster\n    config: {{redis_url: '{redis_url}', name: {name}}}\n"
             )))
         engine_a, engine_b = engines
-        callee = subprocess.Popen(
-            [sys.executable, str(BENCH / "sdk_peer.py"), "callee", engine_b.url], stdout=subprocess.PIPE, text=True
-        )
+        command = (["sdk_peer.py", "callee", engine_b.url] if args.callee == "sdk"
+                   else ["peers.py", "callee", engine_b.url, FUNCTION])
+        callee = subprocess.Popen([sys.executable, str(BENCH / command[0]), *command[1:]], stdout=subprocess.PIPE, text=True)
         assert callee.stdout is not None and callee.stdout.readline().strip() == "ready"
         wait_listed(engine_a.url, FUNCTION)
 
@@ -148,7 +150,7 @@ def main() -> None:
                        if "p50_us" in within else "")
             print(f"{row['case']:8} {within['calls_per_s']:15.0f} {across['calls_per_s']:15.0f} {row['calls_per_s_ratio']:7.2f} {latency}")
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
-        out = BENCH / "results" / f"cluster-{stamp}.json"
+        out = BENCH / "results" / f"cluster-{args.callee}-{stamp}.json"
         out.write_text(json.dumps({"machine": machine_facts(), "args": vars(args), "rows": rows, "runs": runs}, indent=1))
         print(f"saved {out.relative_to(BENCH.parent)}")
     finally:

@@ -189,3 +189,18 @@ def test_a_namespaced_function_of_another_engine_is_called_in_its_namespace():
     engine_b.handle_peer(peer, raw)
     (delivered,) = [f for f in owner.take() if f.get("type") == "invokefunction"]
     assert "namespace" not in delivered and delivered["data"]["a"] == 1
+
+
+def test_a_peer_call_in_any_other_shape_takes_the_full_decoder():
+    router = make_router()
+    owner = connected(router, "math", "math::add")
+    sent: list[bytes] = []
+    peer = router.connect_peer("A", sent.append, lambda: None, None)
+    spaced = b'{"type": "invokefunction", "invocation_id": "s1", "function_id": "math::add", "data": {"a": 1}}'
+    escaped = b'{"type":"invokefunction","invocation_id":"e\\u0031","function_id":"math::add","data":{"a":2}}'
+    router.handle_peer(peer, spaced)
+    router.handle_peer(peer, escaped)
+    calls = [f for f in owner.take() if f.get("type") == "invokefunction"]
+    assert [(c["invocation_id"], c["data"]["a"]) for c in calls] == [("s1", 1), ("e1", 2)]
+    router.handle_peer(peer, b'{"type":"invokefunction","invocation_id":"x"')  # broken: dropped
+    assert peer.frames_dropped == 1

@@ -214,6 +214,13 @@ class Host(Protocol):
     def remote_answer(self, engine_id: str, frame: bytes) -> None:
         """A frame that came on this engine's link to engine ``engine_id``."""
 
+    def join_batch(self, flushable: Any) -> bool:
+        """``True`` if the engine is handling a read of several frames: ``flushable.flush()``
+        then runs once it is done (write then); ``False``: write now."""
+
+    def hold_writes(self) -> None:
+        """More frames of one read are coming: write what they cause once, at the turn's end."""
+
     def fire_workers_available(self, event: str, worker_id: str) -> None:
         """Fire ``engine::workers-available`` (a worker of another engine came or went)."""
 

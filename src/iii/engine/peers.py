@@ -25,6 +25,15 @@ PEER_ENGINE_HEADER = "x-iii-cluster-engine"
 _TEXT = WSMsgType.TEXT
 
 
+def _text_header(size: int) -> bytes:
+    """Header of a final, unmasked text frame (what a server sends) of ``size`` bytes."""
+    if size < 126:
+        return bytes((0x81, size))
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big")
+    return b"\x81\x7f" + size.to_bytes(8, "big")
+
+
 def peer_of(request: WSUpgradeRequest, token: Optional[str]) -> Optional[str]:
     """The id of the engine a connection request comes from, if it presents ``token``."""
     if token is None:
@@ -93,8 +102,14 @@ class PeerListener(WSListener):
         transport = self._transport
         if transport is None or transport.is_disconnected:
             return
-        for data in out:
-            transport.send(_TEXT, data)
+        if len(out) == 1:
+            transport.send(_TEXT, out[0])
+        else:  # one write for the batch
+            frames = []
+            for data in out:
+                frames.append(_text_header(len(data)))
+                frames.append(data)
+            transport.underlying_transport.writelines(frames)
         self._check_buffer()
 
     def _check_buffer(self) -> None:

@@ -106,6 +106,32 @@ _NAMESPACE_FIELD = b'"namespace":%s,'
 _INVOKE_TYPE = b'{"type":"invokefunction",'
 
 
+_PEER_CALL = b'{"type":"invokefunction","invocation_id":"'
+_PEER_FUNCTION = b'","function_id":"'
+_PEER_DATA = b'","data":'
+
+
+def _peer_call(frame: bytes) -> Optional[tuple[str, str]]:
+    """``(invocation_id, function_id)`` of a call in the exact shape ``codec.encode_invoke`` gives
+    it (what a peer engine's router sends), read without decoding; ``None`` for anything else
+    (escaped or non-ASCII ids included), which the full decoder then reads."""
+    if not frame.startswith(_PEER_CALL):
+        return None
+    start = len(_PEER_CALL)
+    end = frame.find(b'"', start)
+    if end < 0 or not frame.startswith(_PEER_FUNCTION, end):
+        return None
+    function_start = end + len(_PEER_FUNCTION)
+    function_end = frame.find(b'"', function_start)
+    if function_end < 0 or not frame.startswith(_PEER_DATA, function_end):
+        return None
+    invocation_id = frame[start:end]
+    function_id = frame[function_start:function_end]
+    if b"\\" in invocation_id or b"\\" in function_id or not (invocation_id + function_id).isascii():
+        return None
+    return invocation_id.decode(), function_id.decode()
+
+
 def _in_namespace(field: bytes, write: Callable[[bytes], None], frame: bytes) -> None:
     """Write a call (as ``codec.encode_invoke`` made it) with its namespace: the engine that
     owns the function looks it up there."""
@@ -139,6 +165,8 @@ class Router:
         batch: asks the owner to hold what is sent until the current loop turn ends and then
             write it once per worker; called before the engine's own sends that come in
             bursts (calls it makes, answers of built-ins that waited, e.g. for a commit).
+        join_batch: ``join_batch(flushable)``: ``True`` if such a hold is under way, and
+            ``flushable.flush()`` will run when it ends (a cluster link's writes join it).
         new_id: id generator (tests pass a deterministic one).
     """
 
@@ -152,6 +180,7 @@ class Router:
         batch: Optional[Callable[[], None]] = None,
         new_id: Callable[[], str] = _new_id,
         version: str = "0.0.0",
+        join_batch: Optional[Callable[[Any], bool]] = None,
     ) -> None:
         self.grace_ms = grace_ms
         self.version = version
@@ -160,6 +189,7 @@ class Router:
         self._defer = defer
         self._wake = wake
         self._batch = batch
+        self._join_batch = join_batch
         # The registry: who is connected, what they offer, who waits for what.
         self.connections: dict[str, Connection] = {}
         #: namespace -> function id -> entry (two lookups, no tuple per call).
@@ -1438,6 +1468,19 @@ class Router:
         """A frame on a link from a peer engine: a call to one of this engine's workers is sent on
         as received (its data already names the caller on that engine); a call to a function
         this engine does not own is refused, never passed to a third engine (no loops)."""
+        head = _peer_call(frame)
+        if head is not None:  # a plain call as the peer's router encodes it: read no further
+            invocation_id, function_id = head
+            by_id = self.functions.get(DEFAULT_NAMESPACE)
+            fn = by_id.get(function_id) if by_id is not None else None
+            if (
+                fn is not None and fn.replicas is None and fn.handler is None and fn.local_id is None
+                and invocation_id not in self.pending
+            ):
+                conn.invocations_made += 1
+                self.invocations.open(self._pending(fn, conn), invocation_id)
+                fn.owner.send(frame)  # type: ignore[union-attr]
+                return
         try:
             msg = codec.decode_frame(frame)
         except codec.DecodeError as exc:
@@ -1467,6 +1510,17 @@ class Router:
         conn.invocations_made += 1
         self.invocations.open(self._pending(fn, conn), invocation_id)
         fn.owner.send(frame)
+
+    def join_batch(self, flushable: Any) -> bool:
+        """Writes queued now can wait for the end of the read being handled: ``True`` if so
+        (``flushable.flush()`` is then called once it ends), ``False``: write now."""
+        return self._join_batch is not None and self._join_batch(flushable)
+
+    def hold_writes(self) -> None:
+        """More frames of one read are coming (a link's): what they cause is written once per
+        connection when the loop turn ends, as for a worker's read."""
+        if self._batch is not None:
+            self._batch()
 
     def remote_answer(self, engine_id: str, frame: bytes) -> None:
         """A frame on this engine's link to engine ``engine_id``: the answer to a call routed

@@ -98,6 +98,14 @@ class Engine:
             # the batch then ends on the next loop iteration instead of waiting for another read.
             asyncio.get_running_loop().call_soon(self.end_batch)
 
+    def join_batch(self, flushable: Any) -> bool:
+        """Have ``flushable.flush()`` called when the batch ends, if one is under way (``False``:
+        none is, write now). Called once per batch by whoever queues writes in it."""
+        if not self.batching:
+            return False
+        self.dirty.append(flushable)
+        return True
+
     def end_batch(self) -> None:
         """Write every worker's queued frames, one write per worker."""
         self.batching = False
@@ -115,6 +123,7 @@ class Engine:
             defer=loop.call_soon,
             wake=self._expire_at,
             batch=self.start_batch,
+            join_batch=self.join_batch,
             version=__version__,
         )
         return self.router

@@ -61,6 +61,7 @@ _TEXT = WSMsgType.TEXT
 #: Bytes waiting on a link before the engine at its end is taken for stuck and the link dropped
 #: (its calls then fail with ``invocation_stopped``).
 _MAX_LINK_BUFFER = 256 * 1024 * 1024
+_ZERO_MASK = b"\x00\x00\x00\x00"
 
 
 class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -80,6 +81,17 @@ class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True):
     token: Optional[str] = None
 
 
+def _client_text_header(size: int) -> bytes:
+    """Header of a final text frame from a client, masked with the all-zero key (the payload
+    then goes as it is: the link writes many frames in one call, without copying them to mask;
+    a masking key protects browsers' proxies, and a link is engine to engine)."""
+    if size < 126:
+        return bytes((0x81, 0x80 | size)) + _ZERO_MASK
+    if size < 65536:
+        return b"\x81\xfe" + size.to_bytes(2, "big") + _ZERO_MASK
+    return b"\x81\xff" + size.to_bytes(8, "big") + _ZERO_MASK
+
+
 class _LinkListener(WSListener):
     """This engine's end of its link to another engine: what comes is answers to calls."""
 
@@ -88,6 +100,8 @@ class _LinkListener(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type == _TEXT and frame.fin:
+            if not frame.last_in_buffer:  # answers to several callers: one write each
+                self._link.cluster.host.hold_writes()
             try:
                 self._link.cluster.host.remote_answer(self._link.engine_id, frame.get_payload_as_bytes())
             except Exception:
@@ -112,19 +126,40 @@ class _Link:
         self._task: Optional[asyncio.Task[None]] = None
         self._closed = asyncio.Event()
         self._stopping = False
+        self._out: list[bytes] = []
 
     @property
     def up(self) -> bool:
         return self.transport is not None
 
     def send(self, frame: bytes) -> None:
+        """Send a call on the link; the calls one read of the engine brings leave in one write."""
+        if self.transport is None:
+            return
+        out = self._out
+        out.append(frame)
+        if len(out) == 1 and not self.cluster.host.join_batch(self):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued calls: one write for all of them."""
+        out, self._out = self._out, []
         transport = self.transport
-        if transport is not None:
-            transport.send(_TEXT, frame)
-            if transport.underlying_transport.get_write_buffer_size() > _MAX_LINK_BUFFER:
-                log.warning("cluster: engine %s is not reading its link (%d bytes wait): closing it",
-                            self.engine_id, _MAX_LINK_BUFFER)
-                transport.disconnect(graceful=False)
+        if transport is None or not out:
+            return
+        if len(out) == 1:
+            transport.send(_TEXT, out[0])
+            return
+        parts = []
+        for frame in out:
+            parts.append(_client_text_header(len(frame)))
+            parts.append(frame)
+        underlying = transport.underlying_transport
+        underlying.writelines(parts)
+        if underlying.get_write_buffer_size() > _MAX_LINK_BUFFER:
+            log.warning("cluster: engine %s is not reading its link (over %d bytes wait): closing it",
+                        self.engine_id, _MAX_LINK_BUFFER)
+            transport.disconnect(graceful=False)
 
     def open(self, url: str) -> None:
         if self.url != url and self.transport is not None:  # the engine moved: link again
@@ -169,6 +204,7 @@ class _Link:
         if self.transport is None:
             return
         self.transport = None
+        self._out = []  # the calls queued for it are stopped with the engine's others
         self._closed.set()
         log.info("cluster: link to engine %s closed", self.engine_id)
         self.cluster.link_down(self)
