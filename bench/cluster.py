@@ -1,7 +1,7 @@
 """A call across two engines (``iii-cluster``) vs a call within one, in the same run.
 
     python bench/cluster.py                  # ~1 minute; results in bench/results/cluster-*.json
-    python bench/cluster.py --seconds 1 --reps 1   # a smoke run
+    python bench/cluster.py --smoke          # seconds: proves it still runs (nothing saved)
 
 Two engines share a redis-server started here; the callee is a worker on our SDK
 (``sdk_peer.py callee``) connected to engine B. The same callers run against B (the call stays
@@ -103,7 +103,10 @@ def main() -> None:
     parser.add_argument("--sdk-calls", type=int, default=3000)
     parser.add_argument("--callee", choices=("sdk", "raw"), default="sdk",
                         help="the callee: a worker on our SDK, or the bare-protocol peer (the engines' own cost)")
+    parser.add_argument("--smoke", action="store_true", help="tiny runs, results not saved")
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.reps, args.sdk_calls = 0.3, 1, 50
 
     scratch = Path(tempfile.mkdtemp(prefix="iii-bench-cluster-"))
     redis, redis_url = start_redis(scratch)
@@ -149,6 +152,8 @@ def main() -> None:
             latency = (f"{within['p50_us']:8.0f}/{across['p50_us']:<8.0f} {within['p99_us']:9.0f}/{across['p99_us']:<8.0f}"
                        if "p50_us" in within else "")
             print(f"{row['case']:8} {within['calls_per_s']:15.0f} {across['calls_per_s']:15.0f} {row['calls_per_s_ratio']:7.2f} {latency}")
+        if args.smoke:
+            return
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H-%M-%S")
         out = BENCH / "results" / f"cluster-{args.callee}-{stamp}.json"
         out.write_text(json.dumps({"machine": machine_facts(), "args": vars(args), "rows": rows, "runs": runs}, indent=1))
