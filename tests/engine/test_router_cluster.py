@@ -134,6 +134,9 @@ def test_functions_of_other_engines_are_listed_with_their_engine():
         def triggers(self):
             return [{"id": "t", "trigger_type": "cron", "function_id": "rep::fn", "worker_name": "w", "engine": self.engine_of("B")}]
 
+        def trigger_types(self):
+            return [{"id": "b::hook", "namespace": "default", "worker_name": "w", "description": "", "engine": self.engine_of("B")}]
+
     router = make_router()
     router.set_cluster_view(View())
     remote(router, "B", "rep::fn")
@@ -146,6 +149,9 @@ def test_functions_of_other_engines_are_listed_with_their_engine():
     assert {w["engine"]["id"] for w in workers if w["id"] != "wb"} == {"A"}
     triggers = caller.result_of("engine::triggers::list", {})["result"]["triggers"]
     assert [(t["id"], t["engine"]["id"]) for t in triggers] == [("t", "B")]
+    types = caller.result_of("engine::trigger-types::list", {"include_internal": True})["result"]["trigger_types"]
+    assert ("b::hook", "B") in [(t["id"], t["engine"]["id"]) for t in types]
+    assert {t["engine"]["id"] for t in types if t["id"] != "b::hook"} == {"A"}
 
 
 def test_a_peer_engine_call_reaches_a_local_worker_as_sent_and_never_a_third_engine():

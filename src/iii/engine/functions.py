@@ -9,8 +9,8 @@ seed is silent (``engine::registered-triggers::*``, ``engine::triggers::info``).
 Several engines as one (the ``iii-cluster`` module): the lists then show the whole cluster and
 each row has an ``engine`` field (``{"id", "name"}``). The extension point is ``router.cluster``,
 set by the module through ``Host.set_cluster_view``: an object with ``engine`` (this engine's
-``{"id", "name"}``), ``engine_of(engine_id)`` (another's), ``workers()`` and ``triggers()`` (the
-other engines' rows, ``engine`` included). The other engines' functions are the router's own
+``{"id", "name"}``), ``engine_of(engine_id)`` (another's), ``workers()``, ``triggers()`` and
+``trigger_types()`` (the other engines' rows, ``engine`` included). The other engines' functions are the router's own
 (``Router.remote_functions``). :meth:`Discovery.snapshot` is what this engine publishes of itself.
 """
 
@@ -547,6 +547,17 @@ def trigger_types_list(router: Router, caller: Optional[Connection], data: Any) 
         if not _matches(args.search, tt.id, tt.description):
             continue
         rows.append(trigger_type_detail(router, tt))
+    cluster = router.cluster
+    if cluster is not None:
+        for row in rows:
+            row["engine"] = cluster.engine
+        rows += [
+            row for row in cluster.trigger_types()
+            if (args.include_internal or not row["id"].startswith("engine::"))
+            and (not args.prefix or row["id"].startswith(args.prefix))
+            and (args.worker is None or row["worker_name"] == args.worker)
+            and _matches(args.search, row["id"], row.get("description"))
+        ]
     return {"trigger_types": rows}
 
 
@@ -640,7 +651,8 @@ class Discovery:
 
     def snapshot(self) -> dict[str, Any]:
         """What this engine publishes to the others of a cluster: its workers, the functions
-        its workers own (with their schemas) and its triggers, as the lists show them."""
+        its workers own (with their schemas), its triggers and the trigger types its workers
+        provide, as the lists show them."""
         router = self._router
         workers = [
             {**worker_row(c), "functions": sorted(function_id for _, function_id in c.functions)}
@@ -657,7 +669,12 @@ class Discovery:
                 row["response_schema"] = fn.response_format
             functions.append(row)
         triggers = [binding_row(router, b) for b in sorted(router.bindings.values(), key=lambda b: b.id)]
-        return {"workers": workers, "functions": functions, "triggers": triggers}
+        trigger_types = [  # the ones workers provide (every engine has its modules')
+            trigger_type_detail(router, tt)
+            for tt in sorted(router.trigger_types.values(), key=lambda t: (t.id, t.namespace))
+            if tt.owner is not None
+        ]
+        return {"workers": workers, "functions": functions, "triggers": triggers, "trigger_types": trigger_types}
 
 
 _EVENT_SCHEMA = {

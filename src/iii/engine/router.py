@@ -148,7 +148,7 @@ class _NoEvents:
         pass
 
     def snapshot(self) -> dict[str, Any]:
-        return {"workers": [], "functions": [], "triggers": []}
+        return {"workers": [], "functions": [], "triggers": [], "trigger_types": []}
 
 
 class Router:

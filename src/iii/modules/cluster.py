@@ -263,10 +263,16 @@ class Cluster(Running):
         return rows
 
     def triggers(self) -> list[dict[str, Any]]:
+        return self._rows("triggers")
+
+    def trigger_types(self) -> list[dict[str, Any]]:
+        return self._rows("trigger_types")
+
+    def _rows(self, kind: str) -> list[dict[str, Any]]:
         rows = []
         for record in self._live_records():
             engine = {"id": record["id"], "name": record.get("name")}
-            rows.extend({**row, "engine": engine} for row in record.get("triggers", ()))
+            rows.extend({**row, "engine": engine} for row in record.get(kind, ()))
         return rows
 
     # ------------------------------------------------------------------ start / stop
@@ -324,6 +330,7 @@ class Cluster(Running):
         return codec.encode_json({
             "id": self.id, "name": self.config.name, "url": self.url, "started_at_ms": self._started_at_ms,
             "workers": workers, "functions": snapshot["functions"], "triggers": snapshot["triggers"],
+            "trigger_types": snapshot["trigger_types"],
         })
 
     def _local_changed(self) -> None:
