@@ -62,6 +62,8 @@ _TEXT = WSMsgType.TEXT
 #: (its calls then fail with ``invocation_stopped``).
 _MAX_LINK_BUFFER = 256 * 1024 * 1024
 _ZERO_MASK = b"\x00\x00\x00\x00"
+#: The shortest time between two publishes of this engine's registry on changes.
+_PUBLISH_EVERY_S = 0.05
 
 
 class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -237,6 +239,7 @@ class Cluster(Running):
         self._subscriber: Optional[Subscriber] = None
         self._published: Optional[bytes] = None
         self._publish_due = False
+        self._published_at = 0.0
         self._publish_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat: Optional[asyncio.Task[None]] = None
@@ -334,10 +337,14 @@ class Cluster(Running):
         })
 
     def _local_changed(self) -> None:
-        """A worker or function of this engine changed: publish once the turn is over."""
+        """A worker or function of this engine changed: publish once the turn is over, and at
+        most every :data:`_PUBLISH_EVERY_S` (a thousand workers connecting make a few
+        publishes, not a thousand)."""
         if self.url is not None and not self._publish_due:
             self._publish_due = True
-            asyncio.get_running_loop().call_soon(lambda: self._spawn(self._publish_soon()))
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, self._published_at + _PUBLISH_EVERY_S - loop.time())
+            loop.call_later(delay, lambda: self._spawn(self._publish_soon()))
 
     async def _publish_soon(self) -> None:
         try:
@@ -347,6 +354,7 @@ class Cluster(Running):
 
     async def _publish(self, *, force: bool = False) -> None:
         self._publish_due = False
+        self._published_at = asyncio.get_running_loop().time()
         async with self._publish_lock:
             record = self._record()
             key = KEY_PREFIX + self.id
