@@ -62,6 +62,8 @@ _TEXT = WSMsgType.TEXT
 #: (its calls then fail with ``invocation_stopped``).
 _MAX_LINK_BUFFER = 256 * 1024 * 1024
 _ZERO_MASK = b"\x00\x00\x00\x00"
+#: Every how many heartbeats the other engines' records are read whole.
+_FULL_READ_EVERY = 10
 #: The shortest time between two publishes of this engine's registry on changes.
 _PUBLISH_EVERY_S = 0.05
 
@@ -186,8 +188,9 @@ class _Link:
                 )
             except asyncio.CancelledError:
                 raise
-            except Exception as error:
-                log.debug("cluster: link to engine %s at %s failed: %s", self.engine_id, url, error)
+            except Exception as error:  # said once per outage, then retried quietly
+                log.log(logging.WARNING if backoff == _LINK_BACKOFF_FIRST_S else logging.DEBUG,
+                        "cluster: cannot link to engine %s at %s (%s); retrying", self.engine_id, url, error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _LINK_BACKOFF_MAX_S)
                 continue
@@ -372,11 +375,14 @@ class Cluster(Running):
         await self._read_all()
 
     async def _beat(self) -> None:
-        """Every heartbeat: renew this engine's key, read the others'."""
+        """Every heartbeat: renew this engine's key, see which others have theirs (and read
+        them all every :data:`_FULL_READ_EVERY` heartbeats, in case an event was missed)."""
+        beats = 0
         while True:
             try:
                 await self._publish()
-                await self._read_all()
+                await self._read_all(full=beats % _FULL_READ_EVERY == 0)
+                beats += 1
                 if not self._redis_ok:
                     log.info("cluster: Redis is back; registry published again")
                 self._redis_ok = True
@@ -393,10 +399,14 @@ class Cluster(Running):
 
     # ------------------------------------------------------------------ following the others
 
-    async def _read_all(self) -> None:
+    async def _read_all(self, *, full: bool = True) -> None:
+        """Which engines have a key, and (``full``, or for engines not seen yet) their records;
+        between full reads the changes of known engines come from the events channel."""
         keys = [key async for key in self._redis.scan_iter(match=KEY_PREFIX + "*", count=1000)]
-        values = await self._redis.mget(keys) if keys else []
-        seen = {}
+        ids = [key.decode()[len(KEY_PREFIX):] for key in keys]
+        wanted = [key for key, engine_id in zip(keys, ids) if full or engine_id not in self.records]
+        values = await self._redis.mget(wanted) if wanted else []
+        seen: dict[str, Any] = {engine_id: None for engine_id in ids if engine_id != self.id}
         for value in values:
             if value is None:
                 continue
@@ -404,7 +414,7 @@ class Cluster(Running):
                 record = msgspec.json.decode(value)
             except msgspec.DecodeError:
                 continue
-            if isinstance(record, dict) and isinstance(record.get("id"), str) and record["id"] != self.id:
+            if isinstance(record, dict) and isinstance(record.get("id"), str) and record["id"] in seen:
                 seen[record["id"]] = record
         for engine_id in [e for e in self.records if e not in seen]:
             link = self.links.get(engine_id)
@@ -417,7 +427,8 @@ class Cluster(Running):
             self._forget(engine_id)
         self._missing &= self.records.keys() - seen.keys()
         for record in seen.values():
-            self._update(record)
+            if record is not None:
+                self._update(record)
 
     def _on_event(self, message: bytes) -> None:
         try:
