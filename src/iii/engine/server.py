@@ -1,7 +1,8 @@
 """The engine's WebSocket server: one router, a picows server per listener, the heartbeat and the
 timer that expires the engine's own calls at their deadlines.
 
-Path ``/`` carries the worker protocol (a ``WorkerListener``), ``/otel`` is the SDKs' telemetry
+Path ``/`` carries the worker protocol (a ``WorkerListener``; a ``PeerListener`` for another
+engine of the cluster presenting its token, :mod:`iii.engine.peers`), ``/otel`` is the SDKs' telemetry
 socket (a ``TelemetryListener``: its frames go to the router's telemetry sink; never a worker),
 ``/ws/channels/{id}`` one end of a data channel (:mod:`iii.engine.channels`, swept every minute);
 anything else is answered 404. The listeners, and what they do with every frame, are :mod:`iii.engine.frames`'s.
