@@ -508,10 +508,9 @@ class Cluster(Running):
 
 
 def install(host: Host, config: Optional[ClusterConfig]) -> RunningModule:
-    """Join the cluster when the config has an ``iii-cluster`` entry; alone otherwise."""
-    if config is None:
-        return Running()
-    return Cluster(host, config)
+    """Join the cluster (installed only for an ``iii-cluster`` entry: an engine is alone
+    without one)."""
+    return Cluster(host, config or ClusterConfig())
 
 
 MODULE = BuiltinModule(
@@ -519,4 +518,5 @@ MODULE = BuiltinModule(
     description="Several engines as one: registry in Redis, calls over engine-to-engine links",
     config_type=ClusterConfig,
     install=install,
+    opt_in=True,
 )
