@@ -37,3 +37,12 @@ def test_module_benchmarks_run_in_smoke_mode(official_python):
     assert out.count("| in_memory |") == 4 and out.count("| durable |") == 3
     if shutil.which("redis-server"):  # the queue on Redis, two fsync policies
         assert out.count("| enqueue → delivery | redis (fsync ") == 2
+
+
+@pytest.mark.timeout(300)
+def test_cluster_benchmark_runs_in_smoke_mode(redis_server):  # (the fixture: redis-server is there)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cluster.py"), "--smoke"], capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line.split()[0] for line in result.stdout.splitlines()[1:4]] == ["raw-1", "raw-64", "sdk"]

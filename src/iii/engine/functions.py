@@ -5,6 +5,13 @@ Discovery answers as the user-facing page (seed) shows: ``engine::workers::list`
 ``{triggers}`` (every registered trigger), ``engine::trigger-types::list`` → ``{trigger_types}``
 (every trigger type with its schemas). The newer original's names keep their meaning where the
 seed is silent (``engine::registered-triggers::*``, ``engine::triggers::info``).
+
+Several engines as one (the ``iii-cluster`` module): the lists then show the whole cluster and
+each row has an ``engine`` field (``{"id", "name"}``). The extension point is ``router.cluster``,
+set by the module through ``Host.set_cluster_view``: an object with ``engine`` (this engine's
+``{"id", "name"}``), ``engine_of(engine_id)`` (another's), ``workers()``, ``triggers()`` and
+``trigger_types()`` (the other engines' rows, ``engine`` included). The other engines' functions are the router's own
+(``Router.remote_functions``). :meth:`Discovery.snapshot` is what this engine publishes of itself.
 """
 
 from __future__ import annotations
@@ -176,7 +183,7 @@ def module_row(router: Router, name: str, description: str, started_at_ms: int) 
     }
 
 
-def function_row(fn: FunctionEntry) -> dict[str, Any]:
+def function_row(fn: FunctionEntry, cluster: Any = None) -> dict[str, Any]:
     row: dict[str, Any] = {
         "function_id": fn.id,
         "namespace": fn.namespace,
@@ -186,6 +193,9 @@ def function_row(fn: FunctionEntry) -> dict[str, Any]:
         row["description"] = fn.description
     if fn.metadata is not None:
         row["metadata"] = fn.metadata
+    if cluster is not None:
+        engine = fn.owner.engine if fn.owner is not None else None
+        row["engine"] = cluster.engine if engine is None else cluster.engine_of(engine)
     return row
 
 
@@ -296,6 +306,11 @@ def workers_list(router: Router, caller: Optional[Connection], data: Any) -> Any
          "functions": sorted(f.id for f in router.all_functions() if f.module == m.name)}
         for m in router.modules
     ]
+    cluster = router.cluster
+    if cluster is not None:
+        for row in rows:
+            row["engine"] = cluster.engine
+        rows += cluster.workers()
     rows = [
         r
         for r in rows
@@ -304,7 +319,7 @@ def workers_list(router: Router, caller: Optional[Connection], data: Any) -> Any
         and (args.status is None or r["status"] == args.status)
         and _matches(args.search, r["name"])
     ]
-    rows.sort(key=lambda r: (r["name"] or r["id"], r["id"]))
+    rows.sort(key=lambda r: (r["name"] or r["id"], r["id"], r.get("engine", {}).get("id", "")))
     return {"workers": rows}
 
 
@@ -373,7 +388,7 @@ def functions_list(router: Router, caller: Optional[Connection], data: Any) -> A
         wanted_workers.add(args.worker)
     session = caller.session if caller is not None else None
     rows = []
-    for fn in router.all_functions():
+    for fn in _listed_functions(router):
         if not args.include_internal and fn.internal:
             continue
         if session is not None and not session.allows(fn.id, fn.namespace, fn):
@@ -397,7 +412,14 @@ def functions_list(router: Router, caller: Optional[Connection], data: Any) -> A
         rows.sort(key=rank)
     else:
         rows.sort(key=lambda fn: (fn.id, fn.namespace))
-    return {"functions": [function_row(fn) for fn in rows]}
+    return {"functions": [function_row(fn, router.cluster) for fn in rows]}
+
+
+def _listed_functions(router: Router) -> list[FunctionEntry]:
+    """This engine's functions, and with a cluster each other engine's (one entry per engine;
+    the entry that routes calls to them is not listed)."""
+    local = [fn for fn in router.all_functions() if fn.replicas is None]
+    return local + router.remote_functions() if router.cluster is not None else local
 
 
 def _resolve_function(router: Router, function_id: str, namespace: Optional[str]) -> Any:
@@ -475,6 +497,18 @@ def _bindings(router: Router, function_id: str, data: Any) -> list[dict[str, Any
         if not _matches(args.search, binding.id, binding.trigger_type, binding.function_id):
             continue
         rows.append(binding_row(router, binding))
+    cluster = router.cluster
+    if cluster is not None:
+        for row in rows:
+            row["engine"] = cluster.engine
+        rows += [
+            row for row in cluster.triggers()
+            if (args.include_internal or not row["function_id"].startswith("engine::"))
+            and (args.trigger_type is None or row["trigger_type"] == args.trigger_type)
+            and (args.function_id is None or row["function_id"] == args.function_id)
+            and (args.worker is None or row["worker_name"] == args.worker)
+            and _matches(args.search, row["id"], row["trigger_type"], row["function_id"])
+        ]
     return rows
 
 
@@ -513,6 +547,17 @@ def trigger_types_list(router: Router, caller: Optional[Connection], data: Any) 
         if not _matches(args.search, tt.id, tt.description):
             continue
         rows.append(trigger_type_detail(router, tt))
+    cluster = router.cluster
+    if cluster is not None:
+        for row in rows:
+            row["engine"] = cluster.engine
+        rows += [
+            row for row in cluster.trigger_types()
+            if (args.include_internal or not row["id"].startswith("engine::"))
+            and (not args.prefix or row["id"].startswith(args.prefix))
+            and (args.worker is None or row["worker_name"] == args.worker)
+            and _matches(args.search, row["id"], row.get("description"))
+        ]
     return {"trigger_types": rows}
 
 
@@ -600,8 +645,36 @@ class Discovery:
 
     def functions_changed(self) -> None:
         if self.functions.bindings:
-            rows = [function_row(fn) for fn in self._router.all_functions()]
+            router = self._router
+            rows = [function_row(fn, router.cluster) for fn in _listed_functions(router)]
             self.functions.fire(codec.encode_json({"event": "functions_changed", "functions": rows}))
+
+    def snapshot(self) -> dict[str, Any]:
+        """What this engine publishes to the others of a cluster: its workers, the functions
+        its workers own (with their schemas), its triggers and the trigger types its workers
+        provide, as the lists show them."""
+        router = self._router
+        workers = [
+            {**worker_row(c), "functions": sorted(function_id for _, function_id in c.functions)}
+            for c in router.connections.values() if not c.closed
+        ]
+        functions = []
+        for fn in router.all_functions():
+            if fn.owner is None or fn.owner.engine is not None or fn.replicas is not None:
+                continue  # the engine's own (every engine has them) or another engine's
+            row = function_row(fn)
+            if fn.request_format is not None:
+                row["request_schema"] = fn.request_format
+            if fn.response_format is not None:
+                row["response_schema"] = fn.response_format
+            functions.append(row)
+        triggers = [binding_row(router, b) for b in sorted(router.bindings.values(), key=lambda b: b.id)]
+        trigger_types = [  # the ones workers provide (every engine has its modules')
+            trigger_type_detail(router, tt)
+            for tt in sorted(router.trigger_types.values(), key=lambda t: (t.id, t.namespace))
+            if tt.owner is not None
+        ]
+        return {"workers": workers, "functions": functions, "triggers": triggers, "trigger_types": trigger_types}
 
 
 _EVENT_SCHEMA = {

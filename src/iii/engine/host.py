@@ -186,6 +186,44 @@ class Host(Protocol):
         """Process-lifetime counters: ``{"invocations": {...}, "workers": {...}}``
         (``engine::metrics::list``'s ``engine_metrics``)."""
 
+    # Several engines as one (``iii-cluster``): what a cluster module needs of its engine. The
+    # module does the I/O (Redis, the links it opens); the router routes, sans-I/O.
+
+    def on_listening(self, callback: Callable[[list[str]], None]) -> None:
+        """``callback(urls)`` once the worker listeners are bound (their ``ws://`` URLs)."""
+
+    def watch_registry(self, callback: Callable[[], None]) -> None:
+        """``callback()`` after this engine's workers or functions changed."""
+
+    def registry_snapshot(self) -> dict[str, Any]:
+        """This engine's ``workers``, worker-owned ``functions`` and ``triggers``, as rows."""
+
+    def accept_peers(self, token: Optional[str]) -> None:
+        """Accept links from other engines presenting ``token`` on the worker listener."""
+
+    def set_cluster_view(self, view: Any) -> None:
+        """The other engines' workers and triggers for the ``engine::*`` lists (see
+        :mod:`iii.engine.functions`)."""
+
+    def set_remote_functions(self, engine_id: str, write: Callable[[bytes], None], functions: list[dict[str, Any]]) -> None:
+        """Engine ``engine_id`` owns ``functions`` (rows), its calls written with ``write``."""
+
+    def drop_engine(self, engine_id: str) -> None:
+        """Engine ``engine_id`` is gone: its functions leave, calls to it are stopped."""
+
+    def remote_answer(self, engine_id: str, frame: bytes) -> None:
+        """A frame that came on this engine's link to engine ``engine_id``."""
+
+    def join_batch(self, flushable: Any) -> bool:
+        """``True`` if the engine is handling a read of several frames: ``flushable.flush()``
+        then runs once it is done (write then); ``False``: write now."""
+
+    def hold_writes(self) -> None:
+        """More frames of one read are coming: write what they cause once, at the turn's end."""
+
+    def fire_workers_available(self, event: str, worker_id: str) -> None:
+        """Fire ``engine::workers-available`` (a worker of another engine came or went)."""
+
 
 class RunningModule(Protocol):
     """What a module's ``install`` returns: the engine awaits ``start`` before it listens and

@@ -66,6 +66,7 @@ class Connection:
         "gate",
         "gate_bytes",
         "buffered",
+        "engine",
     )
 
     def __init__(
@@ -116,6 +117,10 @@ class Connection:
         self.gate_bytes = 0
         #: ``buffered()``: bytes written to it and not sent yet (set by the listener).
         self.buffered: Optional[Callable[[], int]] = None
+        #: Cluster (``iii-cluster``): the id of the other engine this stands for, ``None`` for a
+        #: worker. A link from a peer engine, or one engine's replica of a remote function (never
+        #: in ``Router.connections``: not a worker, not listed, fires no worker events).
+        self.engine: Optional[str] = None
 
     @property
     def closed(self) -> bool:
@@ -148,6 +153,7 @@ class FunctionEntry:
         "metadata",
         "local_id",
         "stats",
+        "replicas",
     )
 
     def __init__(
@@ -177,6 +183,10 @@ class FunctionEntry:
         self.local_id: Optional[str] = None
         #: Its calls (an ``iii.engine.stats.FunctionStats``, shared by its re-registrations).
         self.stats = stats
+        #: A function owned on other engines (``iii-cluster``): its owners there, one
+        #: :class:`Connection` per engine, ``owner`` being the one the next call goes to.
+        #: ``None`` for a function of this engine.
+        self.replicas: Optional[list[Connection]] = None
 
     @property
     def worker_name(self) -> str:

@@ -101,6 +101,43 @@ def _who(conn: Connection) -> str:
     return f"{conn.name} ({conn.id})" if conn.name else conn.id
 
 
+#: What a call to another engine's function in a namespace other than ``default`` carries.
+_NAMESPACE_FIELD = b'"namespace":%s,'
+_INVOKE_TYPE = b'{"type":"invokefunction",'
+
+
+_PEER_CALL = b'{"type":"invokefunction","invocation_id":"'
+_PEER_FUNCTION = b'","function_id":"'
+_PEER_DATA = b'","data":'
+
+
+def _peer_call(frame: bytes) -> Optional[tuple[str, str]]:
+    """``(invocation_id, function_id)`` of a call in the exact shape ``codec.encode_invoke`` gives
+    it (what a peer engine's router sends), read without decoding; ``None`` for anything else
+    (escaped or non-ASCII ids included), which the full decoder then reads."""
+    if not frame.startswith(_PEER_CALL):
+        return None
+    start = len(_PEER_CALL)
+    end = frame.find(b'"', start)
+    if end < 0 or not frame.startswith(_PEER_FUNCTION, end):
+        return None
+    function_start = end + len(_PEER_FUNCTION)
+    function_end = frame.find(b'"', function_start)
+    if function_end < 0 or not frame.startswith(_PEER_DATA, function_end):
+        return None
+    invocation_id = frame[start:end]
+    function_id = frame[function_start:function_end]
+    if b"\\" in invocation_id or b"\\" in function_id or not (invocation_id + function_id).isascii():
+        return None
+    return invocation_id.decode(), function_id.decode()
+
+
+def _in_namespace(field: bytes, write: Callable[[bytes], None], frame: bytes) -> None:
+    """Write a call (as ``codec.encode_invoke`` made it) with its namespace: the engine that
+    owns the function looks it up there."""
+    write(_INVOKE_TYPE + field + frame[len(_INVOKE_TYPE):])
+
+
 class _NoEvents:
     """Where discovery events go until ``engine::*`` is installed (a router in a test)."""
 
@@ -109,6 +146,9 @@ class _NoEvents:
 
     def functions_changed(self) -> None:
         pass
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"workers": [], "functions": [], "triggers": [], "trigger_types": []}
 
 
 class Router:
@@ -125,6 +165,8 @@ class Router:
         batch: asks the owner to hold what is sent until the current loop turn ends and then
             write it once per worker; called before the engine's own sends that come in
             bursts (calls it makes, answers of built-ins that waited, e.g. for a commit).
+        join_batch: ``join_batch(flushable)``: ``True`` if such a hold is under way, and
+            ``flushable.flush()`` will run when it ends (a cluster link's writes join it).
         new_id: id generator (tests pass a deterministic one).
     """
 
@@ -138,6 +180,7 @@ class Router:
         batch: Optional[Callable[[], None]] = None,
         new_id: Callable[[], str] = _new_id,
         version: str = "0.0.0",
+        join_batch: Optional[Callable[[Any], bool]] = None,
     ) -> None:
         self.grace_ms = grace_ms
         self.version = version
@@ -146,6 +189,7 @@ class Router:
         self._defer = defer
         self._wake = wake
         self._batch = batch
+        self._join_batch = join_batch
         # The registry: who is connected, what they offer, who waits for what.
         self.connections: dict[str, Connection] = {}
         #: namespace -> function id -> entry (two lookups, no tuple per call).
@@ -176,10 +220,27 @@ class Router:
         self.trace_context: Optional[tuple[str, Optional[str]]] = None
         self._metric_sources: list[Callable[[], list[MetricFamily]]] = []
         self._functions_dirty = False
+        #: Another engine's functions changed (the event fires even if the set of ids did not).
+        self._remote_changed = False
         self._later: list[Callable[[], None]] = []
         #: ``iii-http-functions``' maker of HTTP-invoked functions (``None``: not running).
         self._http_functions: Optional[Callable[[str, Any], Callable[..., Any]]] = None
         self._route_frame = codec.route_frame
+        #: Cluster (``iii-cluster``): functions owned on other engines. ``(namespace, id)`` -> the
+        #: entry calls are routed through (its ``replicas`` the owners, one per engine), installed
+        #: in ``functions`` while no worker of this engine owns the function.
+        self.remote: dict[tuple[str, str], FunctionEntry] = {}
+        #: engine id -> ``(namespace, id)`` -> that engine's own entry (what the lists show).
+        self.remote_owners: dict[str, dict[tuple[str, str], FunctionEntry]] = {}
+        #: The token a peer engine's link presents (``None``: no peers accepted).
+        self.peer_token: Optional[str] = None
+        #: The cluster's view of the other engines' workers and triggers, for the lists
+        #: (``engine::*``); ``None`` on an engine alone.
+        self.cluster: Any = None
+        #: The worker listeners' URLs once bound, and who waits for them.
+        self.urls: list[str] = []
+        self._on_listening: list[Callable[[list[str]], None]] = []
+        self._registry_watchers: list[Callable[[], None]] = []
         self._handlers: dict[type, Callable[[Connection, Any, bytes], None]] = {
             InvokeFunction: self._on_invoke,
             InvocationResult: self._on_result,
@@ -335,10 +396,10 @@ class Router:
             self._remove_trigger_type(tt)
         if conn.name is not None and self.names.get((conn.namespace, conn.name)) is conn:
             del self.names[(conn.namespace, conn.name)]
-        if self.connections.pop(conn.id, None) is not None:
+        if self.connections.pop(conn.id, None) is not None:  # a peer engine's link is not listed
             self.stats.deaths += 1
             self.stats.frames_dropped_gone += conn.frames_dropped
-        self.fire_workers_available("worker_disconnected", conn.id)
+            self.fire_workers_available("worker_disconnected", conn.id)
 
     def expire_grace(self, conn: Connection) -> None:
         """The grace period ended: a connection still without namespace gets ``default``."""
@@ -511,7 +572,10 @@ class Router:
             owner_id = ""  # engine:: ids are reserved: only the engine's own live in `default`
         elif existing is not None and existing.owner is None:
             owner_id = ""  # built-ins cannot be replaced by a worker
-        elif existing is not None and existing.owner is not conn and not existing.owner.closed:
+        elif (
+            existing is not None and existing.owner is not conn and not existing.owner.closed
+            and existing.replicas is None  # a function of other engines: a local owner is preferred
+        ):
             owner_id = existing.owner.id
         if owner_id is not None:
             log.warning(
@@ -534,7 +598,7 @@ class Router:
             except EngineError as exc:
                 log.warning("worker %s: HTTP-invoked function %s refused: %s", conn.id, function_id, exc.message)
                 return
-        if existing is not None and existing.owner is not conn:
+        if existing is not None and existing.owner is not conn and existing.replicas is None:
             existing.owner.functions.discard((ns, function_id))
         self.functions.setdefault(ns, {})[function_id] = entry = FunctionEntry(
             function_id,
@@ -574,9 +638,13 @@ class Router:
             return
         fn = by_id.get(function_id)
         if fn is not None and fn.owner is conn:
-            del by_id[function_id]
-            if not by_id:
-                del self.functions[ns]
+            remote = self.remote.get((ns, function_id))
+            if remote is not None:  # other engines own it too: calls go there now
+                by_id[function_id] = remote
+            else:
+                del by_id[function_id]
+                if not by_id:
+                    del self.functions[ns]
             self._functions_changed()
 
     def _functions_changed(self) -> None:
@@ -624,10 +692,12 @@ class Router:
         if not self._functions_dirty:
             return
         self._functions_dirty = False
+        self._registry_changed()
         fingerprint = self._fingerprint()
-        if fingerprint == self._functions_fingerprint:
+        if fingerprint == self._functions_fingerprint and not self._remote_changed:
             return
         self._functions_fingerprint = fingerprint
+        self._remote_changed = False
         self.events.functions_changed()
 
     # ------------------------------------------------------------------ invocations
@@ -1339,7 +1409,240 @@ class Router:
     def engine_stats(self) -> dict[str, Any]:
         return self.stats.snapshot()
 
+    # ------------------------------------------------------------------ cluster (iii-cluster)
+    #
+    # Functions of other engines are routed like a worker's: each is owned, per engine, by a
+    # :class:`Connection` whose ``send`` writes on the link to that engine (the module's I/O), so
+    # :meth:`forward` takes a call to one on its hot path unchanged. Their answers come back
+    # through :meth:`remote_answer`; calls from a peer engine arrive through :meth:`handle_peer`.
+
+    def listening(self, urls: list[str]) -> None:
+        """The worker listeners are bound (the server calls this): tell who waits for the URLs."""
+        self.urls = list(urls)
+        for callback in self._on_listening:
+            callback(self.urls)
+
+    def on_listening(self, callback: Callable[[list[str]], None]) -> None:
+        """``callback(urls)`` once the worker listeners are bound (now, if they are)."""
+        if self.urls:
+            callback(self.urls)
+        else:
+            self._on_listening.append(callback)
+
+    def watch_registry(self, callback: Callable[[], None]) -> None:
+        """``callback()`` after workers or functions of this engine changed (coalesced per turn
+        for functions; bindings are not watched: read them when the callback runs or later)."""
+        self._registry_watchers.append(callback)
+
+    def _registry_changed(self) -> None:
+        for callback in self._registry_watchers:
+            try:
+                callback()
+            except Exception:
+                log.exception("a registry watcher failed")
+
+    def accept_peers(self, token: Optional[str]) -> None:
+        """Accept links from other engines presenting ``token`` (``None``: none)."""
+        self.peer_token = token
+
+    def registry_snapshot(self) -> dict[str, Any]:
+        """This engine's workers, worker-owned functions and triggers, as rows (what a cluster
+        publishes of it; see ``Discovery.snapshot``)."""
+        return self.events.snapshot()
+
+    def set_cluster_view(self, view: Any) -> None:
+        """The other engines' workers and triggers, for the ``engine::*`` lists (see
+        :mod:`iii.engine.functions`: ``engine``, ``engine_of(id)``, ``workers()``, ``triggers()``)."""
+        self.cluster = view
+
+    def connect_peer(self, engine_id: str, send: Callable[[bytes], None], close: Callable[[], None], ip: Optional[str]) -> Connection:
+        """Admit a link from engine ``engine_id``: its calls reach this engine's functions
+        (:meth:`handle_peer`), it is no worker (not listed, no events, no namespace grace)."""
+        link_id = self.new_id()
+        conn = Connection(link_id, "", send, close, codec.caller_field(link_id), ip, self.now_ms())
+        conn.state = RESOLVED
+        conn.engine = engine_id
+        return conn
+
+    def handle_peer(self, conn: Connection, frame: bytes) -> None:
+        """A frame on a link from a peer engine: a call to one of this engine's workers is sent on
+        as received (its data already names the caller on that engine); a call to a function
+        this engine does not own is refused, never passed to a third engine (no loops)."""
+        head = _peer_call(frame)
+        if head is not None:  # a plain call as the peer's router encodes it: read no further
+            invocation_id, function_id = head
+            by_id = self.functions.get(DEFAULT_NAMESPACE)
+            fn = by_id.get(function_id) if by_id is not None else None
+            if (
+                fn is not None and fn.replicas is None and fn.handler is None and fn.local_id is None
+                and invocation_id not in self.pending
+            ):
+                conn.invocations_made += 1
+                self.invocations.open(self._pending(fn, conn), invocation_id)
+                fn.owner.send(frame)  # type: ignore[union-attr]
+                return
+        try:
+            msg = codec.decode_frame(frame)
+        except codec.DecodeError as exc:
+            self._on_bad_frame(conn, frame, exc)
+            return
+        if type(msg) is not InvokeFunction:
+            if type(msg) is Ping:
+                conn.send(_PONG)
+            return
+        invocation_id = msg.invocation_id
+        ns = DEFAULT_NAMESPACE if msg.namespace is UNSET or msg.namespace is None else msg.namespace
+        fn = self.find_function(ns, msg.function_id)
+        if fn is None or fn.replicas is not None:
+            self._reply_error(conn, invocation_id, msg.function_id, ErrorBody(
+                ErrorCode.FUNCTION_NOT_FOUND,
+                f"Function {msg.function_id} is not on this engine (any more).",
+            ))
+            return
+        if fn.handler is not None or fn.local_id is not None or invocation_id is None or msg.action is not None or invocation_id in self.pending:
+            self.handle(conn, frame)
+            return
+        if ns != DEFAULT_NAMESPACE:  # the namespace was for this engine: a worker is not told it
+            frame = codec.encode_invoke(
+                invocation_id, msg.function_id, bytes(msg.data) if msg.data else b"null",
+                bytes(msg.metadata) if msg.metadata else b"", msg.traceparent, msg.baggage,
+            )
+        conn.invocations_made += 1
+        self.invocations.open(self._pending(fn, conn), invocation_id)
+        fn.owner.send(frame)
+
+    def join_batch(self, flushable: Any) -> bool:
+        """Writes queued now can wait for the end of the read being handled: ``True`` if so
+        (``flushable.flush()`` is then called once it ends), ``False``: write now."""
+        return self._join_batch is not None and self._join_batch(flushable)
+
+    def hold_writes(self) -> None:
+        """More frames of one read are coming (a link's): what they cause is written once per
+        connection when the loop turn ends, as for a worker's read."""
+        if self._batch is not None:
+            self._batch()
+
+    def remote_answer(self, engine_id: str, frame: bytes) -> None:
+        """A frame on this engine's link to engine ``engine_id``: the answer to a call routed
+        there goes to its caller (:meth:`forward`'s hot path where it can). Anything else a peer
+        sends on it (its ``workerregistered``, pongs) is ignored."""
+        routed = self._route_frame(frame, b"")
+        if routed is not None:
+            invocation_id = routed[1]
+        else:
+            try:
+                msg = codec.decode_frame(frame)
+            except codec.DecodeError:
+                return
+            if type(msg) is not InvocationResult:
+                return
+            invocation_id = msg.invocation_id
+        pending = self.pending.get(invocation_id)
+        if pending is None or pending.target.engine != engine_id:
+            return  # a late answer
+        owner = pending.target
+        if routed is None or not self.forward(owner, routed, frame):
+            self._handlers[InvocationResult](owner, msg if routed is None else codec.decode_frame(frame), frame)
+
+    def set_remote_functions(self, engine_id: str, write: Callable[[bytes], None], functions: list[dict[str, Any]]) -> None:
+        """Engine ``engine_id`` owns ``functions`` (rows as ``engine::functions::list`` shows them,
+        with ``request_schema`` / ``response_schema``), reached by ``write`` (its link). Replaces
+        what it owned before; calls in flight to a function it dropped still get their answer."""
+        before = self.remote_owners.get(engine_id, {})
+        now: dict[tuple[str, str], FunctionEntry] = {}
+        link = write
+        for row in functions:
+            key = (row.get("namespace") or DEFAULT_NAMESPACE, row["function_id"])
+            write = link if key[0] == DEFAULT_NAMESPACE else partial(_in_namespace, _NAMESPACE_FIELD % codec.encode_json(key[0]), link)
+            entry = before.get(key)
+            if entry is None:
+                owner = Connection(engine_id, "", write, lambda: None, b"", None, self.now_ms())
+                owner.state = RESOLVED
+                owner.namespace = key[0]
+                owner.engine = engine_id
+                owner.name = row.get("worker_name")
+                entry = FunctionEntry(
+                    key[1], key[0], owner=owner, description=row.get("description"),
+                    request_format=row.get("request_schema"), response_format=row.get("response_schema"),
+                    metadata=row.get("metadata"), stats=self.stats.of(key[0], key[1], False),
+                )
+                owner.functions.add(key)
+                self._add_replica(key, entry)
+            else:
+                entry.owner.send = partial(self._send_rotating, key, write)
+            now[key] = entry
+        for key, entry in before.items():
+            if key not in now:
+                self._remove_replica(key, entry.owner)
+        if now:
+            self.remote_owners[engine_id] = now
+        else:
+            self.remote_owners.pop(engine_id, None)
+        self._remote_changed = True
+        self._functions_changed()
+
+    def drop_engine(self, engine_id: str) -> None:
+        """Engine ``engine_id`` is gone (its link closed, its heartbeat expired): its functions
+        leave, calls in flight to it fail with ``invocation_stopped``."""
+        owned = self.remote_owners.pop(engine_id, None)
+        if not owned:
+            return
+        for key, entry in owned.items():
+            self._remove_replica(key, entry.owner)
+            entry.owner.state = ABORTED
+            self._halt_invocations(entry.owner)
+        self._remote_changed = True
+        self._functions_changed()
+
+    def remote_functions(self) -> list[FunctionEntry]:
+        """Every other engine's functions, one entry per engine (``owner.engine`` says which)."""
+        return [entry for owned in self.remote_owners.values() for entry in owned.values()]
+
+    def _add_replica(self, key: tuple[str, str], entry: FunctionEntry) -> None:
+        shared = self.remote.get(key)
+        if shared is None:
+            shared = FunctionEntry(
+                key[1], key[0], owner=entry.owner, description=entry.description,
+                request_format=entry.request_format, response_format=entry.response_format,
+                metadata=entry.metadata, stats=entry.stats,
+            )
+            shared.replicas = []
+            self.remote[key] = shared
+            by_id = self.functions.setdefault(key[0], {})
+            if key[1] not in by_id:
+                by_id[key[1]] = shared
+        shared.replicas.append(entry.owner)  # type: ignore[union-attr]
+        write = entry.owner.send
+        entry.owner.send = partial(self._send_rotating, key, write)
+
+    def _remove_replica(self, key: tuple[str, str], owner: Connection) -> None:
+        shared = self.remote.get(key)
+        if shared is None or owner not in shared.replicas:  # type: ignore[operator]
+            return
+        shared.replicas.remove(owner)  # type: ignore[union-attr]
+        if shared.replicas:
+            if shared.owner is owner:
+                shared.owner = shared.replicas[0]
+            return
+        del self.remote[key]
+        by_id = self.functions.get(key[0])
+        if by_id is not None and by_id.get(key[1]) is shared:
+            del by_id[key[1]]
+            if not by_id:
+                del self.functions[key[0]]
+
+    def _send_rotating(self, key: tuple[str, str], write: Callable[[bytes], None], frame: bytes) -> None:
+        """Send a call on an engine's link; the function's next call goes to its next replica
+        (calls to a function of several engines are spread round-robin)."""
+        write(frame)
+        shared = self.remote.get(key)
+        if shared is not None:
+            replicas = shared.replicas
+            if len(replicas) > 1:  # type: ignore[arg-type]
+                shared.owner = replicas[(replicas.index(shared.owner) + 1) % len(replicas)]  # type: ignore[union-attr]
+
     # ------------------------------------------------------------------ events
 
     def fire_workers_available(self, event: str, worker_id: str) -> None:
         self.events.workers_changed(event, worker_id)
+        self._registry_changed()

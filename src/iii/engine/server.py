@@ -1,7 +1,8 @@
 """The engine's WebSocket server: one router, a picows server per listener, the heartbeat and the
 timer that expires the engine's own calls at their deadlines.
 
-Path ``/`` carries the worker protocol (a ``WorkerListener``), ``/otel`` is the SDKs' telemetry
+Path ``/`` carries the worker protocol (a ``WorkerListener``; a ``PeerListener`` for another
+engine of the cluster presenting its token, :mod:`iii.engine.peers`), ``/otel`` is the SDKs' telemetry
 socket (a ``TelemetryListener``: its frames go to the router's telemetry sink; never a worker),
 ``/ws/channels/{id}`` one end of a data channel (:mod:`iii.engine.channels`, swept every minute);
 anything else is answered 404. The listeners, and what they do with every frame, are :mod:`iii.engine.frames`'s.
@@ -26,6 +27,7 @@ from iii._version import __version__
 from iii.engine.auth_gate import AuthGate
 from iii.engine.channels import SWEEP_EVERY_MS, channel_listener
 from iii.engine.frames import TelemetryListener, WorkerListener
+from iii.engine.peers import PeerListener, peer_of
 from iii.engine.rbac import Policy, RbacConfig
 from iii.engine.router import Router
 from iii.protocol import DEFAULT_GRACE_MS, DEFAULT_HOST, DEFAULT_PORT, MAX_MESSAGE_SIZE
@@ -97,6 +99,14 @@ class Engine:
             # the batch then ends on the next loop iteration instead of waiting for another read.
             asyncio.get_running_loop().call_soon(self.end_batch)
 
+    def join_batch(self, flushable: Any) -> bool:
+        """Have ``flushable.flush()`` called when the batch ends, if one is under way (``False``:
+        none is, write now). Called once per batch by whoever queues writes in it."""
+        if not self.batching:
+            return False
+        self.dirty.append(flushable)
+        return True
+
     def end_batch(self) -> None:
         """Write every worker's queued frames, one write per worker."""
         self.batching = False
@@ -114,6 +124,7 @@ class Engine:
             defer=loop.call_soon,
             wake=self._expire_at,
             batch=self.start_batch,
+            join_batch=self.join_batch,
             version=__version__,
         )
         return self.router
@@ -165,6 +176,7 @@ class Engine:
                 url = f"ws://{host}:{port}" if ":" not in host else f"ws://[{host}]:{port}"
                 self.urls.append(url)
                 log.info("iii engine %s listening on %s", __version__, url)
+        self.router.listening(self.urls)
         return self.urls
 
     def _sweep_channels(self) -> None:
@@ -184,7 +196,8 @@ class Engine:
                     WSUpgradeResponse.create_error_response(503, policy.auth_full_message().encode()), None
                 )
             if path == b"":
-                return WorkerListener(self, config)
+                peer = peer_of(request, self.router.peer_token)  # another engine of the cluster
+                return WorkerListener(self, config) if peer is None else PeerListener(self, config, peer)
             if path == b"/otel":
                 telemetry = TelemetryListener(self, config)
                 if policy is not None and policy.auth_function_id is not None:

@@ -1,5 +1,5 @@
 """The engine's built-in modules: http, http_functions, state, stream, pubsub, cron, queue,
-observability, and the opt-in bridge (``iii-bridge``).
+observability, and the opt-in bridge (``iii-bridge``) and cluster (``iii-cluster``).
 
 Each module is one file that imports the engine only through :mod:`iii.engine.host` and ends with
 its row of the module table, a :class:`~iii.engine.host.BuiltinModule`: its ``config.yaml``
@@ -11,7 +11,7 @@ one. Adding a module: one file, one row here, and its tests.
 from __future__ import annotations
 
 from iii.engine.host import BuiltinModule
-from iii.modules import bridge, cron, http, http_functions, observability, pubsub, queue, state, stream
+from iii.modules import bridge, cluster, cron, http, http_functions, observability, pubsub, queue, state, stream
 
 __all__ = ["MODULES", "by_entry_name"]
 
@@ -26,6 +26,7 @@ MODULES: tuple[BuiltinModule, ...] = (
     http_functions.MODULE,
     stream.MODULE,
     bridge.MODULE,
+    cluster.MODULE,
 )
 
 
