@@ -51,14 +51,18 @@ def hello(name: Optional[str]) -> dict[str, Any]:
 
 
 def http_worker(url: str) -> None:
-    from iii.testing import connect_worker
+    # A user's worker: the plain SDK (not the plugin's TestWorker, whose call counting would be
+    # measured too).
+    from iii import InitOptions, register_worker
+    from iii.testing import wait_for_functions
 
-    worker = connect_worker(url, "bench-http")
+    worker = register_worker(url, InitOptions(worker_name="bench-http", otel={"enabled": False}))
 
     async def handle(request: dict[str, Any]) -> dict[str, Any]:
         return {"status_code": 200, "body": hello(request["query_params"].get("name"))}
 
     worker.register_function("bench::hello", handle)
+    wait_for_functions(worker, ["bench::hello"])
     worker.register_trigger({"type": "http", "function_id": "bench::hello",
                              "config": {"api_path": HELLO_PATH, "http_method": "GET"}})
     print("ready", flush=True)

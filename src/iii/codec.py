@@ -33,6 +33,7 @@ with_caller = _impl.with_caller
 encode_invoke = _impl.encode_invoke
 encode_result = _impl.encode_result
 encode_error_result = _impl.encode_error_result
+client_text_frames = _impl.client_text_frames
 
 __all__ = [
     "IMPLEMENTATION",
@@ -51,4 +52,5 @@ __all__ = [
     "encode_invoke",
     "encode_result",
     "encode_error_result",
+    "client_text_frames",
 ]

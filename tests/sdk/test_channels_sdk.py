@@ -120,3 +120,32 @@ async def test_create_channel_sends_the_size_it_is_given(tmp_path, size):
             assert created.capacity == (64 if size is None else 1)
         finally:
             await worker.shutdown_async()
+
+
+def test_the_clients_in_place_attach_makes_what_resolve_channels_makes():
+    from iii.channels import ChannelReader, ChannelWriter, resolve_channels
+    from iii.sdk.client import _attach_channels
+
+    def ref(n: int, direction: str) -> dict:
+        return {"channel_id": f"c{n}", "access_key": f"k{n}", "direction": direction}
+
+    def data() -> dict:
+        return {
+            "headers": {"a": "b"}, "n": 1, "body": None, "request_body": ref(1, "read"), "response": ref(2, "write"),
+            "nested": [{"deep": ref(3, "read")}, [ref(4, "write")], "x"],
+            "not_a_ref": {"access_key": "k", "other": ref(5, "read")},
+        }
+
+    def shape(value):
+        if isinstance(value, (ChannelReader, ChannelWriter)):
+            return (type(value).__name__, value._ref.channel_id, value._ref.access_key)
+        if isinstance(value, dict):
+            return {key: shape(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [shape(item) for item in value]
+        return value
+
+    expected = shape(resolve_channels(data(), "ws://engine", None))
+    assert shape(_attach_channels(data(), "ws://engine", None)) == expected
+    assert expected["nested"][0]["deep"] == ("ChannelReader", "c3", "k3")
+    assert shape(_attach_channels(ref(6, "write"), "ws://engine", None)) == ("ChannelWriter", "c6", "k6")

@@ -50,6 +50,7 @@ __all__ = [
     "MAX_BUFFER_SIZE",
     "MAX_BUFFERED_BYTES",
     "MAX_READER_FRAME",
+    "RandomIds",
     "STALE_AFTER_MS",
     "SWEEP_EVERY_MS",
     "Text",
@@ -81,9 +82,10 @@ _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
 
 
-class _RandomIds:
+class RandomIds:
     """UUID v4 strings from the OS's random source, read in batches (one ``getrandom`` per 256
-    ids: at four ids per HTTP request, a call each was most of what channels cost it)."""
+    ids: at four ids per HTTP request, a call each was most of what channels cost it; the
+    router's invocation ids come from one too)."""
 
     __slots__ = ("_hex", "_at")
 
@@ -292,7 +294,7 @@ class ChannelRegistry:
 
     def __init__(self, clock: Any) -> None:
         self._clock = clock
-        self._new_id = _RandomIds()
+        self._new_id = RandomIds()
         self.channels: dict[str, Channel] = {}
 
     def __len__(self) -> int:

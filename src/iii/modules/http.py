@@ -182,7 +182,11 @@ class Routes(Provider[HttpTriggerConfig]):
 
     def find(self, method: str, path: str) -> Optional[tuple[Route, dict[str, str]]]:
         """The most specific route for a request (literal segments beat parameters)."""
-        segments = path.lstrip("/").split("/")
+        path = path.lstrip("/")
+        exact = self.routes.get((method, path))
+        if exact is not None and None not in exact.shape:  # all literal: none is more specific
+            return exact, {}
+        segments = path.split("/")
         found = [
             (route, params) for route in self.routes.values()
             if route.method == method and (params := route.match(segments)) is not None

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Union
 import uvloop
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
+from iii import codec
 from iii.channels import resolve_channels
 from iii.iii_constants import (
     DEFAULT_ENGINE_URL,
@@ -142,6 +143,9 @@ class III:
         self._state_listeners: list[ConnectionStateCallback] = []
         self._transport: Optional[WSTransport] = None
         self._connected = threading.Event()
+        self._flush_scheduled = False
+        #: Handlers started and not finished (their answers are batched while others run).
+        self._handlers_running = 0
         self._loop: asyncio.AbstractEventLoop
         if loop is None:
             self._loop = uvloop.new_event_loop()
@@ -175,12 +179,37 @@ class III:
         self._task = self._loop.create_task(self._run())
 
     def _flush(self) -> None:
-        """Write what the protocol has to send (it only has frames while connected)."""
+        """Write what the protocol has to send (it only has frames while connected): one frame
+        through picows, several in one write."""
         frames = self._protocol.data_to_send()
         transport = self._transport
-        if transport is not None:
+        if transport is None or not frames:
+            return
+        if len(frames) == 1 or transport.is_close_frame_sent or transport.is_disconnected:
             for frame in frames:
                 transport.send(_TEXT, frame)
+        else:
+            transport.underlying_transport.write(codec.client_text_frames(frames))
+
+    def _answered(self) -> None:
+        """A handler finished and its answer is queued: written now if no other handler runs
+        (one call in flight: no wait), else with the answers of those that finish in this loop
+        iteration (a burst of calls: one write)."""
+        self._handlers_running -= 1
+        if self._handlers_running:
+            self._flush_soon()
+        else:
+            self._flush()
+
+    def _flush_soon(self) -> None:
+        """:meth:`_flush` at the end of this loop iteration."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
 
     def _announce(self, frame: bytes) -> None:
         self._protocol.announce(frame)
@@ -291,8 +320,10 @@ class III:
         refs in the data become live channel ends first (as the official SDK does)."""
         if invocation.channel_refs:
             args = invocation.args
-            data = resolve_channels(args[0], self._address, self._options.headers)
-            invocation = dataclasses.replace(invocation, args=(data, *args[1:]))
+            data = _attach_channels(args[0], self._address, self._options.headers)
+            if data is not args[0]:  # the data is a ref itself
+                invocation = dataclasses.replace(invocation, args=(data, *args[1:]))
+        self._handlers_running += 1
         if invocation.is_async:
             self._loop.create_task(self._run_async(invocation))
         else:
@@ -304,11 +335,12 @@ class III:
             result = await invocation.handler(*invocation.args)
         except BaseException as exc:  # the official SDK reports BaseException too
             if isinstance(exc, asyncio.CancelledError) and self._protocol.shutting_down:
+                self._handlers_running -= 1
                 raise
             self._protocol.handler_raised(invocation, exc)
         else:
             self._protocol.handler_returned(invocation, result)
-        self._flush()
+        self._answered()
 
     def _finish(self, invocation: InvokeHandler, done: "asyncio.Future[Any]") -> None:
         exc = done.exception()
@@ -316,7 +348,7 @@ class III:
             self._protocol.handler_raised(invocation, exc)
         else:
             self._protocol.handler_returned(invocation, done.result())
-        self._flush()
+        self._answered()
 
     async def _bind(self, binding: BindTrigger) -> None:
         error = None
@@ -554,6 +586,25 @@ class III:
         thread.join(5)
         if not thread.is_alive():
             self._loop.close()
+
+
+def _attach_channels(data: Any, engine_ws_base: str, headers: Optional[dict[str, str]]) -> Any:
+    """:func:`~iii.channels.resolve_channels` for a call's freshly decoded data, cheaper: refs are
+    replaced in place and only containers are visited (an HTTP request's data holds two refs
+    among a dozen plain values)."""
+    if type(data) is dict:
+        if "access_key" in data:  # a ref, or a dict holding that key: resolve_channels decides
+            return resolve_channels(data, engine_ws_base, headers)
+        for key, value in data.items():
+            kind = type(value)
+            if kind is dict or kind is list:
+                data[key] = _attach_channels(value, engine_ws_base, headers)
+    elif type(data) is list:
+        for index, value in enumerate(data):
+            kind = type(value)
+            if kind is dict or kind is list:
+                data[index] = _attach_channels(value, engine_ws_base, headers)
+    return data
 
 
 def _settle(future: "asyncio.Future[Any]", result: Any, error: Optional[BaseException]) -> None:
