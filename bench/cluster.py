@@ -19,46 +19,18 @@ import argparse
 import datetime
 import json
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BENCH, machine_facts, median, start_server  # noqa: E402
+from harness import BENCH, machine_facts, median, start_redis, start_server  # noqa: E402
 
 FUNCTION = "bench::sdk-echo"
 PAYLOAD = 160
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
-         "--appendonly", "no", "--protected-mode", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return process, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("redis-server did not start")
 
 
 def wait_listed(url: str, function_id: str, timeout: float = 30) -> None:
@@ -108,8 +80,7 @@ def main() -> None:
     if args.smoke:
         args.seconds, args.reps, args.sdk_calls = 0.3, 1, 50
 
-    scratch = Path(tempfile.mkdtemp(prefix="iii-bench-cluster-"))
-    redis, redis_url = start_redis(scratch)
+    redis, redis_url = start_redis()
     engines = []
     callee = None
     try:

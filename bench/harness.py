@@ -11,6 +11,7 @@ import json
 import os
 import re
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,31 @@ class Callee:
     def stop(self) -> None:
         self.process.kill()
         self.process.wait()
+
+
+def start_redis(fsync: Optional[str] = None) -> tuple["subprocess.Popen[bytes]", str]:
+    """A redis-server on a free loopback port, without persistence (or with AOF and ``fsync``
+    ``always`` or ``everysec``, in a directory of its own); returns it and its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    persistence = ["--appendonly", "no", "--dir", tempfile.gettempdir()] if fsync is None else [
+        "--appendonly", "yes", "--appendfsync", fsync, "--dir", tempfile.mkdtemp(prefix="iii-bench-redis-")]
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.02)
+    process.kill()
+    raise RuntimeError("redis-server did not start")
 
 
 def pin(pids: list[int], cpus: set[int]) -> None:

@@ -24,11 +24,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -70,31 +67,6 @@ def _stop(process: "subprocess.Popen[str]") -> None:
 
 def _engine(durable: bool = False) -> EngineProcess:
     return start_engine(durable=durable, env={"III_NAMESPACE_GRACE_MS": "50"})
-
-
-def _redis_server(fsync: Optional[str] = None) -> tuple["subprocess.Popen[bytes]", str]:
-    """A redis-server on a free loopback port, without persistence (or with AOF and ``fsync``
-    ``always`` or ``everysec``, in a directory of its own); returns it and its URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    persistence = ["--appendonly", "no", "--dir", tempfile.gettempdir()] if fsync is None else [
-        "--appendonly", "yes", "--appendfsync", fsync, "--dir", tempfile.mkdtemp(prefix="iii-bench-redis-")]
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", *persistence],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return process, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.02)
-    process.kill()
-    raise RuntimeError("redis-server did not start")
 
 
 def _medians(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
@@ -157,14 +129,14 @@ def stores_section(reps: int, seconds: float) -> list[dict[str, Any]]:
     engines = {"in_memory": _engine(), "durable": _engine(durable=True)}
     redis_servers = []
     if shutil.which("redis-server"):
-        redis, redis_url = _redis_server()
+        redis, redis_url = start_redis()
         redis_servers.append(redis)
         engines["redis"] = start_engine(
             {"iii-state": {"adapter": {"name": "redis", "config": {"redis_url": redis_url}}}},
             env={"III_NAMESPACE_GRACE_MS": "50"},
         )
         for fsync in ("always", "everysec"):  # the queue on Redis (enqueue → delivery only)
-            redis, redis_url = _redis_server(fsync)
+            redis, redis_url = start_redis(fsync)
             redis_servers.append(redis)
             engines[f"redis (fsync {fsync})"] = start_engine(
                 {"iii-queue": {"adapter": {"name": "redis", "config": {"redis_url": redis_url}}}},
