@@ -47,6 +47,7 @@ __all__ = [
     "RedisHashes",
     "StoreUnavailable",
     "UpdateOutcome",
+    "all_update_errors",
     "failing_as",
     "glob_escape",
     "json_or_none",
@@ -455,6 +456,14 @@ def then(future: asyncio.Future, finish: Callable[[Any], Any], code: Optional[st
 
     future.add_done_callback(done)
     return result
+
+
+def all_update_errors(checked: list[Any], outcome: UpdateOutcome) -> list[Any]:
+    """An update's errors: those ``prepare_ops`` found before the script ran and the script's
+    own, in op order."""
+    if outcome.errors is None:
+        return checked
+    return sorted(checked + codec.decode_json(outcome.errors), key=lambda error: error["op_index"])
 
 
 def _update_outcome(reply: list[Any]) -> UpdateOutcome:

@@ -37,7 +37,15 @@ from iii.engine.host import (
 )
 from iii.modules._adapters import BridgeAdapter, RedisAdapter, StateAdapter, database_path
 from iii.modules._redis import RedisUnavailable, Subscriber
-from iii.modules._redis_stores import STATE_EVENTS, RedisHashes, UpdateOutcome, failing_as, json_or_none, then
+from iii.modules._redis_stores import (
+    STATE_EVENTS,
+    RedisHashes,
+    UpdateOutcome,
+    all_update_errors,
+    failing_as,
+    json_or_none,
+    then,
+)
 from iii.modules._store import Journal, Values
 from iii.modules.update_ops import apply_ops, prepare_ops
 
@@ -271,9 +279,7 @@ class State:
                     f"value of {outcome.too_large} bytes exceeds the configured max_value_bytes limit of {limit}",
                 )
             result = self._changed(json_or_none(outcome.old), outcome.new)
-            found = errors
-            if outcome.errors is not None:
-                found = sorted(errors + codec.decode_json(outcome.errors), key=lambda error: error["op_index"])
+            found = all_update_errors(errors, outcome)
             if found:
                 result["errors"] = found
             return result

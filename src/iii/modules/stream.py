@@ -60,6 +60,7 @@ from iii.modules._redis_stores import (
     RedisHashes,
     StoreUnavailable,
     UpdateOutcome,
+    all_update_errors,
     failing_as,
     glob_escape,
     json_or_none,
@@ -467,9 +468,7 @@ class Streams:
 
         def finish(outcome: UpdateOutcome) -> Any:
             result: dict[str, Any] = {"old_value": _raw(json_or_none(outcome.old)), "new_value": msgspec.Raw(outcome.new)}
-            found = errors
-            if outcome.errors is not None:
-                found = sorted(errors + codec.decode_json(outcome.errors), key=lambda error: error["op_index"])
+            found = all_update_errors(errors, outcome)
             if found:
                 result["errors"] = found
             return result
