@@ -93,6 +93,35 @@ async def test_a_job_accepted_by_one_engine_runs_on_a_worker_of_another(procs, t
     await client.close()
 
 
+async def test_with_iii_cluster_only_the_engine_serving_a_function_consumes_its_jobs(procs, tmp_path, redis_server, on):
+    """Engine a lists b's function through iii-cluster, yet leaves its jobs to b's consumer
+    (delivering them itself would add a hop over the link for every job)."""
+    cluster = f"  - name: iii-cluster\n    config: {{redis_url: '{redis_server.url}', heartbeat_ms: 200}}\n"
+    a = await procs.engine(cluster_config(redis_server.url) + cluster, tmp_path / "a")
+    b = await procs.engine(cluster_config(redis_server.url) + cluster, tmp_path / "b")
+    consumer = await on(b).start("python", "consumer", "--fn", "jobs::record=record", "--stay")
+    await consumer.key("ready")
+    client = await RawClient.connect(a.url)
+    await client.wait_for_function("jobs::record")
+    calls = [{"function_id": "jobs::record", "payload": {"n": n}, "action": "jobs"} for n in range(5)]
+    await call_results(await on(a).python("caller", calls=calls), 5)
+    await until(lambda: len(received(consumer, "jobs::record")) >= 5, what="5 deliveries on engine b")
+    stats = await until(lambda: _stats_when(client, "jobs", lambda s: s["delivered"] == 5), what="stats")
+    assert stats["consumer_count"] == 1
+    # Engine b's consumer delivered them to its worker; a routed none of them over its link.
+    assert await _calls_routed(client, "jobs::record") == 0
+    probe_b = await RawClient.connect(b.url)
+    assert await _calls_routed(probe_b, "jobs::record") == 5
+    await probe_b.close()
+    await client.close()
+
+
+async def _calls_routed(client: RawClient, function_id: str) -> int:
+    """How many calls to ``function_id`` the engine of ``client`` has routed."""
+    metrics = await result(client, "engine::metrics::list", {})
+    return metrics["engine_metrics"]["invocations"]["by_function"].get(function_id, 0)
+
+
 async def _stats_when(client: RawClient, queue: str, predicate: Callable[[dict], bool]) -> Any:
     stats = await result(client, "engine::queue::topic_stats", {"queue": queue})
     return stats if predicate(stats) else None

@@ -836,7 +836,7 @@ class RedisQueues:
                 for name, found in zip(names, members):
                     for member in found:
                         namespace, function_id = _function_of(member)
-                        if self.host.find_function(namespace, function_id) is not None:
+                        if self._served_here(namespace, function_id):
                             wanted.add((name, namespace, function_id))
                 for key in wanted:
                     self._consume(key)
@@ -849,9 +849,16 @@ class RedisQueues:
                 log.debug("queue: housekeeping skipped (%s)", error)
             await asyncio.sleep(DISCOVERY_S)
 
+    def _served_here(self, namespace: str, function_id: str) -> bool:
+        """A worker of this engine owns the function: a function that ``iii-cluster`` routes to
+        other engines (its entry has ``replicas``) is left to their consumers, which deliver it
+        without a hop over a link."""
+        found = self.host.find_function(namespace, function_id)
+        return found is not None and getattr(found, "replicas", None) is None
+
     def _consume(self, key: tuple[str, str, str]) -> None:
         """Consume a named queue's stream of one function, if it is served here."""
-        if key not in self.consumers and self.started and self.host.find_function(key[1], key[2]) is not None:
+        if key not in self.consumers and self.started and self._served_here(key[1], key[2]):
             consumer = self.consumers[key] = _Consumer(self, key[0], self.settings[key[0]], key[1], key[2])
             consumer.start()
 
