@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from harness import ALL_CPUS, BENCH, cpu_seconds, median, pin
+from harness import ALL_CPUS, BENCH, cpu_seconds, median, pin, start_redis
 from iii.testing import EngineProcess, start_engine
 
 PEER = str(BENCH / "module_peer.py")
