@@ -484,32 +484,20 @@ def functions_info(router: Router, caller: Optional[Connection], data: Any) -> A
 
 def _bindings(router: Router, function_id: str, data: Any) -> list[dict[str, Any]]:
     args = parse_input(function_id, data, BindingsListInput)
-    rows = []
-    for binding in sorted(router.bindings.values(), key=lambda b: b.id):
-        if not args.include_internal and binding.function_id.startswith("engine::"):
-            continue
-        if args.trigger_type is not None and binding.trigger_type != args.trigger_type:
-            continue
-        if args.function_id is not None and binding.function_id != args.function_id:
-            continue
-        if args.worker is not None and binding_worker_name(router, binding) != args.worker:
-            continue
-        if not _matches(args.search, binding.id, binding.trigger_type, binding.function_id):
-            continue
-        rows.append(binding_row(router, binding))
+    rows = [binding_row(router, binding) for binding in sorted(router.bindings.values(), key=lambda b: b.id)]
     cluster = router.cluster
     if cluster is not None:
         for row in rows:
             row["engine"] = cluster.engine
-        rows += [
-            row for row in cluster.triggers()
-            if (args.include_internal or not row["function_id"].startswith("engine::"))
-            and (args.trigger_type is None or row["trigger_type"] == args.trigger_type)
-            and (args.function_id is None or row["function_id"] == args.function_id)
-            and (args.worker is None or row["worker_name"] == args.worker)
-            and _matches(args.search, row["id"], row["trigger_type"], row["function_id"])
-        ]
-    return rows
+        rows += cluster.triggers()
+    return [
+        row for row in rows
+        if (args.include_internal or not row["function_id"].startswith("engine::"))
+        and (args.trigger_type is None or row["trigger_type"] == args.trigger_type)
+        and (args.function_id is None or row["function_id"] == args.function_id)
+        and (args.worker is None or row["worker_name"] == args.worker)
+        and _matches(args.search, row["id"], row["trigger_type"], row["function_id"])
+    ]
 
 
 def triggers_list(router: Router, caller: Optional[Connection], data: Any) -> Any:
@@ -536,29 +524,19 @@ def registered_triggers_info(router: Router, caller: Optional[Connection], data:
 
 def trigger_types_list(router: Router, caller: Optional[Connection], data: Any) -> Any:
     args = parse_input("engine::trigger-types::list", data, TriggerTypesListInput)
-    rows = []
-    for tt in sorted(router.trigger_types.values(), key=lambda t: (t.id, t.namespace)):
-        if not args.include_internal and tt.id.startswith("engine::"):
-            continue
-        if args.prefix and not tt.id.startswith(args.prefix):
-            continue
-        if args.worker is not None and tt.worker_name != args.worker:
-            continue
-        if not _matches(args.search, tt.id, tt.description):
-            continue
-        rows.append(trigger_type_detail(router, tt))
+    rows = [trigger_type_detail(router, tt) for tt in sorted(router.trigger_types.values(), key=lambda t: (t.id, t.namespace))]
     cluster = router.cluster
     if cluster is not None:
         for row in rows:
             row["engine"] = cluster.engine
-        rows += [
-            row for row in cluster.trigger_types()
-            if (args.include_internal or not row["id"].startswith("engine::"))
-            and (not args.prefix or row["id"].startswith(args.prefix))
-            and (args.worker is None or row["worker_name"] == args.worker)
-            and _matches(args.search, row["id"], row.get("description"))
-        ]
-    return {"trigger_types": rows}
+        rows += cluster.trigger_types()
+    return {"trigger_types": [
+        row for row in rows
+        if (args.include_internal or not row["id"].startswith("engine::"))
+        and (not args.prefix or row["id"].startswith(args.prefix))
+        and (args.worker is None or row["worker_name"] == args.worker)
+        and _matches(args.search, row["id"], row.get("description"))
+    ]}
 
 
 def triggers_info(router: Router, caller: Optional[Connection], data: Any) -> Any:
