@@ -71,3 +71,31 @@ async def test_subscriber_stays_connected_through_silence(redis_server):
     finally:
         await subscriber.close()
         await client.aclose()
+
+
+async def test_subscriber_reconnects_after_any_failure_of_its_read(redis_server):
+    """A dying connection may raise what is neither a RedisError nor an OSError (asyncio's
+    IncompleteReadError is an EOFError): the subscriber must reconnect, not end."""
+    subscriber = Subscriber(redis_server.url)
+    await subscriber.start()
+    client = await connect(redis_server.url)
+    received: asyncio.Queue = asyncio.Queue()
+    reconnected = asyncio.Event()
+
+    async def mark_reconnected() -> None:
+        reconnected.set()
+
+    subscriber.on_reconnect(mark_reconnected)
+    try:
+        await subscriber.subscribe("topic", received.put_nowait)
+
+        async def broken_read(**_: object) -> None:
+            raise EOFError("the connection went away mid-reply")
+
+        subscriber._pubsub.get_message = broken_read  # the read after the current one fails
+        await asyncio.wait_for(reconnected.wait(), 10)
+        await client.publish("topic", b"after")
+        assert await asyncio.wait_for(received.get(), 5) == b"after"
+    finally:
+        await subscriber.close()
+        await client.aclose()

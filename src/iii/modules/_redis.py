@@ -8,6 +8,7 @@ pool and pub/sub; writing our own RESP client would only repeat it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Awaitable, Callable, Optional
 
@@ -29,6 +30,8 @@ COMMAND_TIMEOUT_S = 5.0
 #: Reconnect backoff of the subscriber: from 50 ms, doubling, at most 2 s between attempts.
 _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 2.0
+#: The longest the subscriber's read waits before it looks at its connection again.
+_WAKE_S = 1.0
 
 MessageHandler = Callable[[bytes], None]
 
@@ -156,18 +159,24 @@ class Subscriber:
                 if reconnecting:
                     log.info("redis subscriber reconnected (%d channels)", len(self._handlers))
                     for callback in self._reconnect_callbacks:
-                        await callback()
+                        try:
+                            await callback()
+                        except Exception:  # one failing callback must not stop the subscriber
+                            log.exception("redis reconnect callback failed")
                 backoff = _BACKOFF_FIRST_S
                 while True:
-                    message = await pubsub.get_message(timeout=None)
+                    # Woken at least every second, so that redis-py's health check (a PING after
+                    # 30 s of silence) runs: a connection that died without a word is found.
+                    message = await pubsub.get_message(timeout=_WAKE_S)
                     if message is not None:
                         self._dispatch(message)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as error:
-                log.warning("redis subscriber lost its connection (%s); retrying in %.2fs", error, backoff)
+            except Exception as error:  # whatever a dying connection raises: this task must go on
+                log.warning("redis subscriber lost its connection (%r); retrying in %.2fs", error, backoff)
             self._pubsub = None
-            await pubsub.aclose()
+            with contextlib.suppress(Exception):  # it is being given up anyway
+                await pubsub.aclose()
             reconnecting = True
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX_S)
