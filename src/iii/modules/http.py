@@ -1,4 +1,4 @@
-"""HTTP (``iii-http``): the ``http`` trigger type, an HTTP server (aiohttp) calling functions.
+"""HTTP (``iii-http``): the ``http`` trigger type, an HTTP server (``_http_server``) calling functions.
 
 A route is ``METHOD + api_path`` (``:name`` segments are path parameters). A JSON request's body
 (``Content-Type`` containing ``application/json``), and any body already received whole, is read
@@ -33,11 +33,10 @@ import asyncio
 import logging
 import secrets
 import time
-from http import HTTPStatus
-from typing import Annotated, Any, Optional, Union, cast
+from collections import deque
+from typing import Annotated, Any, Optional, Union
 
 import msgspec
-from aiohttp import web
 from msgspec import Meta
 
 from iii import codec
@@ -49,7 +48,6 @@ from iii.engine.host import (
     BuiltinModule,
     ErrorBody,
     Host,
-    KindCounts,
     MetricFamily,
     Provider,
     TimeoutMs,
@@ -57,6 +55,7 @@ from iii.engine.host import (
     condition_passes,
     json_schema,
 )
+from iii.modules._http_server import FRAMING_HEADERS, BodyTooLarge, Request, Response, serve
 from iii.protocol import ErrorCode
 
 __all__ = ["MODULE", "HttpConfig", "install"]
@@ -64,13 +63,9 @@ __all__ = ["MODULE", "HttpConfig", "install"]
 NAME = "iii-http"
 log = logging.getLogger("iii.modules")
 
-#: Where a request keeps the path of the route it matched (for the request counts).
-_ROUTE: Any = web.RequestKey("iii.route", str) if hasattr(web, "RequestKey") else "iii.route"
 _METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
 #: Request body frames put into a ``request_body`` channel are at most this large.
 _BODY_FRAME = 64 * 1024
-#: Headers a streaming handler may not set: the engine frames the body (chunked) itself.
-_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
 _TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -196,31 +191,35 @@ class Routes(Provider[HttpTriggerConfig]):
         return min(found, key=lambda pair: tuple(s is None for s in pair[0].shape))
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+def _error(status: int, code: str, message: str, **extra: Any) -> Response:
     error: dict[str, Any] = {"code": code, "message": message}
     if status >= 500:
         error["error_id"] = secrets.token_hex(4)
-    return web.Response(status=status, body=codec.encode_json({"error": error, **extra}), content_type="application/json")
+    return Response(status, codec.encode_json({"error": error, **extra}), {"Content-Type": "application/json"})
 
 
-def _failure(error: ErrorBody) -> web.Response:
+def _failure(error: ErrorBody) -> Response:
     """A failed call: 504 when it got no answer before its deadline, else 500."""
     return _error(504 if error.code == ErrorCode.TIMEOUT else 500, error.code, error.message)
 
 
 def _headers_of(value: Any) -> dict[str, str]:
-    if isinstance(value, dict):
-        return {str(k): str(v) for k, v in value.items() if isinstance(v, (str, int, float))}
+    """A function's response headers (a dict, or ``"name: value"`` strings); any a handler may
+    not set (framing, line breaks, a name that is not a token) is left out."""
     headers = {}
-    if isinstance(value, list):
+    if isinstance(value, dict):
+        for name, text in value.items():
+            if isinstance(text, (str, int, float)):
+                headers[str(name)] = str(text)
+    elif isinstance(value, list):
         for entry in value:
             if isinstance(entry, str) and ":" in entry:
                 name, _, text = entry.partition(":")
                 headers[name.strip()] = text.strip()
-    return headers
+    return {name: text for name, text in headers.items() if _valid_header(name, text)}
 
 
-def buffered_response(value: Any) -> web.Response:
+def buffered_response(value: Any) -> Response:
     """The HTTP response for what a function (or a responding middleware) returned."""
     if not isinstance(value, dict):
         value = {}
@@ -240,7 +239,7 @@ def buffered_response(value: Any) -> web.Response:
     else:
         data = codec.encode_json(body)
         headers["Content-Type"] = "application/json"
-    return web.Response(status=status, body=data, headers=headers)
+    return Response(status, data, headers)
 
 
 class _ResponseStart:
@@ -275,7 +274,7 @@ def _valid_header(name: str, value: str) -> bool:
     """A header a handler may set: a token name, a value without line breaks, not framing."""
     return (
         bool(name) and name.isascii() and all(c in _TOKEN_CHARS for c in name.encode())
-        and name.lower() not in _FRAMING_HEADERS and "\r" not in value and "\n" not in value and "\0" not in value
+        and name.lower() not in FRAMING_HEADERS and "\r" not in value and "\n" not in value and "\0" not in value
     )
 
 
@@ -309,11 +308,11 @@ class _Answer:
         return wake
 
 
-async def _pump_body(request: web.BaseRequest, writer: ChannelWriterEnd) -> None:
+async def _pump_body(request: Request, writer: ChannelWriterEnd) -> None:
     """Feed a request's body into its ``request_body`` channel as it arrives, at the pace the
     function reads it; end the channel at the end of the body (or when the client fails)."""
     try:
-        async for chunk in request.content.iter_chunked(_BODY_FRAME):
+        async for chunk in request.chunks(_BODY_FRAME):
             if not await writer.write(chunk):
                 return  # the function's reader left
     except Exception as exc:  # the client failed or left mid-body: the reader sees the end
@@ -322,70 +321,50 @@ async def _pump_body(request: web.BaseRequest, writer: ChannelWriterEnd) -> None
         writer.close()
 
 
-def _refuse(request: web.BaseRequest, status: int, code: str, message: str) -> web.Response:
-    return cast(_Connection, request.protocol).refuse(request, status, code, message)
+def _refuse(request: Request, status: int, code: str, message: str) -> Response:
+    return request.connection.refuse(status, code, message)
 
 
-def _too_large(request: web.BaseRequest, limit: int) -> web.Response:
+def _too_large(request: Request, limit: int) -> Response:
     return _refuse(request, 413, "BODY_TOO_LARGE", f"The body is larger than {limit} bytes")
 
 
-class _Connection(web.RequestHandler):
-    """One client connection (aiohttp's handler of it), with the bad input it sent."""
+class _Slots:
+    """The request slots: a count, and the requests waiting for one (first come, first served)."""
 
-    __slots__ = ("bad_input",)
+    __slots__ = ("_free", "_waiting")
 
-    def __init__(self, manager: _Server, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        #: Its bad requests by code (``None`` until one).
-        self.bad_input: Optional[KindCounts] = None
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiting: deque[asyncio.Future[None]] = deque()
 
-    def refuse(self, request: web.BaseRequest, status: int, code: str, message: str) -> web.Response:
-        """Answer bad client input; a warning the first time this connection sends this kind."""
-        if self.bad_input is None:
-            self.bad_input = KindCounts()
-        if self.bad_input.first(code):
-            log.warning("iii-http: %s from %s: %s (%d); more of the kind on this connection are counted, "
-                        "not logged", code, request.remote, message, status)
-        return _error(status, code, message)
+    def take_now(self) -> bool:
+        """Take a slot if one is free and nobody waits for it."""
+        if self._free and not self._waiting:
+            self._free -= 1
+            return True
+        return False
 
-    def handle_error(
-        self, request: web.BaseRequest, status: int = 500, exc: Optional[BaseException] = None,
-        message: Optional[str] = None,
-    ) -> web.StreamResponse:
-        if status >= 500:  # a failure of ours, not the client's: aiohttp logs it with its traceback
-            return super().handle_error(request, status, exc, message)
-        # A request aiohttp could not parse (its message may point at the spot over several
-        # lines: one line here); the connection is closed after the answer.
-        phrase = HTTPStatus(status)
-        detail = " ".join((message or str(exc or phrase.phrase)).split())
-        response = self.refuse(request, status, phrase.name, detail)
-        response.force_close()
-        return response
+    async def take(self) -> None:
+        """Wait for a slot (a waiter that gives up leaves its place; one handed a slot as it
+        gave up passes the slot on)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.give()
+            raise
 
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        super().connection_lost(exc)
-        bad = self.bad_input
-        if bad is not None and bad.unlogged:
-            log.warning("iii-http: %d more bad requests on a connection were not logged (%s)", bad.unlogged, bad)
-
-
-class _Server(web.Server):
-    """aiohttp's low-level server: our connections, requests with our body size cap."""
-
-    def __init__(self, handler: Any, max_body_bytes: int) -> None:
-        super().__init__(handler, request_factory=self._request)
-        self._event_loop = asyncio.get_running_loop()
-        self._max_body_bytes = max_body_bytes
-
-    def __call__(self) -> _Connection:
-        # No access log: a line per request costs more than it tells.
-        return _Connection(self, loop=self._event_loop, access_log=None)
-
-    def _request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
-        return web.BaseRequest(
-            message, payload, protocol, writer, task, self._event_loop, client_max_size=self._max_body_bytes
-        )
+    def give(self) -> None:
+        """Return a slot: to the first request still waiting, else to the count."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 class HttpServer:
@@ -395,9 +374,9 @@ class HttpServer:
         self._host = host
         self.config = config
         self.routes = Routes(host, config.default_timeout)
-        self._limit = asyncio.Semaphore(config.concurrency_request_limit)
+        self._slots = _Slots(config.concurrency_request_limit)
         self._middleware = sorted(config.middleware, key=lambda m: m.priority)
-        self._runner: Optional[web.ServerRunner] = None
+        self._stop: Optional[Any] = None
         self.url: Optional[str] = None
         #: ``(method, route, status)`` -> requests answered (route ``""``: none matched).
         self.answered: dict[tuple[str, str, int], int] = {}
@@ -405,41 +384,42 @@ class HttpServer:
     async def start(self) -> None:
         # Debug logging is decided once: with it off, requests pay nothing for it.
         handler = self._handle_logged if log.isEnabledFor(logging.DEBUG) else self._handle
-        server = _Server(handler, self.config.max_body_bytes)
-        self._runner = web.ServerRunner(server, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
         try:
-            await site.start()
+            server, self._stop = await serve(handler, _error, self.config.host, self.config.port)
         except OSError as exc:  # the engine serves its workers even when this port is taken
             log.error("iii-http: cannot listen on %s:%s (%s): http triggers are not served",
                       self.config.host, self.config.port, exc.strerror)
             return
-        host, port = self._runner.addresses[0][:2]
+        host, port = server.sockets[0].getsockname()[:2]
         self.url = f"http://{host}:{port}"
         log.info("iii-http listening on %s", self.url)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._stop is not None:
+            await self._stop()
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        response = await self._respond(request)
-        if not response.prepared:  # a streamed response got them before it started
-            self._cors(request, response)
-        key = (request.method, request.get(_ROUTE, ""), response.status)
+    async def _handle(self, request: Request) -> Optional[Response]:
+        """The answer to send (``None``: it was streamed)."""
+        answer = await self._respond(request)
+        if type(answer) is int:  # streamed: its headers went out with its start
+            status, response = answer, None
+        else:
+            assert isinstance(answer, Response)
+            self._cors(request, answer.headers)
+            status, response = answer.status, answer
+        key = (request.method, request.route, status)
         self.answered[key] = self.answered.get(key, 0) + 1
         return response
 
-    async def _handle_logged(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _handle_logged(self, request: Request) -> Optional[Response]:
         """:meth:`_handle`, logging each request (served in its place at ``--log-level debug``)."""
         began = time.perf_counter()
         response = await self._handle(request)
         found = self.routes.find(request.method.upper(), request.path)
         log.debug(
-            "iii-http: %s %s from %s -> %s: %d in %.2f ms", request.method, request.path_qs, request.remote,
-            found[0].binding.function_id if found is not None else "no route", response.status,
-            (time.perf_counter() - began) * 1000,
+            "iii-http: %s %s?%s from %s -> %s: %s in %.2f ms", request.method, request.raw_path, request.query_string,
+            request.remote, found[0].binding.function_id if found is not None else "no route",
+            response.status if response is not None else "streamed", (time.perf_counter() - began) * 1000,
         )
         return response
 
@@ -450,21 +430,21 @@ class HttpServer:
         family.samples = [((method, route, str(status)), count) for (method, route, status), count in self.answered.items()]
         return [family]
 
-    async def _respond(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _respond(self, request: Request) -> Union[Response, int]:
+        """The answer to send, or the status of the one streamed already."""
         method = request.method.upper()
         found = self.routes.find(method, request.path)
         if found is None:
-            if method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-                return web.Response(status=204)  # a CORS preflight (headers added by _cors)
+            if method == "OPTIONS" and "access-control-request-method" in request.headers:
+                return Response(204)  # a CORS preflight (headers added by _cors)
             return _error(404, "NOT_FOUND", "Not Found")
         route, path_params = found
-        request[_ROUTE] = route.path
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        query = {name: value for name, value in request.query.items()}
+        request.route = route.path
+        headers = request.headers
         is_json = "application/json" in headers.get("content-type", "")
         raw: Optional[bytes] = None
         body = None
-        if is_json or request.content.is_eof():  # read whole: JSON, or a body already all in
+        if is_json or request.body_complete:  # read whole: JSON, or a body already all in
             read = await self._body(request)
             if not isinstance(read, bytes):
                 return read
@@ -477,7 +457,7 @@ class HttpServer:
                 except RecursionError:
                     return _refuse(request, 400, "INVALID_JSON", "The body's JSON is nested too deeply")
         fields = {
-            "query_params": query,
+            "query_params": request.query,
             "path_params": path_params,
             "headers": headers,
             "path": route.config.api_path,
@@ -487,49 +467,50 @@ class HttpServer:
         }
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.default_timeout / 1000
-        limit = self._limit
-        if limit.locked():  # wait for a slot, not past the deadline (no timer when one is free)
+        slots = self._slots
+        if not slots.take_now():  # wait for a slot, not past the deadline (no timer when one is free)
             try:
                 async with asyncio.timeout_at(deadline):
-                    await limit.acquire()
+                    await slots.take()
             except TimeoutError:
                 return _error(504, "TIMEOUT", f"No request slot was free within {self.config.default_timeout} ms")
-        else:
-            await limit.acquire()
         try:
             return await self._run(request, route, fields, raw, deadline)
         except RecursionError:  # a body at the decoder's depth limit, one level deeper here
             return _refuse(request, 400, "INVALID_JSON", "The body's JSON is nested too deeply")
         finally:
-            limit.release()
+            slots.give()
 
-    async def _body(self, request: web.BaseRequest) -> Union[bytes, web.Response]:
+    async def _body(self, request: Request) -> Union[bytes, Response]:
         """The request's body, or the answer when it is too large or does not come in time."""
         limit = self.config.max_body_bytes
         length = request.content_length
         try:
             if length is not None and length > limit:  # said so up front: not worth reading
                 response = _too_large(request, limit)
-            elif request.content.is_eof():  # already all in (no body, a small one): no timer
-                return await request.read()
+            elif request.body_complete:  # already all in (no body, a small one): no timer
+                whole = request.take_body()
+                if len(whole) <= limit:
+                    return whole
+                response = _too_large(request, limit)
             else:
                 async with asyncio.timeout(self.config.body_read_timeout_ms / 1000):
-                    return await request.read()
-        except web.HTTPRequestEntityTooLarge:  # a chunked body that grew too large
+                    return await request.read(limit)
+        except BodyTooLarge:  # a chunked body that grew too large
             response = _too_large(request, limit)
         except TimeoutError:
             response = _refuse(
                 request, 408, "BODY_TIMEOUT", f"The body was not received within {self.config.body_read_timeout_ms} ms"
             )
-        response.force_close()  # the rest of the body is not read: this connection cannot go on
+        response.close = True  # the rest of the body is not read: this connection cannot go on
         return response
 
     def _remaining_ms(self, deadline: float) -> int:
         return max(1, int((deadline - asyncio.get_running_loop().time()) * 1000))
 
     async def _run(
-        self, request: web.BaseRequest, route: Route, fields: dict[str, Any], raw: Optional[bytes], deadline: float,
-    ) -> web.StreamResponse:
+        self, request: Request, route: Route, fields: dict[str, Any], raw: Optional[bytes], deadline: float,
+    ) -> Union[Response, int]:
         if asyncio.get_running_loop().time() >= deadline:  # spent waiting for a slot: call nobody
             return _error(504, "TIMEOUT", f"No request slot was free within {self.config.default_timeout} ms")
         binding = route.binding
@@ -590,8 +571,8 @@ class HttpServer:
             channels.remove(response_channel)
 
     async def _answer(
-        self, request: web.BaseRequest, answer: _Answer, reader: ChannelReaderEnd, deadline: float
-    ) -> web.StreamResponse:
+        self, request: Request, answer: _Answer, reader: ChannelReaderEnd, deadline: float
+    ) -> Union[Response, int]:
         """The function's answer: a buffered response when it returns a value, else the one it
         streams on its ``response`` channel (which also wins when it starts first)."""
         start = _ResponseStart()
@@ -619,27 +600,26 @@ class HttpServer:
         return await self._stream(request, start, item, reader)
 
     async def _stream(
-        self, request: web.BaseRequest, start: _ResponseStart, first: Optional[bytes], reader: ChannelReaderEnd
-    ) -> web.StreamResponse:
+        self, request: Request, start: _ResponseStart, first: Optional[bytes], reader: ChannelReaderEnd
+    ) -> int:
         """Send the streamed response: status and headers, ``first``, then every binary frame
-        as it comes (chunked) until the channel ends."""
-        response = web.StreamResponse(status=start.status, headers=start.headers)
-        self._cors(request, response)
+        as it comes (chunked) until the channel ends; its status."""
+        self._cors(request, start.headers)
+        stream = request.connection.stream(request, start.status, start.headers)
         try:
-            await response.prepare(request)
             if first is not None:
-                await response.write(first)
+                await stream.write(first)
                 while (item := await reader.next()) is not None:
                     if type(item) is not Text:  # control messages after the start mean nothing
-                        await response.write(item)
-            await response.write_eof()
+                        await stream.write(item)
+            stream.finish()
         except ConnectionError:  # the client left: the writer is cut off with the channel
             pass
-        return response
+        return start.status
 
     async def _middleware_answer(
         self, namespace: str, function_id: str, payload: bytes, deadline: float
-    ) -> Optional[web.Response]:
+    ) -> Optional[Response]:
         """Run one middleware; a response when it answers the request itself, else ``None``."""
         result, error = await call(self._host, namespace, function_id, payload, timeout_ms=self._remaining_ms(deadline))
         if error is not None:
@@ -650,22 +630,23 @@ class HttpServer:
             return buffered_response(result.get("response"))
         return None
 
-    def _cors(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
-        origin = request.headers.get("Origin")
+    def _cors(self, request: Request, headers: dict[str, str]) -> None:
+        """Add the CORS headers an answer to ``request`` gets."""
+        origin = request.headers.get("origin")
         if origin is None:
             return
         cors = self.config.cors
         origins = cors.allowed_origins if cors is not None else []
         if origins and "*" not in origins and origin not in origins:
             return
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Vary"] = "Origin"
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Vary"] = "Origin"
         if request.method.upper() == "OPTIONS":
             methods = (cors.allowed_methods if cors is not None else []) or sorted(_METHODS)
-            response.headers["Access-Control-Allow-Methods"] = ", ".join(methods)
-            requested = request.headers.get("Access-Control-Request-Headers")
+            headers["Access-Control-Allow-Methods"] = ", ".join(methods)
+            requested = request.headers.get("access-control-request-headers")
             if requested:
-                response.headers["Access-Control-Allow-Headers"] = requested
+                headers["Access-Control-Allow-Headers"] = requested
 
 
 _REQUEST_FORMAT = {
