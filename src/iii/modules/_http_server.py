@@ -118,7 +118,12 @@ class Request:
     @property
     def query(self) -> dict[str, str]:
         """The query parameters (``+`` is a space; the last of repeated names)."""
-        return dict(parse_qsl(self.query_string, keep_blank_values=True)) if self.query_string else {}
+        text = self.query_string
+        if not text:
+            return {}
+        if "%" in text or "+" in text:
+            return dict(parse_qsl(text, keep_blank_values=True))
+        return {name: value for name, _, value in (pair.partition("=") for pair in text.split("&") if pair)}
 
     @property
     def remote(self) -> str:
@@ -414,6 +419,11 @@ class _Connection(asyncio.Protocol):
             response = self._error_body(500, "INTERNAL_SERVER_ERROR", "The engine failed to answer")
         if response is not None:
             self.respond(request, response)
+        if not self._writable:  # the client reads slowly: its next request waits for it
+            try:
+                await self.drain()
+            except ConnectionError:
+                return
         self._answered(request)
 
     def _answered(self, request: Request) -> None:
