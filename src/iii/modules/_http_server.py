@@ -68,7 +68,7 @@ class Response:
 
 
 Handler = Callable[["Request"], Awaitable[Optional[Response]]]
-ErrorBody = Callable[[int, str, str], Response]
+ErrorAnswer = Callable[[int, str, str], Response]
 
 
 class Request:
@@ -76,7 +76,7 @@ class Request:
 
     __slots__ = (
         "method", "raw_path", "query_string", "headers", "keep_alive", "http11", "head", "connection", "route",
-        "_chunks", "_buffered", "_complete", "_failure", "_waiter", "_continue", "_streamed",
+        "_chunks", "_buffered", "_complete", "_failure", "_waiter", "_continue",
     )
 
     def __init__(
@@ -105,7 +105,6 @@ class Request:
         self._failure: Optional[BaseException] = None
         self._waiter: Optional[asyncio.Future[None]] = None
         self._continue = headers.get("expect", "").lower() == "100-continue"
-        self._streamed = False
 
     @property
     def path(self) -> str:
@@ -169,7 +168,6 @@ class Request:
                 yield chunk[start:start + size]
 
     async def _stream(self) -> AsyncIterator[bytes]:
-        self._streamed = True
         if self._continue and not self._complete:
             self._continue = False
             self.connection.write(_CONTINUE)
@@ -281,7 +279,7 @@ class _HeadTooLarge(Exception):
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests and answers them one at a time, in order."""
 
-    def __init__(self, handler: Handler, error_body: ErrorBody, registry: set[_Connection]) -> None:
+    def __init__(self, handler: Handler, error_body: ErrorAnswer, registry: set[_Connection]) -> None:
         self._handler = handler
         self._registry = registry
         self._error_body = error_body
@@ -576,7 +574,7 @@ class _Connection(asyncio.Protocol):
 
 
 async def serve(
-    handler: Handler, error_body: ErrorBody, host: str, port: int,
+    handler: Handler, error_body: ErrorAnswer, host: str, port: int,
 ) -> tuple[asyncio.Server, Callable[[], Awaitable[None]]]:
     """Listen on ``host:port``; returns the server and a coroutine function that stops it (the
     listening socket, then every connection, answers in progress cancelled).
