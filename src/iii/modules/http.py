@@ -282,13 +282,14 @@ class _Answer:
     """The function's answer, and one future woken by whichever comes first: the answer or an
     item on the response channel (a buffered answer costs one future, as a plain call does)."""
 
-    __slots__ = ("done", "result", "error", "_reader", "_wake")
+    __slots__ = ("done", "result", "error", "_reader", "_loop", "_wake")
 
-    def __init__(self, reader: ChannelReaderEnd) -> None:
+    def __init__(self, reader: ChannelReaderEnd, loop: asyncio.AbstractEventLoop) -> None:
         self.done = False
         self.result = b"null"
         self.error: Optional[ErrorBody] = None
         self._reader = reader
+        self._loop = loop
         self._wake: Optional[asyncio.Future[None]] = None
 
     def answered(self, result: bytes, error: Optional[ErrorBody]) -> None:
@@ -303,7 +304,7 @@ class _Answer:
 
     def next_event(self) -> asyncio.Future[None]:
         """A future done at the answer or the response channel's next item (or end)."""
-        self._wake = wake = asyncio.get_running_loop().create_future()
+        self._wake = wake = self._loop.create_future()
         self._reader.wake(wake)
         return wake
 
@@ -377,12 +378,16 @@ class HttpServer:
         self._slots = _Slots(config.concurrency_request_limit)
         self._middleware = sorted(config.middleware, key=lambda m: m.priority)
         self._stop: Optional[Any] = None
+        # Python 3.11's asyncio.get_running_loop() makes a getpid() system call: the loop is
+        # kept at start instead of looked up several times per request.
+        self._loop: asyncio.AbstractEventLoop
         self.url: Optional[str] = None
         #: ``(method, route, status)`` -> requests answered (route ``""``: none matched).
         self.answered: dict[tuple[str, str, int], int] = {}
 
     async def start(self) -> None:
         # Debug logging is decided once: with it off, requests pay nothing for it.
+        self._loop = asyncio.get_running_loop()
         handler = self._handle_logged if log.isEnabledFor(logging.DEBUG) else self._handle
         try:
             server, self._stop = await serve(handler, _error, self.config.host, self.config.port)
@@ -465,8 +470,7 @@ class HttpServer:
             "body": body,
             "trigger": route.trigger,
         }
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.default_timeout / 1000
+        deadline = self._loop.time() + self.config.default_timeout / 1000
         slots = self._slots
         if not slots.take_now():  # wait for a slot, not past the deadline (no timer when one is free)
             try:
@@ -506,12 +510,12 @@ class HttpServer:
         return response
 
     def _remaining_ms(self, deadline: float) -> int:
-        return max(1, int((deadline - asyncio.get_running_loop().time()) * 1000))
+        return max(1, int((deadline - self._loop.time()) * 1000))
 
     async def _run(
         self, request: Request, route: Route, fields: dict[str, Any], raw: Optional[bytes], deadline: float,
     ) -> Union[Response, int]:
-        if asyncio.get_running_loop().time() >= deadline:  # spent waiting for a slot: call nobody
+        if self._loop.time() >= deadline:  # spent waiting for a slot: call nobody
             return _error(504, "TIMEOUT", f"No request slot was free within {self.config.default_timeout} ms")
         binding = route.binding
         namespace = binding.namespace
@@ -551,12 +555,12 @@ class HttpServer:
         pump: Optional[asyncio.Task[None]] = None
         try:
             if raw is None:  # the function runs while the body comes in
-                pump = asyncio.get_running_loop().create_task(_pump_body(request, ChannelWriterEnd(request_channel)))
+                pump = self._loop.create_task(_pump_body(request, ChannelWriterEnd(request_channel)))
             else:
                 for start in range(0, len(raw), _BODY_FRAME):
                     request_channel.push(raw[start:start + _BODY_FRAME])
                 request_channel.release_writer()
-            outcome = _Answer(response_reader)
+            outcome = _Answer(response_reader, self._loop)
             self._host.invoke(
                 namespace, binding.function_id, codec.encode_json(fields), binding.metadata or b"", outcome.answered,
                 timeout_ms=self._remaining_ms(deadline),
