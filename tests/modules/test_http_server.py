@@ -277,3 +277,12 @@ def test_a_functions_response_headers_that_would_break_the_framing_are_left_out(
         "X-Ok": "1", "X-Split": "a\r\nSet-Cookie: evil", "Content-Length": "999", "Bad Name": "v",
         "Content-Type": "text/plain"}})
     assert (response.status, response.body, response.headers) == (201, b"x", {"X-Ok": "1", "Content-Type": "text/plain"})
+
+
+async def test_a_body_that_breaks_off_mid_way_ends_the_connection_without_an_error_of_ours(server, caplog):
+    reader, writer = await connect(await server())
+    writer.write(b"POST /b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nnot a chunk size\r\n")
+    assert await closed(reader)  # the handler's read failed: nobody to answer
+    writer.close()
+    assert [r for r in caplog.records if r.levelno == logging.WARNING and "BAD_REQUEST" in r.getMessage()]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -409,10 +409,10 @@ class _Connection(asyncio.Protocol):
             response = await self._handler(request)
         except asyncio.CancelledError:
             return  # the server stops
-        except ConnectionError:  # the client left, or its body broke off: nobody to answer
-            self.close()
-            return
         except Exception:
+            if self.closed or request._failure is not None:  # the client left, or its body broke off
+                self.close()
+                return
             log.exception("iii-http: answering %s %s failed", request.method, request.raw_path)
             response = self._error_body(500, "INTERNAL_SERVER_ERROR", "The engine failed to answer")
         if response is not None:
