@@ -286,3 +286,31 @@ async def test_a_body_that_breaks_off_mid_way_ends_the_connection_without_an_err
     writer.close()
     assert [r for r in caplog.records if r.levelno == logging.WARNING and "BAD_REQUEST" in r.getMessage()]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_request_slots_go_first_come_first_served_and_a_waiter_that_gives_up_loses_none():
+    from iii.modules.http import _Slots
+
+    slots = _Slots(1)
+    assert slots.take_now() and not slots.take_now()
+    order: list[str] = []
+
+    async def wait(name: str) -> None:
+        await slots.take()
+        order.append(name)
+
+    first, quitter, second = (asyncio.ensure_future(wait(name)) for name in ("first", "quitter", "second"))
+    await asyncio.sleep(0)  # all three wait
+    quitter.cancel()
+    slots.give()  # to "first"
+    await first
+    slots.give()  # "quitter" left: to "second"
+    await second
+    assert order == ["first", "second"]
+    granted = asyncio.ensure_future(wait("granted, then cancelled"))
+    await asyncio.sleep(0)
+    slots.give()  # "second" is done: to "granted"
+    granted.cancel()  # handed the slot as it gave up: passed on to the count
+    with pytest.raises(asyncio.CancelledError):
+        await granted
+    assert slots.take_now() and not slots.take_now()  # the one slot is free again, once
