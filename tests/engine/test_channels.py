@@ -155,6 +155,21 @@ def test_the_sweep_removes_stale_channels_with_an_end_never_attached():
     assert untouched.id not in registry.channels
 
 
+def test_a_promised_channel_is_made_when_opened_with_its_key_and_not_after_it_is_withdrawn():
+    registry = ChannelRegistry(Clock())
+    opened: list[Any] = []
+    channel_id, key = registry.promise(opened.append)
+    assert (len(registry), registry.promised) == (0, 1)
+    assert registry.find(channel_id, "not-the-key") is None and not opened
+    channel = registry.find(channel_id, key)
+    assert channel is not None and opened == [channel] and (channel.id, channel.key) == (channel_id, key)
+    assert registry.find(channel_id, key) is channel and opened == [channel]  # made once
+    assert (len(registry), registry.promised) == (1, 0)
+    withdrawn_id, withdrawn_key = registry.promise(opened.append)
+    registry.withdraw(withdrawn_id)
+    assert registry.find(withdrawn_id, withdrawn_key) is None and registry.promised == 0
+
+
 # --------------------------------------------------------------------------- sockets
 
 

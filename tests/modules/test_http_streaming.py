@@ -52,7 +52,9 @@ class Site:
         raise AssertionError(f"{function_id} was never routed")
 
     def channels_left(self) -> int:
-        return len(self.engine.router.channels)
+        """Channels made or promised and not gone yet."""
+        channels = self.engine.router.channels
+        return len(channels) + channels.promised
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import hmac
 import logging
 import os
 from collections import deque
-from typing import Any, Optional, Protocol, Union
+from typing import Any, Callable, Optional, Protocol, Union
 from urllib.parse import parse_qs
 
 from picows import (
@@ -296,9 +296,16 @@ class ChannelRegistry:
         self._clock = clock
         self._new_id = RandomIds()
         self.channels: dict[str, Channel] = {}
+        #: Promised channels by id: (access key, what to call when one is opened).
+        self._promised: dict[str, tuple[str, Callable[[Channel], None]]] = {}
 
     def __len__(self) -> int:
         return len(self.channels)
+
+    @property
+    def promised(self) -> int:
+        """Promised channels not opened (nor withdrawn) yet."""
+        return len(self._promised)
 
     def create(self, buffer_size: int = DEFAULT_BUFFER_SIZE) -> Channel:
         """A new channel of ``buffer_size`` items (clamped to 1..:data:`MAX_BUFFER_SIZE`)."""
@@ -307,10 +314,31 @@ class ChannelRegistry:
         self.channels[channel.id] = channel
         return channel
 
+    def promise(self, opened: Callable[[Channel], None]) -> tuple[str, str]:
+        """The id and access key of a channel made only if a socket opens it (an HTTP request's
+        two channels mostly never are): it is then made, and ``opened(channel)`` called, before
+        that socket's end attaches. Until :meth:`withdraw`."""
+        channel_id, key = self._new_id(), self._new_id()
+        self._promised[channel_id] = (key, opened)
+        return channel_id, key
+
+    def withdraw(self, channel_id: str) -> None:
+        """A promised channel nobody opened is not made any more."""
+        self._promised.pop(channel_id, None)
+
     def find(self, channel_id: str, key: str) -> Optional[Channel]:
-        """The channel with this id when ``key`` is its access key."""
+        """The channel with this id when ``key`` is its access key (a promised one is made)."""
         channel = self.channels.get(channel_id)
-        if channel is None or not hmac.compare_digest(channel.key.encode(), key.encode()):
+        if channel is None:
+            promised = self._promised.get(channel_id)
+            if promised is None or not hmac.compare_digest(promised[0].encode(), key.encode()):
+                return None
+            del self._promised[channel_id]
+            channel = Channel(self, channel_id, key, DEFAULT_BUFFER_SIZE, self._clock())
+            self.channels[channel_id] = channel
+            promised[1](channel)
+            return channel
+        if not hmac.compare_digest(channel.key.encode(), key.encode()):
             return None
         return channel
 
@@ -338,6 +366,7 @@ class ChannelRegistry:
 
     def close(self) -> None:
         """The engine stops: every channel goes."""
+        self._promised.clear()
         for channel in list(self.channels.values()):
             self.remove(channel)
 

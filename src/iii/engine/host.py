@@ -34,7 +34,7 @@ import msgspec
 from msgspec import Meta
 
 from iii import codec
-from iii.engine.channels import ChannelReaderEnd, ChannelRegistry, ChannelWriterEnd, Text
+from iii.engine.channels import Channel, ChannelReaderEnd, ChannelRegistry, ChannelWriterEnd, Text
 from iii.engine.registry import Binding, Connection, EngineError
 from iii.protocol import ErrorBody, ErrorCode
 
@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_INVOCATION_TIMEOUT_MS",
     "Binding",
     "BuiltinModule",
+    "Channel",
     "ChannelReaderEnd",
     "ChannelRegistry",
     "ChannelWriterEnd",

@@ -10,11 +10,12 @@ request_body, response}``. Every call a request makes carries the request's dead
 (``default_timeout`` after its body is in), so when it expires the engine has already forgotten
 the call.
 
-Two data channels per request carry bytes (as the original does): ``request_body`` (a read ref)
+Two data channels per request carry bytes (as the original does; each is made only when the
+function opens it, which most never do): ``request_body`` (a read ref)
 has the raw body for any content type, in frames of at most 64 KiB; ``body`` is the parsed JSON
 for JSON requests and ``null`` otherwise (forms, multipart, files: the handler reads
-``request_body``). Other bodies are not read up front: they are pumped into the channel while the
-function runs, as fast as it reads them (never whole in memory, no size cap). ``response`` (a
+``request_body``). Other bodies are not read up front: they are pumped into the channel once the
+function opens it, as fast as it reads it (never whole in memory, no size cap). ``response`` (a
 write ref) lets the function stream its answer: text frames ``{"type": "set_status",
 "status_code"}`` / ``{"type": "set_headers", "headers"}`` first, then binary frames (the body,
 sent on as they come, chunked: SSE, downloads), then close. A function that returns a non-null
@@ -42,7 +43,9 @@ from msgspec import Meta
 from iii import codec
 from iii.engine.host import (
     Binding,
+    Channel,
     ChannelReaderEnd,
+    ChannelRegistry,
     ChannelWriterEnd,
     Text,
     BuiltinModule,
@@ -278,19 +281,31 @@ def _valid_header(name: str, value: str) -> bool:
     )
 
 
-class _Answer:
-    """The function's answer, and one future woken by whichever comes first: the answer or an
-    item on the response channel (a buffered answer costs one future, as a plain call does)."""
+class _Exchange:
+    """One call of a request's function: its answer, and its two channels, made only if the
+    function opens them (most never do). One future is woken by whichever comes first: the
+    answer, or an item on the response channel (a buffered answer costs one future, as a plain
+    call does)."""
 
-    __slots__ = ("done", "result", "error", "_reader", "_loop", "_wake")
+    __slots__ = (
+        "done", "result", "error", "reader", "_request", "_raw", "_loop", "_wake", "_pump", "_request_channel",
+        "_response_channel",
+    )
 
-    def __init__(self, reader: ChannelReaderEnd, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, request: Request, raw: Optional[bytes], loop: asyncio.AbstractEventLoop) -> None:
         self.done = False
         self.result = b"null"
         self.error: Optional[ErrorBody] = None
-        self._reader = reader
+        #: The engine's end of the response channel, once the function opened it.
+        self.reader: Optional[ChannelReaderEnd] = None
+        self._request = request
+        #: The body when it was read whole (else it is pumped in as the function reads it).
+        self._raw = raw
         self._loop = loop
         self._wake: Optional[asyncio.Future[None]] = None
+        self._pump: Optional[asyncio.Task[None]] = None
+        self._request_channel: Optional[Channel] = None
+        self._response_channel: Optional[Channel] = None
 
     def answered(self, result: bytes, error: Optional[ErrorBody]) -> None:
         if self.done:
@@ -302,11 +317,43 @@ class _Answer:
         if wake is not None and not wake.done():
             wake.set_result(None)
 
+    def request_opened(self, channel: Channel) -> None:
+        """The function reads its ``request_body``: the body goes in."""
+        self._request_channel = channel
+        raw = self._raw
+        if raw is None:  # it comes in as the function reads it
+            self._pump = self._loop.create_task(_pump_body(self._request, ChannelWriterEnd(channel)))
+            return
+        for start in range(0, len(raw), _BODY_FRAME):
+            channel.push(raw[start:start + _BODY_FRAME])
+        channel.release_writer()
+
+    def response_opened(self, channel: Channel) -> None:
+        """The function opened its ``response``: the engine reads it from now on."""
+        self._response_channel = channel
+        self.reader = reader = ChannelReaderEnd(channel)
+        wake = self._wake
+        if wake is not None and not wake.done():
+            reader.wake(wake)
+
     def next_event(self) -> asyncio.Future[None]:
-        """A future done at the answer or the response channel's next item (or end)."""
+        """A future done at the answer, the response channel's opening or its next item (or end)."""
         self._wake = wake = self._loop.create_future()
-        self._reader.wake(wake)
+        if self.reader is not None:
+            self.reader.wake(wake)
         return wake
+
+    def close(self, channels: ChannelRegistry) -> None:
+        """The request is answered: whatever the function opened goes."""
+        if self._pump is not None:
+            self._pump.cancel()
+        if self._request_channel is not None:
+            self._request_channel.release_writer()
+            channels.remove(self._request_channel)
+        if self.reader is not None:
+            self.reader.close()
+        if self._response_channel is not None:
+            channels.remove(self._response_channel)
 
 
 async def _pump_body(request: Request, writer: ChannelWriterEnd) -> None:
@@ -547,56 +594,48 @@ class HttpServer:
             if answer is not None:
                 return answer
         channels = self._host.channels
-        request_channel = channels.create()
-        response_channel = channels.create()
-        fields["request_body"] = request_channel.ref("read")
-        fields["response"] = response_channel.ref("write")
-        response_reader = ChannelReaderEnd(response_channel)
-        pump: Optional[asyncio.Task[None]] = None
+        exchange = _Exchange(request, raw, self._loop)
+        request_id, request_key = channels.promise(exchange.request_opened)
+        response_id, response_key = channels.promise(exchange.response_opened)
+        fields["request_body"] = {"channel_id": request_id, "access_key": request_key, "direction": "read"}
+        fields["response"] = {"channel_id": response_id, "access_key": response_key, "direction": "write"}
         try:
-            if raw is None:  # the function runs while the body comes in
-                pump = self._loop.create_task(_pump_body(request, ChannelWriterEnd(request_channel)))
-            else:
-                for start in range(0, len(raw), _BODY_FRAME):
-                    request_channel.push(raw[start:start + _BODY_FRAME])
-                request_channel.release_writer()
-            outcome = _Answer(response_reader, self._loop)
             self._host.invoke(
-                namespace, binding.function_id, codec.encode_json(fields), binding.metadata or b"", outcome.answered,
+                namespace, binding.function_id, codec.encode_json(fields), binding.metadata or b"", exchange.answered,
                 timeout_ms=self._remaining_ms(deadline),
             )
-            return await self._answer(request, outcome, response_reader, deadline)
+            return await self._answer(request, exchange, deadline)
         finally:
-            if pump is not None:
-                pump.cancel()
-            request_channel.release_writer()
-            response_reader.close()
-            channels.remove(request_channel)
-            channels.remove(response_channel)
+            channels.withdraw(request_id)
+            channels.withdraw(response_id)
+            exchange.close(channels)
 
     async def _answer(
-        self, request: Request, answer: _Answer, reader: ChannelReaderEnd, deadline: float
+        self, request: Request, exchange: _Exchange, deadline: float
     ) -> Union[Response, int]:
         """The function's answer: a buffered response when it returns a value, else the one it
         streams on its ``response`` channel (which also wins when it starts first)."""
         start = _ResponseStart()
         while True:  # until the function answers or the response starts
-            if reader.ready:
+            reader = exchange.reader
+            if reader is not None and reader.ready:
                 item = reader.take()
                 if item is None or type(item) is not Text:
                     return await self._stream(request, start, item, reader)
                 start.control(item)
-            elif answer.done:
-                if answer.error is not None:
-                    return _failure(answer.error)
-                result = codec.decode_json(answer.result)
+            elif exchange.done:
+                if exchange.error is not None:
+                    return _failure(exchange.error)
+                result = codec.decode_json(exchange.result)
                 if result is not None:
                     return buffered_response(result)
                 break
             else:
-                await answer.next_event()
+                await exchange.next_event()
         try:  # it returned null: its response comes on the channel, before the deadline
             async with asyncio.timeout_at(deadline):
+                while (reader := exchange.reader) is None:
+                    await exchange.next_event()
                 while (item := await reader.next()) is not None and type(item) is Text:
                     start.control(item)
         except TimeoutError:
