@@ -364,18 +364,16 @@ class _Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._grow_head(len(url))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._grow_head(len(name) + len(value))
-        if len(self._headers) >= MAX_HEADERS:
-            raise _HeadTooLarge
-        self._headers[name.decode("latin-1").lower()] = value.decode("utf-8", "replace")
-
-    def _grow_head(self, size: int) -> None:
-        self._head_bytes += size
+        self._head_bytes += len(url)
         if self._head_bytes > MAX_HEAD_BYTES:
             raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES or len(headers) >= MAX_HEADERS:
+            raise _HeadTooLarge
+        headers[name.decode("latin-1").lower()] = value.decode("utf-8", "replace")
 
     def on_headers_complete(self) -> None:
         parser = self._parser
