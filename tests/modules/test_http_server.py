@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from typing import Optional
 
 import pytest
@@ -314,3 +315,38 @@ async def test_request_slots_go_first_come_first_served_and_a_waiter_that_gives_
     with pytest.raises(asyncio.CancelledError):
         await granted
     assert slots.take_now() and not slots.take_now()  # the one slot is free again, once
+
+
+async def test_mangled_requests_get_an_answer_or_a_closed_connection_and_break_nothing(server, caplog):
+    """Requests with bytes flipped, cut short, or repeated: each connection ends (answered or
+    closed, within the test's bound) and the server goes on serving without an error of its own."""
+    address = await server()
+    valid = (b"POST /m?x=1 HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"5\r\nhello\r\n0\r\n\r\n")
+    rng = random.Random(16)
+    for _ in range(120):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            if not data:
+                break
+            at = rng.randrange(len(data))
+            kind = rng.randrange(4)
+            if kind == 0:
+                data[at] = rng.randrange(256)
+            elif kind == 1:
+                del data[at:]
+            elif kind == 2:
+                data[at:at] = rng.choice([b"\r\n", b"\x00", b":", b" ", b"ffffffffffffffff", b"\r\n\r\n"])
+            else:
+                data[at:at] = data[at:at + rng.randint(1, 40)] * rng.randint(1, 50)
+        reader, writer = await connect(address)
+        writer.write(bytes(data))
+        writer.write_eof()
+        await asyncio.wait_for(reader.read(), 5)  # whatever it answers, the connection ends
+        writer.close()
+    reader, writer = await connect(address)
+    writer.write(valid)
+    status, _, body = await read_response(reader)
+    assert (status, json.loads(body)["body"]) == (200, "hello")
+    writer.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
