@@ -1,4 +1,5 @@
-"""Declares the compiled parts: ``iii._codec`` and ``iii.engine._frames`` (picows' Cython API).
+"""Declares the compiled parts: ``iii._codec``, ``iii.engine._frames`` (picows' Cython API) and
+``iii.modules._http_server_c`` (iii-http's server).
 
 ``III_BUILD_EXTENSION`` chooses how hard to try: ``auto`` (default) builds it when a compiler is
 there and falls back to the pure-Python twin otherwise; ``required`` fails the install if the
@@ -59,6 +60,8 @@ def extensions():
                     ["src/iii/engine/_frames_py.py"],
                     depends=["src/iii/engine/_frames.pxd", "src/iii/_codec.pxd"],
                 ),
+                # iii-http's server: its pure twin's source, compiled as it is
+                Extension("iii.modules._http_server_c", ["src/iii/modules/_http_server_py.py"]),
             ],
             compiler_directives={"language_level": "3"},
             annotate=os.environ.get("III_CYTHON_ANNOTATE") == "1",

@@ -1,17 +1,19 @@
-"""The HTTP/1.1 server under iii-http, on its own: raw TCP clients against handlers written here."""
+"""The HTTP/1.1 server under iii-http, on its own: raw TCP clients against handlers written here;
+every test runs on both twins (compiled and pure)."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import random
+from types import ModuleType
 from typing import Optional
 
 import pytest
 
-from iii.modules import _http_server
-from iii.modules._http_server import Request, Response, serve
+from iii.modules._http_server import Request, Response
 from iii.modules.http import buffered_response
 
 #: Every test runs on the stdlib loop and on uvloop.
@@ -31,13 +33,24 @@ async def echo(request: Request) -> Optional[Response]:
     return Response(200, json.dumps(seen).encode(), {"Content-Type": "application/json"})
 
 
+@pytest.fixture(params=["compiled", "pure"])
+def twin(request) -> ModuleType:
+    """The server's module: the Cython-compiled twin or the pure one."""
+    if request.param == "pure":
+        return importlib.import_module("iii.modules._http_server_py")
+    try:
+        return importlib.import_module("iii.modules._http_server_c")
+    except ImportError:
+        pytest.skip("the compiled twin is not built")
+
+
 @pytest.fixture
-async def server():
+async def server(twin):
     """Start a server for a handler; yields ``start(handler) -> (host, port)``; stops them all."""
     stops = []
 
     async def start(handler=echo) -> tuple[str, int]:
-        listening, stop = await serve(handler, error_body, "127.0.0.1", 0)
+        listening, stop = await twin.serve(handler, error_body, "127.0.0.1", 0)
         stops.append(stop)
         return listening.sockets[0].getsockname()[:2]
 
@@ -194,10 +207,10 @@ async def test_a_streamed_answer_is_chunked_on_http_1_1_and_ends_the_connection_
     writer.close()
 
 
-async def test_a_head_too_large_is_431_and_a_request_that_does_not_parse_is_400(server, caplog):
+async def test_a_head_too_large_is_431_and_a_request_that_does_not_parse_is_400(server, twin, caplog):
     address = await server()
-    for head in (b"GET /x HTTP/1.1\r\nX-Big: " + b"a" * (_http_server.MAX_HEAD_BYTES + 1) + b"\r\n\r\n",
-                 b"GET /x HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % n for n in range(_http_server.MAX_HEADERS + 1)) + b"\r\n"):
+    for head in (b"GET /x HTTP/1.1\r\nX-Big: " + b"a" * (twin.MAX_HEAD_BYTES + 1) + b"\r\n\r\n",
+                 b"GET /x HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % n for n in range(twin.MAX_HEADERS + 1)) + b"\r\n"):
         reader, writer = await connect(address)
         writer.write(head)
         status, headers, body = await read_response(reader)
@@ -242,8 +255,8 @@ async def test_an_answer_sent_before_its_body_is_in_closes_the_connection(server
     writer.close()
 
 
-async def test_an_idle_connection_is_closed_after_the_keep_alive_time(server, monkeypatch):
-    monkeypatch.setattr(_http_server, "KEEPALIVE_S", 0.2)
+async def test_an_idle_connection_is_closed_after_the_keep_alive_time(server, twin, monkeypatch):
+    monkeypatch.setattr(twin, "KEEPALIVE_S", 0.2)
     reader, writer = await connect(await server())
     writer.write(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
     assert (await read_response(reader))[0] == 200
@@ -251,7 +264,7 @@ async def test_an_idle_connection_is_closed_after_the_keep_alive_time(server, mo
     writer.close()
 
 
-async def test_stopping_the_server_cancels_answers_in_progress_and_closes_connections(server):
+async def test_stopping_the_server_cancels_answers_in_progress_and_closes_connections(twin):
     started = asyncio.Event()
     cancelled = asyncio.Event()
 
@@ -263,7 +276,7 @@ async def test_stopping_the_server_cancels_answers_in_progress_and_closes_connec
             cancelled.set()
         raise AssertionError("not reached")
 
-    listening, stop = await serve(hang, error_body, "127.0.0.1", 0)
+    listening, stop = await twin.serve(hang, error_body, "127.0.0.1", 0)
     reader, writer = await connect(listening.sockets[0].getsockname()[:2])
     writer.write(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n")
     await asyncio.wait_for(started.wait(), 5)
