@@ -39,7 +39,7 @@ class TickHandle:
         self._cancelled = False
 
     def cancel(self) -> None:
-        if not self._cancelled:
+        if self._callback is not None:  # neither fired nor cancelled yet
             self._cancelled = True
             self._callback = self._args = None  # type: ignore[assignment]  # drop references early
             _TICKER.cancelled_one()
@@ -48,10 +48,10 @@ class TickHandle:
         return self._cancelled
 
     def _fire(self) -> None:
-        """On the loop: run the callback unless cancelled meanwhile."""
-        if not self._cancelled:
-            callback, args = self._callback, self._args
-            self._cancelled = True  # fired: a late cancel() is a no-op
+        """On the loop: run the callback unless cancelled meanwhile (then a cancel() does nothing)."""
+        callback, args = self._callback, self._args
+        if callback is not None:
+            self._callback = self._args = None  # type: ignore[assignment]
             callback(*args)
 
 
