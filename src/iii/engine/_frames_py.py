@@ -27,6 +27,7 @@ from typing import Any, Optional
 from picows import WSCloseCode
 
 from iii.codec import route_frame
+from iii.engine import ticker
 from iii.engine.rbac import Session, auth_error_frame
 from iii.protocol import MAX_MESSAGE_SIZE
 
@@ -103,7 +104,7 @@ class WorkerListener(WSListener):
         self._conn: Any = None
         #: The connection's ``caller_field`` (what ``route_frame`` splices into calls it makes).
         self._caller: bytes = b""
-        self._grace: Optional[asyncio.TimerHandle] = None
+        self._grace: Any = None  # the namespace grace timer (a ticker's, for the default 5 s)
         self._parts: list[bytes] = []
         self._parts_size = 0
         self._skipping = False  # discarding the rest of an oversized fragmented message
@@ -144,9 +145,7 @@ class WorkerListener(WSListener):
         self._conn = conn = router.connect(self._send, self._close, ip, _now_ms(), session)
         self._caller = conn.caller_field
         conn.buffered = self._transport.underlying_transport.get_write_buffer_size
-        self._grace = asyncio.get_running_loop().call_later(
-            router.grace_ms / 1000, router.expire_grace, conn
-        )
+        self._grace = ticker.call_later(router.grace_ms / 1000, router.expire_grace, conn)
 
     def _authenticated(self, session: Optional[Session], reason: Optional[str], ip: Optional[str]) -> None:
         transport = self._transport

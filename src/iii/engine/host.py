@@ -34,6 +34,7 @@ import msgspec
 from msgspec import Meta
 
 from iii import codec
+from iii.engine import ticker
 from iii.engine.channels import Channel, ChannelReaderEnd, ChannelRegistry, ChannelWriterEnd, Text
 from iii.engine.registry import Binding, Connection, EngineError
 from iii.protocol import ErrorBody, ErrorCode
@@ -319,13 +320,14 @@ class Scheduler(Protocol):
 
 
 class LoopScheduler:
-    """:class:`Scheduler` on the running asyncio loop."""
+    """:class:`Scheduler` on the running asyncio loop (delays of a second or more through the
+    engine's ticker: they do not put a timeout on every wait of the loop)."""
 
     def time(self) -> float:
         return time.time()
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
-        return asyncio.get_running_loop().call_later(delay, callback)
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any:
+        return ticker.call_later(delay, callback)
 
 
 class Provider(Generic[Config]):

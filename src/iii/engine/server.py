@@ -24,6 +24,7 @@ from msgspec import Meta
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_create_server
 
 from iii._version import __version__
+from iii.engine import ticker
 from iii.engine.auth_gate import AuthGate
 from iii.engine.channels import SWEEP_EVERY_MS, channel_listener
 from iii.engine.frames import TelemetryListener, WorkerListener
@@ -78,11 +79,11 @@ class Engine:
         self.dirty: list[WorkerListener] = []
         self._servers: list[asyncio.AbstractServer] = []
         #: Listener config -> its next heartbeat.
-        self._heartbeats: dict[int, asyncio.TimerHandle] = {}
+        self._heartbeats: dict[int, Any] = {}  # asyncio.TimerHandle or ticker.TickHandle
         #: The timer that expires the engine's own calls at their deadline.
         self._expiry: Optional[asyncio.TimerHandle] = None
         self._expiry_due_ms = 0
-        self._channel_sweep: Optional[asyncio.TimerHandle] = None
+        self._channel_sweep: Any = None
         self._stopped = False
         #: Listener config -> its RBAC policy (listeners without ``rbac`` or middleware have none).
         self._policies: dict[int, Policy] = {
@@ -161,16 +162,15 @@ class Engine:
         for listener in list(self.listeners):
             if listener._config is config:
                 listener.heartbeat(now)
-        self._heartbeats[id(config)] = loop.call_later(config.ping_interval_ms / 1000, self._heartbeat, config)
+        self._heartbeats[id(config)] = ticker.call_later(config.ping_interval_ms / 1000, self._heartbeat, config)
 
     async def listen(self) -> list[str]:
         """Bind every listener; returns their ``ws://`` URLs (with the real port for port 0)."""
-        loop = asyncio.get_running_loop()
-        self._channel_sweep = loop.call_later(SWEEP_EVERY_MS / 1000, self._sweep_channels)
+        self._channel_sweep = ticker.call_later(SWEEP_EVERY_MS / 1000, self._sweep_channels)
         for config in self._listener_configs:
             server = await self._serve(config)
             self._servers.append(server)
-            self._heartbeats[id(config)] = loop.call_later(config.ping_interval_ms / 1000, self._heartbeat, config)
+            self._heartbeats[id(config)] = ticker.call_later(config.ping_interval_ms / 1000, self._heartbeat, config)
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
                 url = f"ws://{host}:{port}" if ":" not in host else f"ws://[{host}]:{port}"
@@ -183,7 +183,7 @@ class Engine:
         try:
             self.router.channels.sweep()
         finally:
-            self._channel_sweep = asyncio.get_running_loop().call_later(SWEEP_EVERY_MS / 1000, self._sweep_channels)
+            self._channel_sweep = ticker.call_later(SWEEP_EVERY_MS / 1000, self._sweep_channels)
 
     async def _serve(self, config: ListenerConfig) -> asyncio.AbstractServer:
         policy = self.policy_of(config)
