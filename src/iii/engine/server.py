@@ -72,6 +72,9 @@ class Engine:
         self._listener_configs = listeners
         self._grace_ms = grace_ms
         self.router: Router = None  # type: ignore[assignment]  # made in open(), on the loop
+        # Kept by open(): Python 3.11's asyncio.get_running_loop() is a getpid() system call,
+        # too dear for every batch.
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.listeners: set[Any] = set()  # worker and telemetry listeners
         #: A read brought several frames: what they produce is queued per worker until it ends.
         self.batching = False
@@ -98,7 +101,7 @@ class Engine:
             self.batching = True
             # picows may stop delivering a read's frames early (a protocol error in the next one):
             # the batch then ends on the next loop iteration instead of waiting for another read.
-            asyncio.get_running_loop().call_soon(self.end_batch)
+            self._loop.call_soon(self.end_batch)
 
     def join_batch(self, flushable: Any) -> bool:
         """Have ``flushable.flush()`` called when the batch ends, if one is under way (``False``:
@@ -118,7 +121,7 @@ class Engine:
     def open(self) -> Router:
         """Make the router, on the running loop (whoever assembles the engine installs its
         functions and modules on it before :meth:`listen`)."""
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self.router = Router(
             grace_ms=self._grace_ms,
             clock=lambda: int(loop.time() * 1000),  # monotonic: deadlines ignore clock steps
@@ -140,7 +143,7 @@ class Engine:
             self._expiry.cancel()
         self._expiry_due_ms = deadline_ms
         delay = max(0.0, (deadline_ms - self.router.now_ms()) / 1000)
-        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+        self._expiry = self._loop.call_later(delay, self._expire)
 
     def _expire(self) -> None:
         self._expiry = None
