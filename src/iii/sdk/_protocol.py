@@ -74,6 +74,8 @@ __all__ = [
     "ReplyError",
     "resolve_worker_namespace",
     "worker_metadata",
+    "call_outcome",
+    "timeout_error",
 ]
 
 log = logging.getLogger("iii")
@@ -324,10 +326,10 @@ class WorkerProtocol:
         pending = self._pending.pop(msg.invocation_id, None)
         if pending is None:
             return []  # timed out already, or not ours
-        if msg.error:
-            error = error_from_wire(_decode(msg.error), pending.function_id, msg.invocation_id)
+        result, error = call_outcome(msg, pending.function_id)
+        if error is not None:
             return [CallFailed(pending.waiter, error)]
-        return [CallResolved(pending.waiter, _decode(msg.result) if msg.result else None)]
+        return [CallResolved(pending.waiter, result)]
 
     def _on_invoke(self, msg: InvokeFunction) -> list[Event]:
         invocation_id = msg.invocation_id
@@ -603,6 +605,18 @@ class WorkerProtocol:
         self._pending[call.invocation_id] = _PendingCall(waiter, call.function_id, call.timeout_ms, call.frame)
         return None
 
+    def adopt_call(self, call: OutboundCall, waiter: Any) -> Optional[Event]:
+        """Wait for a call sent by other means whose answer will not come that way (its channel
+        failed after sending): it settles like a call of this connection, by its timeout or
+        shutdown. Returns the event that settles it now, or ``None``: arm its timer."""
+        if self.rejection is not None:
+            return CallFailed(waiter, self.rejection)
+        if self.shutting_down:
+            return CallFailed(waiter, _shutdown_error(call.function_id))
+        assert call.invocation_id is not None
+        self._pending[call.invocation_id] = _PendingCall(waiter, call.function_id, call.timeout_ms, b"")
+        return None
+
     def time_out(self, invocation_id: str) -> Optional[CallFailed]:
         """A call's timer fired: fail it with ``TIMEOUT`` (``None`` if it was settled already)."""
         pending = self._pending.pop(invocation_id, None)
@@ -613,8 +627,7 @@ class WorkerProtocol:
                 self._offline.remove(pending.frame)
             except ValueError:
                 pass  # sent before the connection was lost
-        message = f"invocation timed out after {pending.timeout_ms}ms"
-        return CallFailed(pending.waiter, InvocationError("TIMEOUT", message, pending.function_id, None, invocation_id))
+        return CallFailed(pending.waiter, timeout_error(pending.function_id, pending.timeout_ms, invocation_id))
 
     def shut_down(self) -> list[Event]:
         """Refuse new calls and fail those in flight with ``SHUTDOWN``."""
@@ -720,6 +733,18 @@ def _wants_metadata(handler: Callable[..., Any]) -> bool:
 
 def _is_async(handler: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))
+
+
+def call_outcome(msg: InvocationResult, function_id: str) -> tuple[Any, Optional[InvocationError]]:
+    """What an ``invocationresult`` means for its caller: ``(result, None)`` or ``(None, error)``."""
+    if msg.error:
+        return None, error_from_wire(_decode(msg.error), function_id, msg.invocation_id)
+    return (_decode(msg.result) if msg.result else None), None
+
+
+def timeout_error(function_id: str, timeout_ms: int, invocation_id: str) -> InvocationError:
+    """The ``TIMEOUT`` error of a call nobody answered in time."""
+    return InvocationError("TIMEOUT", f"invocation timed out after {timeout_ms}ms", function_id, None, invocation_id)
 
 
 def _shutdown_error(function_id: Optional[str]) -> InvocationError:
