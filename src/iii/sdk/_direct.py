@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import struct
+import threading
 import time
 from typing import Optional, Union
 from urllib.parse import urlsplit
@@ -88,6 +89,8 @@ class DirectChannel:
         self.sock: Optional[socket.socket] = None
         #: Set by :meth:`close`: never connect again.
         self.closed = False
+        #: Set while the channel is open (for whoever needs to wait for it).
+        self.opened = threading.Event()
         self._buffer = bytearray()
         #: The receive/send timeout set on the socket (changed only when a call needs another).
         self._timeout_s: Optional[float] = None
@@ -121,6 +124,7 @@ class DirectChannel:
                 sock.close()
                 return False
             self.sock = sock
+            self.opened.set()
         return True
 
     def _handshake(self, sock: socket.socket, host: str, path: str) -> bytes:
@@ -174,6 +178,7 @@ class DirectChannel:
     def _drop(self) -> None:
         """Forget the socket (with the lock held)."""
         sock, self.sock = self.sock, None
+        self.opened.clear()
         self._buffer = bytearray()
         if sock is not None:
             sock.close()

@@ -76,6 +76,7 @@ __all__ = [
     "worker_metadata",
     "call_outcome",
     "timeout_error",
+    "shutdown_error",
 ]
 
 log = logging.getLogger("iii")
@@ -559,7 +560,7 @@ class WorkerProtocol:
         if self.rejection is not None:
             raise self.rejection
         if self.shutting_down:
-            raise _shutdown_error(request.get("function_id") if isinstance(request, dict) else None)
+            raise shutdown_error(request.get("function_id") if isinstance(request, dict) else None)
         if not isinstance(request, dict):
             request = request.model_dump()
         function_id = request["function_id"]
@@ -598,7 +599,7 @@ class WorkerProtocol:
         if self.rejection is not None:
             return CallFailed(waiter, self.rejection)
         if self.shutting_down:
-            return CallFailed(waiter, _shutdown_error(call.function_id))
+            return CallFailed(waiter, shutdown_error(call.function_id))
         self._send(call.frame)
         if call.invocation_id is None:
             return CallResolved(waiter, None)
@@ -612,7 +613,7 @@ class WorkerProtocol:
         if self.rejection is not None:
             return CallFailed(waiter, self.rejection)
         if self.shutting_down:
-            return CallFailed(waiter, _shutdown_error(call.function_id))
+            return CallFailed(waiter, shutdown_error(call.function_id))
         assert call.invocation_id is not None
         self._pending[call.invocation_id] = _PendingCall(waiter, call.function_id, call.timeout_ms, b"")
         return None
@@ -632,7 +633,7 @@ class WorkerProtocol:
     def shut_down(self) -> list[Event]:
         """Refuse new calls and fail those in flight with ``SHUTDOWN``."""
         self.shutting_down = True
-        return self._fail_pending(_shutdown_error(None))
+        return self._fail_pending(shutdown_error(None))
 
     def _fail_pending(self, error: BaseException) -> list[Event]:
         pending, self._pending = self._pending, {}
@@ -747,5 +748,6 @@ def timeout_error(function_id: str, timeout_ms: int, invocation_id: str) -> Invo
     return InvocationError("TIMEOUT", f"invocation timed out after {timeout_ms}ms", function_id, None, invocation_id)
 
 
-def _shutdown_error(function_id: Optional[str]) -> InvocationError:
+def shutdown_error(function_id: Optional[str]) -> InvocationError:
+    """The ``SHUTDOWN`` error of a call the worker's shutdown ended."""
     return InvocationError("SHUTDOWN", "iii is shutting down", function_id)

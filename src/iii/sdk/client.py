@@ -51,6 +51,7 @@ from iii.sdk._protocol import (
     WorkerRejected,
     call_outcome,
     resolve_worker_namespace,
+    shutdown_error,
     timeout_error,
     worker_metadata,
 )
@@ -77,6 +78,8 @@ _HANDSHAKE_TIMEOUT_S = 10
 _PING_INTERVAL_S = 20
 #: How often the loop reads what waits on an idle direct call channel (the engine's pings).
 _DIRECT_KEEPALIVE_S = 5
+#: Attempts to open the direct call channel per connection of the worker (one per keepalive tick).
+_DIRECT_ATTEMPTS = 3
 #: Set to ``0`` to send synchronous calls through the loop like every other frame.
 DIRECT_TRIGGER_ENV = "III_DIRECT_TRIGGER"
 
@@ -168,6 +171,7 @@ class III:
         self._main_settled = 0
         self._direct: Optional[DirectChannel] = None
         self._direct_opening = False
+        self._direct_attempts = 0
         self._direct_keepalive: Optional[asyncio.TimerHandle] = None
         self._loop: asyncio.AbstractEventLoop
         if loop is None:
@@ -220,10 +224,18 @@ class III:
             self._direct_keepalive = self._loop.call_later(_DIRECT_KEEPALIVE_S, self._keep_direct_alive)
 
     def _open_direct(self) -> None:
-        """Open the direct call channel in the background (at most one attempt per connection)."""
+        """Open the direct call channel in the background (a few attempts per connection)."""
         direct = self._direct
-        if direct is None or direct.closed or direct.sock is not None or self._direct_opening:
+        if (
+            direct is None
+            or direct.closed
+            or direct.sock is not None
+            or self._direct_opening
+            or self._direct_attempts >= _DIRECT_ATTEMPTS
+            or not self._protocol.connected
+        ):
             return
+        self._direct_attempts += 1
         self._direct_opening = True
         opened = self._loop.run_in_executor(None, direct.connect, _HANDSHAKE_TIMEOUT_S)
         opened.add_done_callback(self._direct_opened)
@@ -243,6 +255,8 @@ class III:
                 direct.drain()
             finally:
                 direct.lock.release()
+        if direct.sock is None:  # failed or lost while the worker's connection stayed up
+            self._open_direct()
         self._direct_keepalive = self._loop.call_later(_DIRECT_KEEPALIVE_S, self._keep_direct_alive)
 
     def _flush(self) -> None:
@@ -331,6 +345,7 @@ class III:
                 self._connected.set()
                 self._in_loop(self._protocol.connection_opened)  # the replay: ordered like the rest
                 self._flush()
+                self._direct_attempts = 0
                 self._open_direct()
                 await transport.wait_disconnected()
                 self._protocol.connection_lost()
@@ -573,6 +588,8 @@ class III:
             if outcome is TIMED_OUT:
                 raise timeout_error(call.function_id, call.timeout_ms, call.invocation_id)
             if outcome is LOST:  # it may run: no resend, it settles by its timeout (or shutdown)
+                if self._protocol.shutting_down:  # (shutdown closes the channel)
+                    raise shutdown_error(call.function_id)
                 waiter = _BlockingWaiter()
                 self._loop.call_soon_threadsafe(self._adopt_call, call, waiter)
                 return self._wait(call, waiter, max(0.0, started + timeout_s - time.monotonic()))
