@@ -27,7 +27,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 from urllib.parse import urlsplit
 
 from iii import codec
@@ -77,10 +77,10 @@ class DirectChannel:
 
     Args:
         address: the engine's ``ws://`` URL (``wss://`` is not supported: :meth:`connect` refuses it).
-        headers: the handshake headers the worker's own connection uses.
+        headers: gives the handshake headers the worker's own connection uses.
     """
 
-    def __init__(self, address: str, headers: dict[str, str]) -> None:
+    def __init__(self, address: str, headers: Callable[[], dict[str, str]]) -> None:
         self._address = address
         self._headers = headers
         #: Held by the thread using the channel; others send their calls the ordinary way.
@@ -137,7 +137,7 @@ class DirectChannel:
             f"Sec-WebSocket-Key: {key.decode()}",
             "Sec-WebSocket-Version: 13",
         ]
-        lines += [f"{name}: {value}" for name, value in self._headers.items()]
+        lines += [f"{name}: {value}" for name, value in self._headers().items()]
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         response = b""
         while b"\r\n\r\n" not in response:
@@ -233,17 +233,15 @@ class DirectChannel:
             return False
         try:
             while True:
+                while self._take_frame(sock) is not None:
+                    pass  # pings are answered inside; nothing else between calls matters
                 try:
                     chunk = sock.recv(_READ_CHUNK, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     break
                 if not chunk:
                     raise _Closed("closed by the engine")
-                self._buffer += chunk
-                if len(self._buffer) > MAX_MESSAGE_SIZE + 14:
-                    raise _Closed("too much unread data")
-            while self._take_frame(sock) is not None:
-                pass  # pings are answered inside; nothing else between calls matters
+                self._buffer += chunk  # at most one incomplete frame stays in it
         except (OSError, _Closed) as exc:
             log.debug("[iii] direct call channel closed: %s", exc)
             self._drop()

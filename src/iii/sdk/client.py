@@ -178,7 +178,7 @@ class III:
             # Only with the client's own thread: on the caller's loop there is no thread to spare
             # for opening it, and synchronous calls are not the way to call from there.
             if os.environ.get(DIRECT_TRIGGER_ENV, "1") != "0":
-                self._direct = DirectChannel(address, self._headers())
+                self._direct = DirectChannel(address, self._headers)
             self._loop = uvloop.new_event_loop()
             self._thread: Optional[threading.Thread] = threading.Thread(
                 target=self._loop.run_forever, name="iii-sdk", daemon=True
