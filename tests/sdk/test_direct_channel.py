@@ -12,7 +12,8 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 
-from iii.protocol import MAX_MESSAGE_SIZE, InvocationResult
+from iii.protocol import MAX_MESSAGE_SIZE
+from iii.sdk._protocol import Answer
 from iii.sdk._direct import LOST, NOT_SENT, TIMED_OUT, DirectChannel
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -119,7 +120,7 @@ def open_channel(engine: ScriptedEngine, headers: Optional[dict[str, str]] = Non
 
 
 def test_a_call_skips_late_answers_and_answers_pings_on_the_way(scripted):
-    done = threading.Event()
+    got_all = threading.Event()
     seen: list[tuple[int, bytes]] = []
 
     def script(engine: ScriptedEngine) -> None:
@@ -130,14 +131,14 @@ def test_a_call_skips_late_answers_and_answers_pings_on_the_way(scripted):
         big = result("id-1", b'"' + b"x" * 70_000 + b'"')
         engine.send(frame(0x1, big[:100], fin=False) + frame(0x9, b"") + frame(0x0, big[100:]))
         seen.append(engine.receive())
-        done.wait(10)
+        got_all.set()
 
     engine = scripted(script)
     channel = open_channel(engine, {"Authorization": "Bearer secret"})
     with channel.lock:
         answer = channel.call(b'{"type":"invokefunction","invocation_id":"id-1"}', "id-1", 5)
-    done.set()
-    assert isinstance(answer, InvocationResult) and answer.invocation_id == "id-1" and len(answer.result) == 70_002
+    assert got_all.wait(10)
+    assert isinstance(answer, Answer) and answer.invocation_id == "id-1" and answer.result == "x" * 70_000
     assert seen == [(0x1, b'{"type":"invokefunction","invocation_id":"id-1"}'), (0xA, b"are you there"), (0xA, b"")]
     assert engine.headers["authorization"] == "Bearer secret"
 
@@ -176,7 +177,7 @@ def test_a_call_times_out_and_the_channel_stays_usable(scripted):
         assert channel.call(b"{}", "slow", 0.2) is TIMED_OUT
         go_on.set()
         answer = channel.call(b"{}", "next", 5)
-    assert isinstance(answer, InvocationResult) and answer.invocation_id == "next"
+    assert isinstance(answer, Answer) and answer.invocation_id == "next"
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 from iii import InitOptions, InvocationError, TriggerAction, register_worker
 from iii.sdk import client as client_module
 from iii.sdk._direct import LOST, TIMED_OUT, DirectChannel
+from iii.sdk._protocol import Answer
 
 _WAIT_S = 15
 
@@ -36,7 +37,7 @@ class DirectCalls:
 
     @property
     def answered(self) -> int:
-        return sum(1 for outcome in self.outcomes if type(outcome).__name__ == "InvocationResult")
+        return sum(1 for outcome in self.outcomes if type(outcome) is Answer)
 
 
 @pytest.fixture

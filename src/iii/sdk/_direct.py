@@ -31,7 +31,8 @@ from typing import Callable, Optional, Union
 from urllib.parse import urlsplit
 
 from iii import codec
-from iii.protocol import MAX_MESSAGE_SIZE, InvocationResult, WorkerRegistered
+from iii.protocol import MAX_MESSAGE_SIZE, WorkerRegistered
+from iii.sdk._protocol import Answer, decode_answer
 
 __all__ = ["DirectChannel", "NOT_SENT", "LOST", "TIMED_OUT"]
 
@@ -185,10 +186,11 @@ class DirectChannel:
 
     # ------------------------------------------------------------------ calls (lock held)
 
-    def call(self, frame: bytes, invocation_id: str, timeout_s: float) -> Union[InvocationResult, _Outcome]:
+    def call(self, frame: bytes, invocation_id: str, timeout_s: float) -> Union[Answer, _Outcome]:
         """Send one call's frame and wait for its ``invocationresult``; the caller holds :attr:`lock`.
 
-        Returns the result message, or :data:`NOT_SENT`, :data:`LOST` or :data:`TIMED_OUT`.
+        Returns its :class:`~iii.sdk._protocol.Answer`, or :data:`NOT_SENT`, :data:`LOST` or
+        :data:`TIMED_OUT`.
         """
         sock = self.sock
         if sock is None:
@@ -204,15 +206,14 @@ class DirectChannel:
             return NOT_SENT
         try:
             while True:
-                opcode, payload = self._read_message(sock)
-                if opcode != _TEXT:
-                    continue
-                try:
-                    msg = codec.decode_engine_frame(payload)
-                except codec.DecodeError:
-                    continue
-                if type(msg) is InvocationResult and msg.invocation_id == invocation_id:
-                    return msg
+                payload = self._whole_text_frame(sock) if not self._buffer else None
+                if payload is None:
+                    opcode, payload = self._read_message(sock)
+                    if opcode != _TEXT:
+                        continue
+                answer = decode_answer(payload)
+                if answer is not None and answer.invocation_id == invocation_id:
+                    return answer
                 # A late answer to a call that timed out, or a frame for no call: skip it.
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -259,6 +260,22 @@ class DirectChannel:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
         self._timeout_s = timeout_s
+
+    def _whole_text_frame(self, sock: socket.socket) -> Optional[bytes]:
+        """Read once (the buffer is empty); the payload if that brought exactly one text frame
+        (the usual answer), else ``None`` with what was read left in the buffer."""
+        chunk = sock.recv(_READ_CHUNK)
+        size = len(chunk)
+        if size > 3 and chunk[0] == 0x81:
+            second = chunk[1]
+            if second < 126 and size == second + 2:
+                return chunk[2:]
+            if second == 126 and size == ((chunk[2] << 8) | chunk[3]) + 4:
+                return chunk[4:]
+        if not chunk:
+            raise _Closed("closed by the engine")
+        self._buffer += chunk
+        return None
 
     def _read_message(self, sock: socket.socket) -> tuple[int, bytes]:
         """The next data message (fragments joined), reading as needed; control frames are

@@ -36,9 +36,10 @@ from iii.iii_constants import (
     InitOptions,
 )
 from iii.errors import InvocationError
-from iii.protocol import MAX_MESSAGE_SIZE, InvocationResult
+from iii.protocol import MAX_MESSAGE_SIZE
 from iii.sdk._direct import LOST, TIMED_OUT, DirectChannel
 from iii.sdk._protocol import (
+    Answer,
     BindTrigger,
     CallFailed,
     CallResolved,
@@ -49,7 +50,6 @@ from iii.sdk._protocol import (
     Welcomed,
     WorkerProtocol,
     WorkerRejected,
-    call_outcome,
     resolve_worker_namespace,
     shutdown_error,
     timeout_error,
@@ -580,11 +580,8 @@ class III:
                 outcome = direct.call(call.frame, call.invocation_id, timeout_s)
             finally:
                 direct.lock.release()
-            if type(outcome) is InvocationResult:
-                result, error = call_outcome(outcome, call.function_id)
-                if error is not None:
-                    raise error
-                return result
+            if type(outcome) is Answer:
+                return outcome.outcome(call.function_id)
             if outcome is TIMED_OUT:
                 raise timeout_error(call.function_id, call.timeout_ms, call.invocation_id)
             if outcome is LOST:  # it may run: no resend, it settles by its timeout (or shutdown)
