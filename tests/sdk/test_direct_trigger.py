@@ -5,13 +5,15 @@ from the ``iii.testing`` plugin's fixtures."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
 
 import pytest
 
-from iii import InitOptions, InvocationError, TriggerAction, register_worker
+from iii import InitOptions, InvocationError, RegistrationRejectedError, TriggerAction, register_worker
+from iii.iii_constants import ReconnectionConfig
 from iii.sdk import client as client_module
 from iii.sdk._direct import LOST, TIMED_OUT, DirectChannel
 from iii.sdk._protocol import Answer
@@ -196,3 +198,68 @@ def test_the_direct_channel_can_be_turned_off(iii_engine, monkeypatch):
         assert iii.trigger({"function_id": "state::get", "payload": {"scope": "s", "key": "k"}}) is None
     finally:
         iii.shutdown()
+
+
+def test_a_rejected_worker_closes_its_direct_channel(iii_engine):
+    first = register_worker(iii_engine.url, InitOptions(worker_name="twin", otel={"enabled": False}))
+    failed = threading.Event()
+    second = None
+    try:
+        try:
+            second = register_worker(iii_engine.url, InitOptions(worker_name="twin", otel={"enabled": False}))
+        except RegistrationRejectedError:
+            pytest.skip("rejected before the client was returned")  # the rejection raced the connect wait
+        second.add_connection_state_listener(lambda state: state == "failed" and failed.set())
+        assert failed.wait(_WAIT_S)
+        assert second._direct.closed and second._direct.sock is None
+        with pytest.raises(RegistrationRejectedError):
+            second.trigger({"function_id": "state::get", "payload": {"scope": "s", "key": "k"}})
+    finally:
+        if second is not None:
+            second.shutdown()
+        first.shutdown()
+
+
+async def test_calls_during_a_reconnect_are_queued_or_dropped_at_their_timeout(procs, tmp_path):
+    engine = await procs.engine(tmp=tmp_path / "first")
+    port = int(engine.url.rsplit(":", 1)[1])
+    backoff = ReconnectionConfig(initial_delay_ms=100, max_delay_ms=200, jitter_factor=0)
+    options = InitOptions(worker_name="reconnecting", otel={"enabled": False}, reconnection_config=backoff)
+    iii = await asyncio.to_thread(register_worker, engine.url, options)
+    try:
+        ran: list[Any] = []
+        iii.register_function("t::record", lambda data: ran.append(data) or data)
+        down, up = threading.Event(), threading.Event()
+        iii.add_connection_state_listener(lambda state: (up if state == "connected" else down).set())
+        assert await asyncio.to_thread(iii.trigger, {"function_id": "t::record", "payload": "first"}) == "first"
+        direct = DirectCalls(iii)
+        assert await asyncio.to_thread(iii.trigger, {"function_id": "t::record", "payload": "direct"}) == "direct"
+        assert direct.answered == 1
+        up.clear()
+        await engine.proc.stop()
+        assert await asyncio.to_thread(down.wait, _WAIT_S)
+        # Calls to a built-in (the replay's held registrations would answer function_not_found
+        # to a queued call of a worker's function, in the official SDK's order too).
+        def state_set(key: str, timeout_ms: int) -> Any:
+            request = {"function_id": "state::set", "payload": {"scope": "r", "key": key, "value": key}, "timeout_ms": timeout_ms}
+            return iii.trigger(request)
+
+        with pytest.raises(InvocationError) as timed_out:
+            await asyncio.to_thread(state_set, "dropped", 300)
+        assert timed_out.value.code == "TIMEOUT"
+        queued = asyncio.ensure_future(asyncio.to_thread(state_set, "queued", 20_000))
+        await procs.engine(tmp=tmp_path / "second", port=port)  # a new engine: its state is empty
+        await asyncio.wait_for(queued, _WAIT_S)  # sent after the replay
+        assert await asyncio.to_thread(up.wait, _WAIT_S)
+        stored = {
+            key: await asyncio.to_thread(iii.trigger, {"function_id": "state::get", "payload": {"scope": "r", "key": key}})
+            for key in ("dropped", "queued")
+        }
+        assert stored == {"dropped": None, "queued": "queued"}  # the timed-out call was never sent
+        assert await asyncio.to_thread(direct.direct.opened.wait, _WAIT_S)  # reopened with the connection
+        for n in range(3):
+            assert await asyncio.to_thread(iii.trigger, {"function_id": "t::record", "payload": n}) == n
+        assert direct.answered >= 3
+        assert ran == ["first", "direct", 0, 1, 2]
+    finally:
+        await asyncio.to_thread(iii.shutdown)

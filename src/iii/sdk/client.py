@@ -193,7 +193,7 @@ class III:
 
     def _on_loop_thread(self) -> bool:
         if self._thread is not None:
-            return threading.current_thread() is self._thread
+            return _thread.get_ident() == self._thread.ident
         try:
             return asyncio.get_running_loop() is self._loop
         except RuntimeError:
@@ -244,6 +244,14 @@ class III:
         self._direct_opening = False
         if not opened.cancelled() and opened.exception() is None and opened.result():
             log.debug("[iii] direct call channel open")
+
+    def _close_direct(self) -> None:
+        """Close the direct call channel for good (the worker stops: shutdown, rejection, no
+        more reconnects)."""
+        if self._direct is not None:
+            self._direct.close()
+        if self._direct_keepalive is not None:
+            self._direct_keepalive.cancel()
 
     def _keep_direct_alive(self) -> None:
         """Answer what the engine sent to the idle direct channel (pings), notice it closed."""
@@ -356,6 +364,7 @@ class III:
                     break
                 self._set_state("disconnected")
             if config.max_retries >= 0 and attempt >= config.max_retries:
+                self._close_direct()
                 self._set_state("failed")
                 self._connected.set()
                 return
@@ -397,6 +406,7 @@ class III:
             case Welcomed():
                 log.debug("[iii] the engine calls this worker %s", event.worker_id)
             case WorkerRejected():
+                self._close_direct()
                 self._set_state("failed")
                 self._connected.set()
 
@@ -678,10 +688,7 @@ class III:
     async def _close(self) -> None:
         for event in self._protocol.shut_down():
             self._handle(event)
-        if self._direct is not None:
-            self._direct.close()
-        if self._direct_keepalive is not None:
-            self._direct_keepalive.cancel()
+        self._close_direct()
         task = getattr(self, "_task", None)
         transport = self._transport
         if transport is not None and not transport.is_disconnected:
