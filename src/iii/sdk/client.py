@@ -7,7 +7,10 @@ on a background thread, as the official does, so ``register_worker`` works from 
 This module is the pump: the socket (picows), the loop or thread, reconnect timing, running
 handlers and call timers. What to send and what an engine frame means is decided by the
 sans-I/O :class:`~iii.sdk._protocol.WorkerProtocol`. All socket and protocol work happens on the
-client's loop: calls made from other threads are handed over with ``call_soon_threadsafe``.
+client's loop: calls made from other threads are handed over with ``call_soon_threadsafe``. The
+one exception is the synchronous :meth:`III.trigger`: when the order of this connection's frames
+allows it, the calling thread makes the round trip itself on the direct call channel
+(:mod:`iii.sdk._direct`, a second socket), without waking the loop.
 """
 
 from __future__ import annotations
