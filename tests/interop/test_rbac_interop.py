@@ -245,6 +245,7 @@ async def test_our_sdk_direct_calls_carry_the_workers_session(rbac):
         options = InitOptions(worker_name="rbac-ours", otel={"enabled": False}, headers={"x-test-token": "valid-token"})
         client = register_worker(rbac.restricted, options)
         try:
+            client.trigger({"function_id": "test::ew::valid-token-echo", "payload": {"n": -1}})  # opens it
             assert client._direct.opened.wait(15)
             sent = []
             call = client._direct.call

@@ -26,7 +26,9 @@ class DirectCalls:
 
     def __init__(self, iii: Any) -> None:
         self.direct: DirectChannel = iii._direct
-        assert self.direct is not None and self.direct.opened.wait(_WAIT_S), "the direct channel did not open"
+        assert self.direct is not None
+        iii.trigger({"function_id": "state::get", "payload": {"scope": "warm", "key": "up"}})  # opens it
+        assert self.direct.opened.wait(_WAIT_S), "the direct channel did not open"
         self.outcomes: list[Any] = []
         call = self.direct.call
 
@@ -188,6 +190,18 @@ def test_engine_calls_and_contended_calls_go_through_the_loop(iii_worker, iii_cl
         thread.join(30)
     assert answers == {t: [[t, n] for n in range(50)] for t in range(4)}
     assert len(direct.outcomes) - before < 200  # some calls found the channel busy
+
+
+def test_a_worker_that_makes_no_such_call_opens_no_channel(iii_engine):
+    iii = register_worker(iii_engine.url, InitOptions(worker_name="server-only", otel={"enabled": False}))
+    try:
+        iii.trigger({"function_id": "engine::functions::list", "payload": {}})
+        iii.trigger({"function_id": "state::set", "payload": {"scope": "s", "key": "k", "value": 1}, "action": TriggerAction.Void()})
+        assert not iii._direct_wanted and iii._direct.sock is None
+        iii.trigger({"function_id": "state::get", "payload": {"scope": "s", "key": "k"}})
+        assert iii._direct.opened.wait(_WAIT_S)
+    finally:
+        iii.shutdown()
 
 
 def test_the_direct_channel_can_be_turned_off(iii_engine, monkeypatch):

@@ -173,6 +173,9 @@ class III:
         self._main_sent = 0
         self._main_settled = 0
         self._direct: Optional[DirectChannel] = None
+        #: Set by the first call that could take the direct channel: a worker that makes none
+        #: never opens it (nor shows its connection to the engine's ``workers-available`` watchers).
+        self._direct_wanted = False
         self._direct_opening = False
         self._direct_attempts = 0
         self._direct_keepalive: Optional[asyncio.TimerHandle] = None
@@ -231,6 +234,7 @@ class III:
         direct = self._direct
         if (
             direct is None
+            or not self._direct_wanted
             or direct.closed
             or direct.sock is not None
             or self._direct_opening
@@ -581,11 +585,19 @@ class III:
         timeout_s = call.timeout_ms / 1000
         if (
             direct is not None
-            and direct.sock is not None
             and call.invocation_id is not None  # a void call stays in order with this connection's frames
+            and not call.function_id.startswith("engine::")  # they act on the caller's connection
+        ):
+            if not self._direct_wanted:  # the first call that could take it: open it for the next ones
+                self._direct_wanted = True
+                self._loop.call_soon_threadsafe(self._open_direct)
+        else:
+            direct = None
+        if (
+            direct is not None
+            and direct.sock is not None
             and self._main_settled == self._main_sent
             and self._protocol.connected  # else queued for the next connection, as the official SDK does
-            and not call.function_id.startswith("engine::")  # they act on the caller's connection
             and direct.lock.acquire(False)  # another thread's call has it: go through the loop
         ):
             started = time.monotonic()
