@@ -11,7 +11,7 @@ Sections:
            (A B A B …), medians of --reps: 1 in flight pinned to cpu0, 64 in flight unpinned;
            160 B and 4 KiB payloads; calls/s, p50/p99, relay CPU µs per call
   clients  our SDK vs the official Python SDK (sequential trigger() calls) against our engine:
-           calls/s and client CPU µs per call
+           calls/s and client CPU µs per call; ours also with its direct call channel off
   scale    N idle workers (1k, 10k): engine RSS per connection, engine::workers::list latency
   stores   state::set and enqueue (receipts; a callee takes the jobs), 64 in flight, against an
            engine whose state and queue are in_memory and one where they are file_based (SQLite),
@@ -175,18 +175,24 @@ def official_python() -> str:
 
 
 def clients_section(reps: int, calls: int) -> list[dict[str, Any]]:
-    pythons = {"ours": sys.executable, "official": official_python()}
-    if not Path(pythons["official"]).exists():
-        raise SystemExit(f"the official SDK venv is missing ({pythons['official']}): run scripts/bootstrap.sh")
+    """Ours, ours with its direct call channel off (every call through the SDK's loop, as before
+    it existed) and the official SDK, interleaved in each rep."""
+    base = {**os.environ, "OTEL_ENABLED": "false"}
+    sdks = {
+        "ours": (sys.executable, base),
+        "ours_loop": (sys.executable, {**base, "III_DIRECT_TRIGGER": "0"}),
+        "official": (official_python(), base),
+    }
+    if not Path(sdks["official"][0]).exists():
+        raise SystemExit(f"the official SDK venv is missing ({sdks['official'][0]}): run scripts/bootstrap.sh")
     engine = start_server("engine")
     peer = str(BENCH / "sdk_peer.py")
-    env = {**os.environ, "OTEL_ENABLED": "false"}
     try:
         rows = []
         for size in SIZES:
-            runs: dict[str, list[dict[str, Any]]] = {"ours": [], "official": []}
+            runs: dict[str, list[dict[str, Any]]] = {sdk: [] for sdk in sdks}
             for _ in range(reps):
-                for sdk, python in pythons.items():
+                for sdk, (python, env) in sdks.items():
                     callee = subprocess.Popen([python, peer, "callee", engine.url], stdout=subprocess.PIPE, text=True, env=env)
                     try:
                         if callee.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
@@ -204,6 +210,7 @@ def clients_section(reps: int, calls: int) -> list[dict[str, Any]]:
                 row[f"{sdk}_calls_per_s"] = median([r["calls_per_s"] for r in results])
                 row[f"{sdk}_cpu_us_per_call"] = median([r["client_cpu_us_per_call"] for r in results])
             row["cpu_ratio"] = row["ours_cpu_us_per_call"] / row["official_cpu_us_per_call"]
+            row["direct_vs_loop_cpu_ratio"] = row["ours_cpu_us_per_call"] / row["ours_loop_cpu_us_per_call"]
             rows.append(row)
         return rows
     finally:
@@ -344,10 +351,12 @@ def table(results: dict[str, Any]) -> str:
         lines.append("")
     if "clients" in results:
         lines += ["clients: sequential trigger() against our engine",
-                  "| size | ours calls/s | official calls/s | ours CPU µs/call | official CPU µs/call | CPU ratio |", "|---|---|---|---|---|---|"]
+                  "(ours via loop: III_DIRECT_TRIGGER=0, every call through the SDK's loop thread)",
+                  "| size | ours calls/s | ours via loop calls/s | official calls/s | ours CPU µs/call | ours via loop CPU µs/call "
+                  "| official CPU µs/call | CPU ratio ours/official |", "|---|---|---|---|---|---|---|---|"]
         for r in results["clients"]:
-            lines.append(f"| {r['size']} B | {r['ours_calls_per_s']:,.0f} | {r['official_calls_per_s']:,.0f} | "
-                         f"{r['ours_cpu_us_per_call']:.1f} | {r['official_cpu_us_per_call']:.1f} | {r['cpu_ratio']:.2f} |")
+            lines.append(f"| {r['size']} B | {r['ours_calls_per_s']:,.0f} | {r['ours_loop_calls_per_s']:,.0f} | {r['official_calls_per_s']:,.0f} | "
+                         f"{r['ours_cpu_us_per_call']:.1f} | {r['ours_loop_cpu_us_per_call']:.1f} | {r['official_cpu_us_per_call']:.1f} | {r['cpu_ratio']:.2f} |")
         lines.append("")
     if "scale" in results:
         lines += ["scale: idle connected workers", "| workers | engine RSS per worker | engine::workers::list |", "|---|---|---|"]

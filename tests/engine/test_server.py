@@ -50,6 +50,7 @@ async def worker(url: str, name: str, *functions: str) -> RawClient:
 async def test_bad_frames_neither_close_the_socket_nor_disturb_others(engine):
     owner = await worker(engine.url, "owner", "echo::x")
     bad = await RawClient.connect(engine.url)
+    await bad.register("bad")  # listed by engine::workers::list (with its metrics) once announced
     for raw in [
         b"\x00\x01garbage",
         b"\xff\xfe invalid utf-8",
@@ -134,6 +135,9 @@ async def test_otel_socket_is_drained_and_never_a_worker(engine):
     otel.send_bytes(b"OTLP" + b'{"resourceSpans":[]}', WSMsgType.BINARY)
     otel.send_bytes(b'{"type":"registerfunction","id":"sneaky::fn"}')
     client = await RawClient.connect(engine.url)
+    rows = (await client.call("engine::workers::list", {}))["result"]["workers"]
+    assert [r["id"] for r in rows if r["runtime"] != "engine"] == []  # neither: never announced
+    await client.register("lister")
     rows = (await client.call("engine::workers::list", {}))["result"]["workers"]
     assert [r["id"] for r in rows if r["runtime"] != "engine"] == [client.worker_id]
     functions = (await client.call("engine::functions::list", {}))["result"]["functions"]

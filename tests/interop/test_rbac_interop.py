@@ -8,6 +8,7 @@ and the hooks (tests/interop/workers/rbac_host.py) and an RBAC one the scripted 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
@@ -232,3 +233,35 @@ async def test_an_invalid_token_never_connects_and_the_sdk_retries(rbac, runtime
     assert f"bogus-{runtime}" not in {w.get("name") for w in workers}
 
 
+
+
+async def test_our_sdk_direct_calls_carry_the_workers_session(rbac):
+    """Our synchronous trigger() sends most calls on its direct call channel (a second socket):
+    it authenticates with the worker's headers, so the middleware, the session's context and its
+    refusals apply to those calls as to the worker's own connection."""
+    from iii import InitOptions, InvocationError, register_worker
+
+    def run() -> tuple[list, InvocationError, int]:
+        options = InitOptions(worker_name="rbac-ours", otel={"enabled": False}, headers={"x-test-token": "valid-token"})
+        client = register_worker(rbac.restricted, options)
+        try:
+            client.trigger({"function_id": "test::ew::valid-token-echo", "payload": {"n": -1}})  # opens it
+            assert client._direct.opened.wait(15)
+            sent = []
+            call = client._direct.call
+            client._direct.call = lambda *args: sent.append(args) or call(*args)
+            echoes = [client.trigger({"function_id": "test::ew::valid-token-echo", "payload": {"n": n}}) for n in range(5)]
+            try:
+                client.trigger({"function_id": "test::ew::private", "payload": {}})
+            except InvocationError as exc:
+                refused = exc
+            return echoes, refused, len(sent)
+        finally:
+            client.shutdown()
+
+    echoes, refused, direct_calls = await asyncio.to_thread(run)
+    assert direct_calls >= 5  # all but possibly the first echo, and the refused call
+    assert [echo["echoed"]["n"] for echo in echoes] == list(range(5))
+    assert all(echo["echoed"]["_caller"] == "user-1" and echo["echoed"]["_intercepted"] for echo in echoes)
+    assert (refused.code, refused.function_id) == ("FORBIDDEN", "test::ew::private")
+    assert all(auth["headers"]["x-test-token"] == "valid-token" for auth in rbac.seen("auth"))

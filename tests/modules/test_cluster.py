@@ -287,6 +287,7 @@ async def test_only_the_cluster_token_makes_a_peer(tmp_path, redis_server):
 
         impostor = await RawClient.connect(url)  # no token: a worker, welcomed as one
         assert impostor.worker_id
+        await impostor.register("impostor")  # (listed once announced, as every worker)
         wrong, wrong_listener = await ws_connect(
             _Collector, url, extra_headers={"x-iii-cluster-token": "guess", "x-iii-cluster-engine": "x"}
         )

@@ -470,3 +470,17 @@ def test_frames_the_worker_does_not_act_on_are_ignored():
     for frame in (b"not json", b'{"type":"ping"}', b'{"type":"surprise"}', b'{"type":"invocationresult"}'):
         assert protocol.receive(frame) == []
     assert protocol.data_to_send() == []
+
+
+@pytest.mark.parametrize("namespace", [None, "team-a", 'odd"ns\u00e9'])
+@pytest.mark.parametrize("function_id", ["math::add", 'quo"te::\u2603', "engine::functions::list"])
+@pytest.mark.parametrize("payload", [None, {"a": [1, 2.5, None], "s": "\u00e9\n\""}, "text", [], 0])
+def test_plain_call_frames_are_the_encoders_bytes(namespace, function_id, payload):
+    """Calls without action or metadata are framed from cached parts: the same bytes as the
+    general encoder's (which frames every other call)."""
+    protocol = WorkerProtocol({}, namespace, 1000)
+    for _ in range(2):  # the first fills the cache, the second uses it
+        call = protocol.prepare_call({"function_id": function_id, "payload": payload})
+        sent_namespace = "default" if function_id.startswith("engine::") else namespace
+        expected = protocol._call_frame(function_id, call.invocation_id, payload, None, None, False, sent_namespace)
+        assert call.frame == expected

@@ -299,7 +299,10 @@ def workers_list(router: Router, caller: Optional[Connection], data: Any) -> Any
     # list_workers() requires them.
     rows = [
         _with_latest_metrics(router, c, {**worker_row(c), "functions": sorted(function_id for _, function_id in c.functions)})
-        for c in router.connections.values() if not c.closed
+        # A connection that never called engine::workers::register (an SDK's direct call
+        # channel, a raw client) is no worker to list, as in the original (which also hides
+        # registered ones without a pid; SDK 0.1.0 sends none, and lists itself).
+        for c in router.connections.values() if not c.closed and c.runtime is not None
     ]
     rows += [
         {**module_row(router, m.name, m.description, m.started_at_ms),

@@ -56,6 +56,9 @@ from iii.protocol import (
 from iii.sdk.actions import TriggerActionEnqueue, TriggerActionVoid
 from iii.triggers import RegisterTriggerTypeInput, TriggerConfig, TriggerHandler
 
+#: Functions whose plain-call frame parts are kept (the cache is emptied when full).
+_MAX_CACHED_CALL_ENDS = 1024
+
 #: Seen in a call's raw data: it may hold channel refs (searched in the buffer, no copy).
 _CHANNEL_REF_KEY = re.compile(rb'"access_key"')
 
@@ -74,6 +77,10 @@ __all__ = [
     "ReplyError",
     "resolve_worker_namespace",
     "worker_metadata",
+    "Answer",
+    "decode_answer",
+    "timeout_error",
+    "shutdown_error",
 ]
 
 log = logging.getLogger("iii")
@@ -248,6 +255,8 @@ class WorkerProtocol:
         # call costs no ``os.urandom`` (``uuid4`` alone cost more than the rest of a call's encoding).
         self._id_prefix = str(uuid.uuid4())[:24]
         self._id_counter = itertools.count(1)
+        #: ``(function_id, namespace)`` → the constant parts of a plain call's frame.
+        self._plain_call_ends: dict[tuple[str, Optional[str]], tuple[bytes, bytes, bytes, bytes]] = {}
 
     # ------------------------------------------------------------------ connection
 
@@ -557,7 +566,7 @@ class WorkerProtocol:
         if self.rejection is not None:
             raise self.rejection
         if self.shutting_down:
-            raise _shutdown_error(request.get("function_id") if isinstance(request, dict) else None)
+            raise shutdown_error(request.get("function_id") if isinstance(request, dict) else None)
         if not isinstance(request, dict):
             request = request.model_dump()
         function_id = request["function_id"]
@@ -571,21 +580,52 @@ class WorkerProtocol:
         payload = request.get("payload")
         is_void = isinstance(action, TriggerActionVoid)
         invocation_id = None if is_void else f"{self._id_prefix}{next(self._id_counter) & 0xFFFFFFFFFFFF:012x}"
-        frame = codec.encode_message(
+        metadata = request.get("metadata")
+        if action is None and metadata is None and type(function_id) is str:
+            frame = self._plain_call_frame(function_id, invocation_id, payload, namespace)  # type: ignore[arg-type]
+        else:
+            frame = self._call_frame(function_id, invocation_id, payload, metadata, action, is_void, namespace)
+        if len(frame) > MAX_MESSAGE_SIZE:
+            raise InvocationError("payload_too_large", f"message of {len(frame)} bytes exceeds {MAX_MESSAGE_SIZE}", function_id)
+        return OutboundCall(frame, invocation_id, function_id, request.get("timeout_ms") or self.invocation_timeout_ms)
+
+    def _plain_call_frame(self, function_id: str, invocation_id: str, payload: Any, namespace: Optional[str]) -> bytes:
+        """The frame of a call without action or metadata (most calls): what :meth:`_call_frame`
+        makes, from a cached head and tail per function (the same bytes, a third of the work)."""
+        ends = self._plain_call_ends.get((function_id, namespace))
+        if ends is None:
+            if len(self._plain_call_ends) >= _MAX_CACHED_CALL_ENDS:
+                self._plain_call_ends.clear()
+            head = b'{"type":"invokefunction","function_id":%s,"invocation_id":"' % _user_value_encoder.encode(function_id)
+            tail = b"}" if namespace is None else b',"namespace":%s}' % _user_value_encoder.encode(namespace)
+            ends = self._plain_call_ends[(function_id, namespace)] = (head, b'"' + tail, b'","data":', tail)
+        head, bare_tail, data_key, tail = ends
+        if payload is None:
+            return b"".join((head, invocation_id.encode(), bare_tail))
+        return b"".join((head, invocation_id.encode(), data_key, _user_value_encoder.encode(payload), tail))
+
+    def _call_frame(
+        self,
+        function_id: str,
+        invocation_id: Optional[str],
+        payload: Any,
+        metadata: Any,
+        action: Any,
+        is_void: bool,
+        namespace: Optional[str],
+    ) -> bytes:
+        return codec.encode_message(
             InvokeFunction(
                 function_id=function_id,
                 invocation_id=invocation_id,
                 data=_raw_or_absent(payload),
-                metadata=_raw_or_absent(request.get("metadata")),
+                metadata=_raw_or_absent(metadata),
                 action=(
                     ActionVoid() if is_void else ActionEnqueue(queue=action.queue) if isinstance(action, TriggerActionEnqueue) else None
                 ),
                 namespace=namespace if namespace is not None else msgspec.UNSET,
             )
         )
-        if len(frame) > MAX_MESSAGE_SIZE:
-            raise InvocationError("payload_too_large", f"message of {len(frame)} bytes exceeds {MAX_MESSAGE_SIZE}", function_id)
-        return OutboundCall(frame, invocation_id, function_id, request.get("timeout_ms") or self.invocation_timeout_ms)
 
     def start_call(self, call: OutboundCall, waiter: Any) -> Optional[Event]:
         """Send a call; ``waiter`` is the caller's key for it, handed back in its event.
@@ -596,11 +636,23 @@ class WorkerProtocol:
         if self.rejection is not None:
             return CallFailed(waiter, self.rejection)
         if self.shutting_down:
-            return CallFailed(waiter, _shutdown_error(call.function_id))
+            return CallFailed(waiter, shutdown_error(call.function_id))
         self._send(call.frame)
         if call.invocation_id is None:
             return CallResolved(waiter, None)
         self._pending[call.invocation_id] = _PendingCall(waiter, call.function_id, call.timeout_ms, call.frame)
+        return None
+
+    def adopt_call(self, call: OutboundCall, waiter: Any) -> Optional[Event]:
+        """Wait for a call sent by other means whose answer will not come that way (its channel
+        failed after sending): it settles like a call of this connection, by its timeout or
+        shutdown. Returns the event that settles it now, or ``None``: arm its timer."""
+        if self.rejection is not None:
+            return CallFailed(waiter, self.rejection)
+        if self.shutting_down:
+            return CallFailed(waiter, shutdown_error(call.function_id))
+        assert call.invocation_id is not None
+        self._pending[call.invocation_id] = _PendingCall(waiter, call.function_id, call.timeout_ms, b"")
         return None
 
     def time_out(self, invocation_id: str) -> Optional[CallFailed]:
@@ -613,13 +665,12 @@ class WorkerProtocol:
                 self._offline.remove(pending.frame)
             except ValueError:
                 pass  # sent before the connection was lost
-        message = f"invocation timed out after {pending.timeout_ms}ms"
-        return CallFailed(pending.waiter, InvocationError("TIMEOUT", message, pending.function_id, None, invocation_id))
+        return CallFailed(pending.waiter, timeout_error(pending.function_id, pending.timeout_ms, invocation_id))
 
     def shut_down(self) -> list[Event]:
         """Refuse new calls and fail those in flight with ``SHUTDOWN``."""
         self.shutting_down = True
-        return self._fail_pending(_shutdown_error(None))
+        return self._fail_pending(shutdown_error(None))
 
     def _fail_pending(self, error: BaseException) -> list[Event]:
         pending, self._pending = self._pending, {}
@@ -722,5 +773,42 @@ def _is_async(handler: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))
 
 
-def _shutdown_error(function_id: Optional[str]) -> InvocationError:
+class Answer(msgspec.Struct, tag="invocationresult", tag_field="type"):
+    """An ``invocationresult`` decoded in one pass, result and error included (a call that reads
+    its own answer wants them at once; the connection's reader keeps them raw until it finds the
+    call)."""
+
+    invocation_id: str
+    result: Any = None
+    error: Any = None
+
+    def outcome(self, function_id: str) -> Any:
+        """The result.
+
+        Raises:
+            InvocationError: the call failed.
+        """
+        if self.error is not None:
+            raise error_from_wire(self.error, function_id, self.invocation_id)
+        return self.result
+
+
+_answer_decoder = msgspec.json.Decoder(Answer)
+
+
+def decode_answer(frame: bytes) -> Optional[Answer]:
+    """The :class:`Answer` in a frame, ``None`` if it holds anything else."""
+    try:
+        return _answer_decoder.decode(frame)
+    except msgspec.DecodeError:
+        return None
+
+
+def timeout_error(function_id: str, timeout_ms: int, invocation_id: str) -> InvocationError:
+    """The ``TIMEOUT`` error of a call nobody answered in time."""
+    return InvocationError("TIMEOUT", f"invocation timed out after {timeout_ms}ms", function_id, None, invocation_id)
+
+
+def shutdown_error(function_id: Optional[str]) -> InvocationError:
+    """The ``SHUTDOWN`` error of a call the worker's shutdown ended."""
     return InvocationError("SHUTDOWN", "iii is shutting down", function_id)

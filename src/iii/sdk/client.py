@@ -7,7 +7,10 @@ on a background thread, as the official does, so ``register_worker`` works from 
 This module is the pump: the socket (picows), the loop or thread, reconnect timing, running
 handlers and call timers. What to send and what an engine frame means is decided by the
 sans-I/O :class:`~iii.sdk._protocol.WorkerProtocol`. All socket and protocol work happens on the
-client's loop: calls made from other threads are handed over with ``call_soon_threadsafe``.
+client's loop: calls made from other threads are handed over with ``call_soon_threadsafe``. The
+one exception is the synchronous :meth:`III.trigger`: when the order of this connection's frames
+allows it, the calling thread makes the round trip itself on the direct call channel
+(:mod:`iii.sdk._direct`, a second socket), without waking the loop.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import os
 import random
 import threading
+import time
 from typing import Any, Callable, Optional, Union
 
 import uvloop
@@ -34,8 +38,11 @@ from iii.iii_constants import (
     IIIConnectionState,
     InitOptions,
 )
+from iii.errors import InvocationError
 from iii.protocol import MAX_MESSAGE_SIZE
+from iii.sdk._direct import LOST, TIMED_OUT, DirectChannel
 from iii.sdk._protocol import (
+    Answer,
     BindTrigger,
     CallFailed,
     CallResolved,
@@ -47,6 +54,8 @@ from iii.sdk._protocol import (
     WorkerProtocol,
     WorkerRejected,
     resolve_worker_namespace,
+    shutdown_error,
+    timeout_error,
     worker_metadata,
 )
 from iii.sdk.actions import EnqueueResult, TriggerAction, TriggerActionEnqueue, TriggerActionVoid
@@ -70,6 +79,15 @@ _CLOSE = WSMsgType.CLOSE
 _CONNECT_WAIT_S = 30
 _HANDSHAKE_TIMEOUT_S = 10
 _PING_INTERVAL_S = 20
+#: How often the loop reads what waits on an idle direct call channel (the engine's pings).
+_DIRECT_KEEPALIVE_S = 5
+#: Attempts to open the direct call channel per connection of the worker (one per keepalive tick).
+_DIRECT_ATTEMPTS = 3
+#: Set to ``0`` to send synchronous calls through the loop like every other frame.
+DIRECT_TRIGGER_ENV = "III_DIRECT_TRIGGER"
+
+#: Error codes this SDK makes itself: a call that failed with one was not answered by the engine.
+_NOT_FROM_THE_ENGINE = frozenset(("TIMEOUT", "SHUTDOWN"))
 
 _Resolve = Callable[[Any, Optional[BaseException]], None]
 
@@ -146,8 +164,27 @@ class III:
         self._flush_scheduled = False
         #: Handlers started and not finished (their answers are batched while others run).
         self._handlers_running = 0
+        # Ordering of the direct channel against this connection: every batch of frames handed
+        # to the loop takes a number (``_main_sent``); ``_main_settled`` is the highest number
+        # that the engine is known to have processed (a later synchronous call on this
+        # connection was answered). A call takes the direct channel only when both are equal,
+        # so a registration made before it is in effect when it arrives.
+        self._order_lock = _thread.allocate_lock()
+        self._main_sent = 0
+        self._main_settled = 0
+        self._direct: Optional[DirectChannel] = None
+        #: Set by the first call that could take the direct channel: a worker that makes none
+        #: never opens it (nor shows its connection to the engine's ``workers-available`` watchers).
+        self._direct_wanted = False
+        self._direct_opening = False
+        self._direct_attempts = 0
+        self._direct_keepalive: Optional[asyncio.TimerHandle] = None
         self._loop: asyncio.AbstractEventLoop
         if loop is None:
+            # Only with the client's own thread: on the caller's loop there is no thread to spare
+            # for opening it, and synchronous calls are not the way to call from there.
+            if os.environ.get(DIRECT_TRIGGER_ENV, "1") != "0":
+                self._direct = DirectChannel(address, self._headers)
             self._loop = uvloop.new_event_loop()
             self._thread: Optional[threading.Thread] = threading.Thread(
                 target=self._loop.run_forever, name="iii-sdk", daemon=True
@@ -162,21 +199,80 @@ class III:
 
     def _on_loop_thread(self) -> bool:
         if self._thread is not None:
-            return threading.current_thread() is self._thread
+            return _thread.get_ident() == self._thread.ident
         try:
             return asyncio.get_running_loop() is self._loop
         except RuntimeError:
             return False
 
-    def _in_loop(self, callback: Callable[..., Any], *args: Any) -> None:
-        """Run ``callback`` on the client's loop: now if already there, else soon."""
-        if self._on_loop_thread():
-            callback(*args)
-        else:
-            self._loop.call_soon_threadsafe(callback, *args)
+    def _in_loop(self, callback: Callable[..., Any], *args: Any) -> int:
+        """Run ``callback`` on the client's loop: now if already there, else soon. Returns its
+        number in the order of what was handed to the loop (see ``_main_sent``)."""
+        with self._order_lock:
+            self._main_sent += 1
+            number = self._main_sent
+            if not self._on_loop_thread():
+                self._loop.call_soon_threadsafe(callback, *args)
+                return number
+        callback(*args)
+        return number
+
+    def _settled(self, number: int) -> None:
+        """The engine answered a call handed to the loop as ``number``: it has processed
+        everything handed over before it."""
+        with self._order_lock:
+            if number > self._main_settled:
+                self._main_settled = number
 
     def _start(self) -> None:
         self._task = self._loop.create_task(self._run())
+        if self._direct is not None:
+            self._direct_keepalive = self._loop.call_later(_DIRECT_KEEPALIVE_S, self._keep_direct_alive)
+
+    def _open_direct(self) -> None:
+        """Open the direct call channel in the background (a few attempts per connection)."""
+        direct = self._direct
+        if (
+            direct is None
+            or not self._direct_wanted
+            or direct.closed
+            or direct.sock is not None
+            or self._direct_opening
+            or self._direct_attempts >= _DIRECT_ATTEMPTS
+            or not self._protocol.connected
+        ):
+            return
+        self._direct_attempts += 1
+        self._direct_opening = True
+        opened = self._loop.run_in_executor(None, direct.connect, _HANDSHAKE_TIMEOUT_S)
+        opened.add_done_callback(self._direct_opened)
+
+    def _direct_opened(self, opened: "asyncio.Future[bool]") -> None:
+        self._direct_opening = False
+        if not opened.cancelled() and opened.exception() is None and opened.result():
+            log.debug("[iii] direct call channel open")
+
+    def _close_direct(self) -> None:
+        """Close the direct call channel for good (the worker stops: shutdown, rejection, no
+        more reconnects)."""
+        if self._direct is not None:
+            self._direct.close()
+        if self._direct_keepalive is not None:
+            self._direct_keepalive.cancel()
+
+    def _keep_direct_alive(self) -> None:
+        """Answer what the engine sent to the idle direct channel (pings), notice it closed."""
+        direct = self._direct
+        if direct is None or direct.closed:
+            return
+        if direct.sock is not None and direct.lock.acquire(False):
+            try:
+                direct.drain()
+            finally:
+                direct.lock.release()
+        if direct.sock is None:  # failed or lost while the worker's connection stayed up
+            self._open_direct()
+        self._direct_keepalive = self._loop.call_later(_DIRECT_KEEPALIVE_S, self._keep_direct_alive)
 
     def _flush(self) -> None:
         """Write what the protocol has to send (it only has frames while connected): one frame
@@ -262,15 +358,20 @@ class III:
                 attempt = 0
                 self._set_state("connected")
                 self._connected.set()
-                self._protocol.connection_opened()
+                self._in_loop(self._protocol.connection_opened)  # the replay: ordered like the rest
                 self._flush()
+                self._direct_attempts = 0
+                self._open_direct()
                 await transport.wait_disconnected()
                 self._protocol.connection_lost()
                 self._transport = None
+                if self._direct is not None:  # it shares the engine's fate: reopened with this one
+                    self._direct.close(final=False)
                 if self._stopped():
                     break
                 self._set_state("disconnected")
             if config.max_retries >= 0 and attempt >= config.max_retries:
+                self._close_direct()
                 self._set_state("failed")
                 self._connected.set()
                 return
@@ -312,6 +413,7 @@ class III:
             case Welcomed():
                 log.debug("[iii] the engine calls this worker %s", event.worker_id)
             case WorkerRejected():
+                self._close_direct()
                 self._set_state("failed")
                 self._connected.set()
 
@@ -459,8 +561,17 @@ class III:
         if expired is not None:
             self._handle(expired)
 
+    def _adopt_call(self, call: OutboundCall, waiter: _BlockingWaiter) -> None:
+        """On the loop: a call whose direct channel failed after sending waits here instead."""
+        settled = self._protocol.adopt_call(call, waiter)
+        if settled is not None:
+            self._handle(settled)
+
     def trigger(self, request: Any) -> Any:
         """Call a function and wait for its result (``None`` for void calls).
+
+        A call that waits for a result goes through the direct call channel when it can (the
+        calling thread sends it and reads the answer itself); otherwise through the loop.
 
         Raises:
             InvocationError: the call failed (``err.code``: ``function_not_found``, ``TIMEOUT`` …).
@@ -470,11 +581,58 @@ class III:
         if self._on_loop_thread():
             raise RuntimeError("Cannot call sync SDK methods from the event loop thread. Use async handler methods instead.")
         call = self._protocol.prepare_call(request)
+        direct = self._direct
+        timeout_s = call.timeout_ms / 1000
+        if (
+            direct is not None
+            and call.invocation_id is not None  # a void call stays in order with this connection's frames
+            and not call.function_id.startswith("engine::")  # they act on the caller's connection
+        ):
+            if not self._direct_wanted:  # the first call that could take it: open it for the next ones
+                self._direct_wanted = True
+                self._loop.call_soon_threadsafe(self._open_direct)
+        else:
+            direct = None
+        if (
+            direct is not None
+            and direct.sock is not None
+            and self._main_settled == self._main_sent
+            and self._protocol.connected  # else queued for the next connection, as the official SDK does
+            and direct.lock.acquire(False)  # another thread's call has it: go through the loop
+        ):
+            started = time.monotonic()
+            try:
+                outcome = direct.call(call.frame, call.invocation_id, timeout_s)
+            finally:
+                direct.lock.release()
+            if type(outcome) is Answer:
+                return outcome.outcome(call.function_id)
+            if outcome is TIMED_OUT:
+                raise timeout_error(call.function_id, call.timeout_ms, call.invocation_id)
+            if outcome is LOST:  # it may run: no resend, it settles by its timeout (or shutdown)
+                if self._protocol.shutting_down:  # (shutdown closes the channel)
+                    raise shutdown_error(call.function_id)
+                waiter = _BlockingWaiter()
+                self._loop.call_soon_threadsafe(self._adopt_call, call, waiter)
+                return self._wait(call, waiter, max(0.0, started + timeout_s - time.monotonic()))
+            # NOT_SENT: the engine never saw it; send it through the loop.
         waiter = _BlockingWaiter()
-        self._loop.call_soon_threadsafe(self._start_blocking_call, call, waiter)
+        number = self._in_loop(self._start_blocking_call, call, waiter)
+        try:
+            result = self._wait(call, waiter, timeout_s)
+        except InvocationError as error:
+            if call.invocation_id is not None and error.code not in _NOT_FROM_THE_ENGINE:
+                self._settled(number)
+            raise
+        if call.invocation_id is not None:
+            self._settled(number)
+        return result
+
+    def _wait(self, call: OutboundCall, waiter: _BlockingWaiter, timeout_s: float) -> Any:
+        """Block until the loop settles ``waiter`` (a timeout is settled on the loop)."""
         if call.invocation_id is None:  # a void call is settled as soon as it is sent
             waiter.lock.acquire()
-        elif not waiter.lock.acquire(timeout=call.timeout_ms / 1000):
+        elif not waiter.lock.acquire(timeout=timeout_s):
             # Time it out on the loop; the waiter is settled either way (timeout or a result
             # that came in meanwhile).
             self._loop.call_soon_threadsafe(self._time_out, call.invocation_id)
@@ -489,13 +647,13 @@ class III:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         if loop is self._loop:
-            self._start_call(call, lambda result, error: _settle(done, result, error))
+            self._in_loop(self._start_call, call, lambda result, error: _settle(done, result, error))
         else:
 
             def resolve(result: Any, error: Optional[BaseException]) -> None:
                 loop.call_soon_threadsafe(_settle, done, result, error)
 
-            self._loop.call_soon_threadsafe(self._start_call, call, resolve)
+            self._in_loop(self._start_call, call, resolve)
         return await done
 
     # ------------------------------------------------------------------ state and lifecycle
@@ -545,6 +703,7 @@ class III:
     async def _close(self) -> None:
         for event in self._protocol.shut_down():
             self._handle(event)
+        self._close_direct()
         task = getattr(self, "_task", None)
         transport = self._transport
         if transport is not None and not transport.is_disconnected:
