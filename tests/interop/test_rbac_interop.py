@@ -235,11 +235,13 @@ async def test_an_invalid_token_never_connects_and_the_sdk_retries(rbac, runtime
 
 
 
-async def test_our_sdk_direct_calls_carry_the_workers_session(rbac):
-    """Our synchronous trigger() sends most calls on its direct call channel (a second socket):
-    it authenticates with the worker's headers, so the middleware, the session's context and its
-    refusals apply to those calls as to the worker's own connection."""
+async def test_our_sdk_direct_calls_carry_the_workers_session(rbac, monkeypatch):
+    """With ``III_DIRECT_TRIGGER=1`` our synchronous trigger() sends most calls on its direct call
+    channel (a second socket): it authenticates with the worker's headers, so the middleware, the
+    session's context and its refusals apply to those calls as to the worker's own connection."""
     from iii import InitOptions, InvocationError, register_worker
+
+    monkeypatch.setenv("III_DIRECT_TRIGGER", "1")
 
     def run() -> tuple[list, InvocationError, int]:
         options = InitOptions(worker_name="rbac-ours", otel={"enabled": False}, headers={"x-test-token": "valid-token"})

@@ -21,6 +21,12 @@ from iii.sdk._protocol import Answer
 _WAIT_S = 15
 
 
+@pytest.fixture(autouse=True)
+def direct_trigger_on(monkeypatch):
+    """The direct channel is opt-in: on for every client these tests make."""
+    monkeypatch.setenv(client_module.DIRECT_TRIGGER_ENV, "1")
+
+
 class DirectCalls:
     """Counts what the direct channel of one client did with its calls."""
 
@@ -204,8 +210,8 @@ def test_a_worker_that_makes_no_such_call_opens_no_channel(iii_engine):
         iii.shutdown()
 
 
-def test_the_direct_channel_can_be_turned_off(iii_engine, monkeypatch):
-    monkeypatch.setenv(client_module.DIRECT_TRIGGER_ENV, "0")
+def test_the_direct_channel_is_off_unless_asked_for(iii_engine, monkeypatch):
+    monkeypatch.delenv(client_module.DIRECT_TRIGGER_ENV)
     iii = register_worker(iii_engine.url, InitOptions(worker_name="no-direct", otel={"enabled": False}))
     try:
         assert iii._direct is None

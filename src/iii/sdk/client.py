@@ -8,9 +8,11 @@ This module is the pump: the socket (picows), the loop or thread, reconnect timi
 handlers and call timers. What to send and what an engine frame means is decided by the
 sans-I/O :class:`~iii.sdk._protocol.WorkerProtocol`. All socket and protocol work happens on the
 client's loop: calls made from other threads are handed over with ``call_soon_threadsafe``. The
-one exception is the synchronous :meth:`III.trigger`: when the order of this connection's frames
-allows it, the calling thread makes the round trip itself on the direct call channel
-(:mod:`iii.sdk._direct`, a second socket), without waking the loop.
+one exception, when ``III_DIRECT_TRIGGER=1``, is the synchronous :meth:`III.trigger`: when the
+order of this connection's frames allows it, the calling thread makes the round trip itself on
+the direct call channel (:mod:`iii.sdk._direct`, a second socket), without waking the loop. It
+is off by default: those calls come from another connection, so their callee's
+``_caller_worker_id`` is that connection's, and ``engine::workers-available`` sees it connect.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ _PING_INTERVAL_S = 20
 _DIRECT_KEEPALIVE_S = 5
 #: Attempts to open the direct call channel per connection of the worker (one per keepalive tick).
 _DIRECT_ATTEMPTS = 3
-#: Set to ``0`` to send synchronous calls through the loop like every other frame.
+#: Set to ``1`` to let synchronous calls take the direct call channel (off: through the loop, as
+#: every other frame, from the worker's own connection).
 DIRECT_TRIGGER_ENV = "III_DIRECT_TRIGGER"
 
 #: Error codes this SDK makes itself: a call that failed with one was not answered by the engine.
@@ -183,7 +186,7 @@ class III:
         if loop is None:
             # Only with the client's own thread: on the caller's loop there is no thread to spare
             # for opening it, and synchronous calls are not the way to call from there.
-            if os.environ.get(DIRECT_TRIGGER_ENV, "1") != "0":
+            if os.environ.get(DIRECT_TRIGGER_ENV) == "1":
                 self._direct = DirectChannel(address, self._headers)
             self._loop = uvloop.new_event_loop()
             self._thread: Optional[threading.Thread] = threading.Thread(
