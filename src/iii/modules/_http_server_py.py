@@ -44,7 +44,8 @@ BODY_HIGH_WATER = 256 * 1024
 KEEPALIVE_S = 75.0
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
-#: Headers the server writes itself: a handler's are dropped.
+#: Headers the server writes itself: whoever builds an answer leaves them out (iii-http's
+#: ``_valid_header`` does, for every header a function sets).
 FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -472,12 +473,11 @@ class _Connection(asyncio.Protocol):
 
     @staticmethod
     def _head(status: int, headers: dict[str, str], keep_alive: bool) -> list[bytes]:
-        """The status line and header lines of an answer (the handler's framing headers left
-        out: this server frames the body)."""
+        """The status line and header lines of an answer (``headers`` are valid and hold none of
+        :data:`FRAMING_HEADERS`: the caller checked them)."""
         head = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Unknown")), b"Date: " + _DATE.now()]
         for name, value in headers.items():
-            if name.lower() not in FRAMING_HEADERS:
-                head.append(f"{name}: {value}".encode())
+            head.append(f"{name}: {value}".encode())
         if not keep_alive:
             head.append(b"Connection: close")
         return head

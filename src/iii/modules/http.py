@@ -467,7 +467,7 @@ class HttpServer:
         """:meth:`_handle`, logging each request (served in its place at ``--log-level debug``)."""
         began = time.perf_counter()
         response = await self._handle(request)
-        found = self.routes.find(request.method.upper(), request.path)
+        found = self.routes.find(request.method, request.path)
         log.debug(
             "iii-http: %s %s?%s from %s -> %s: %s in %.2f ms", request.method, request.raw_path, request.query_string,
             request.remote, found[0].binding.function_id if found is not None else "no route",
@@ -484,7 +484,7 @@ class HttpServer:
 
     async def _respond(self, request: Request) -> Union[Response, int]:
         """The answer to send, or the status of the one streamed already."""
-        method = request.method.upper()
+        method = request.method  # upper case: the parser accepts only known methods
         found = self.routes.find(method, request.path)
         if found is None:
             if method == "OPTIONS" and "access-control-request-method" in request.headers:
@@ -684,7 +684,7 @@ class HttpServer:
             return
         headers["Access-Control-Allow-Origin"] = origin
         headers["Vary"] = "Origin"
-        if request.method.upper() == "OPTIONS":
+        if request.method == "OPTIONS":
             methods = (cors.allowed_methods if cors is not None else []) or sorted(_METHODS)
             headers["Access-Control-Allow-Methods"] = ", ".join(methods)
             requested = request.headers.get("access-control-request-headers")
