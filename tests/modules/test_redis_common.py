@@ -47,21 +47,26 @@ async def test_subscriber_delivers_to_every_handler_and_survives_a_restart(redis
         await client.aclose()
 
 
-async def test_subscriber_stays_connected_through_silence(redis_server):
-    """Nothing is published for longer than the command timeout: the blocking read must not time
-    out into a reconnection that would drop messages."""
-    from iii.modules import _redis
-
-    client = await connect(redis_server.url)
-    subscriber = Subscriber(redis_server.url)
+async def watched_subscriber(url: str) -> tuple[Subscriber, asyncio.Queue, asyncio.Event]:
+    """A started subscriber, a queue for what it receives, and an event set when it reconnects."""
+    subscriber = Subscriber(url)
     await subscriber.start()
-    received: asyncio.Queue = asyncio.Queue()
     reconnected = asyncio.Event()
 
     async def mark_reconnected() -> None:
         reconnected.set()
 
     subscriber.on_reconnect(mark_reconnected)
+    return subscriber, asyncio.Queue(), reconnected
+
+
+async def test_subscriber_stays_connected_through_silence(redis_server):
+    """Nothing is published for longer than the command timeout: the blocking read must not time
+    out into a reconnection that would drop messages."""
+    from iii.modules import _redis
+
+    client = await connect(redis_server.url)
+    subscriber, received, reconnected = await watched_subscriber(redis_server.url)
     try:
         await subscriber.subscribe("quiet", received.put_nowait)
         with pytest.raises(TimeoutError):
@@ -76,16 +81,8 @@ async def test_subscriber_stays_connected_through_silence(redis_server):
 async def test_subscriber_reconnects_after_any_failure_of_its_read(redis_server):
     """A dying connection may raise what is neither a RedisError nor an OSError (asyncio's
     IncompleteReadError is an EOFError): the subscriber must reconnect, not end."""
-    subscriber = Subscriber(redis_server.url)
-    await subscriber.start()
+    subscriber, received, reconnected = await watched_subscriber(redis_server.url)
     client = await connect(redis_server.url)
-    received: asyncio.Queue = asyncio.Queue()
-    reconnected = asyncio.Event()
-
-    async def mark_reconnected() -> None:
-        reconnected.set()
-
-    subscriber.on_reconnect(mark_reconnected)
     try:
         await subscriber.subscribe("topic", received.put_nowait)
 
