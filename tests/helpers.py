@@ -177,15 +177,21 @@ class RawClient:
         self.transport = transport
         self.listener = listener
         self.worker_id: Optional[str] = None
+        self.reattach_token: Optional[str] = None
 
     @classmethod
-    async def connect(cls, url: str, path: str = "/") -> "RawClient":
-        transport, listener = await ws_connect(_Collector, url.rstrip("/") + path, max_frame_size=128 * 1024 * 1024)
+    async def connect(cls, url: str, path: str = "/", headers: Optional[dict[str, str]] = None, welcome: bool = True) -> "RawClient":
+        """Connect (with extra handshake ``headers``); on ``/``, wait for ``workerregistered``
+        unless ``welcome`` is false."""
+        transport, listener = await ws_connect(
+            _Collector, url.rstrip("/") + path, max_frame_size=128 * 1024 * 1024, extra_headers=headers
+        )
         client = cls(transport, listener)
-        if path == "/":
-            welcome = await client.recv()
-            assert welcome["type"] == "workerregistered"
-            client.worker_id = welcome["worker_id"]
+        if path == "/" and welcome:
+            frame = await client.recv()
+            assert frame["type"] == "workerregistered"
+            client.worker_id = frame["worker_id"]
+            client.reattach_token = frame["reattach_token"]
         return client
 
     def send_bytes(self, data: bytes, msg_type: WSMsgType = WSMsgType.TEXT) -> None:

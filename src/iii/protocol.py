@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_NAMESPACE",
     "DEFAULT_GRACE_MS",
     "MAX_MESSAGE_SIZE",
+    "CALL_CHANNEL_HEADER",
     "ABSENT",
     "ErrorCode",
     "WireId",
@@ -78,6 +79,10 @@ DEFAULT_NAMESPACE = "default"
 DEFAULT_GRACE_MS = 5000
 #: Largest message (after reassembling fragments) the engine accepts, as the Python SDK sends.
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+#: Handshake header of a worker's call channel (our extension, see ``Router.connect_call_channel``):
+#: ``"<worker_id> <reattach_token>"`` of the worker it makes calls for.
+CALL_CHANNEL_HEADER = "x-iii-call-channel"
 
 #: A ``Raw`` field that was not present in the frame.
 ABSENT = Raw()

@@ -278,3 +278,35 @@ async def test_a_silent_worker_is_dropped_and_its_callers_told(build_env, procs,
     assert any("sent nothing for 500 ms" in str(line) for line in engine.proc.lines)
     frozen_otel.transport.underlying_transport.resume_reading()  # to see that it was dropped
     await asyncio.wait_for(frozen_otel.listener.closed.wait(), 10)
+
+
+async def test_a_call_channel_calls_as_its_worker_and_closes_with_it(engine):
+    """A second connection proven by a worker's ``reattach_token`` (our SDK's direct call
+    channel) makes calls as that worker, is no worker itself, and goes when the worker goes."""
+    owner = await worker(engine.url, "owner")
+    callee = await worker(engine.url, "callee", "echo::who")
+    for proof in (f"{owner.worker_id} wrong-token", f"no-such-worker {owner.reattach_token}", owner.worker_id):
+        refused = await RawClient.connect(engine.url, headers={"x-iii-call-channel": proof}, welcome=False)
+        await asyncio.wait_for(refused.listener.closed.wait(), 10)
+        assert refused.listener.queue.empty()  # closed with no workerregistered
+    channel = await RawClient.connect(engine.url, headers={"x-iii-call-channel": f"{owner.worker_id} {owner.reattach_token}"})
+    assert channel.worker_id == owner.worker_id  # how the SDK knows it was taken for the worker's
+    for invocation_id, namespace in (("fast", None), ("full", {"namespace": "default"})):  # both router paths
+        channel.send(type="invokefunction", invocation_id=invocation_id, function_id="echo::who", data={"n": 1}, **(namespace or {}))
+        invoke = await callee.recv_until(lambda f: f.get("type") == "invokefunction" and f.get("function_id") == "echo::who")
+        assert invoke["data"] == {"n": 1, "_caller_worker_id": owner.worker_id}
+        callee.send(type="invocationresult", invocation_id=invoke["invocation_id"], function_id="echo::who", result="back")
+        answer = await channel.recv_until(lambda f: f.get("type") == "invocationresult")
+        assert (answer["invocation_id"], answer["result"]) == (invocation_id, "back")
+    channel.send(type="registerfunction", id="channel::own")  # refused: a channel owns nothing
+    listed = (await channel.call("engine::functions::list", {}))["result"]["functions"]
+    assert "channel::own" not in {f["function_id"] for f in listed}
+    workers = (await channel.call("engine::workers::list", {}))["result"]["workers"]
+    rows = [w for w in workers if w["runtime"] == "test"]
+    assert sorted(w["name"] for w in rows) == ["callee", "owner"]  # no row of its own
+    (owner_row,) = [w for w in rows if w["name"] == "owner"]
+    assert owner_row["metrics"]["invocations_made"] == 2 + 4  # its register and list, and the channel's 4 calls
+    assert owner_row["metrics"]["frames_dropped"] == 1
+    await owner.close()
+    await asyncio.wait_for(channel.listener.closed.wait(), 10)
+    assert channel.listener.close_code == 1008  # POLICY_VIOLATION: its worker is gone

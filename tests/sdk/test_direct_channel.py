@@ -115,7 +115,7 @@ def scripted() -> Iterator[Callable[[Callable[[ScriptedEngine], None]], Scripted
 
 def open_channel(engine: ScriptedEngine, headers: Optional[dict[str, str]] = None) -> DirectChannel:
     channel = DirectChannel(engine.url, lambda: headers or {})
-    assert channel.connect(5) and channel.opened.is_set()
+    assert channel.connect(5, "w-1", "t-1") and channel.opened.is_set()
     return channel
 
 
@@ -205,5 +205,18 @@ def test_a_refused_connection_is_not_opened(scripted):
         engine.send(frame(0x1, b'{"type":"error","error":{"code":"AUTH_ERROR","message":"invalid token"}}') + frame(0x8, b"\x03\xe8"))
 
     channel = DirectChannel(scripted(script).url, dict)
-    assert not channel.connect(5) and channel.sock is None
-    assert not DirectChannel("wss://127.0.0.1:1/", dict).connect(5)  # TLS: not supported, not tried
+    assert not channel.connect(5, "w-1", "t-1") and channel.sock is None
+    assert not DirectChannel("wss://127.0.0.1:1/", dict).connect(5, "w-1", "t-1")  # TLS: not supported, not tried
+
+
+def test_an_engine_that_takes_it_for_a_worker_of_its_own_closes_it_for_good(scripted):
+    """An engine without call channels names the connection itself: the channel is not used,
+    and never opened again (its watchers would see a worker come and go each time)."""
+    def script(engine: ScriptedEngine) -> None:
+        engine.send(frame(0x1, b'{"type":"workerregistered","worker_id":"someone-else","reattach_token":"x"}'))
+
+    engine = scripted(script)
+    channel = DirectChannel(engine.url, dict)
+    assert not channel.connect(5, "w-1", "t-1")
+    assert channel.closed and channel.sock is None
+    assert engine.headers["x-iii-call-channel"] == "w-1 t-1"  # the worker's proof was offered

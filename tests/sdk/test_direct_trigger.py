@@ -21,12 +21,6 @@ from iii.sdk._protocol import Answer
 _WAIT_S = 15
 
 
-@pytest.fixture(autouse=True)
-def direct_trigger_on(monkeypatch):
-    """The direct channel is opt-in: on for every client these tests make."""
-    monkeypatch.setenv(client_module.DIRECT_TRIGGER_ENV, "1")
-
-
 class DirectCalls:
     """Counts what the direct channel of one client did with its calls."""
 
@@ -63,6 +57,30 @@ def test_sync_calls_take_the_direct_channel_and_it_is_no_worker(iii_worker, iii_
     listed = iii_client.trigger({"function_id": "engine::workers::list", "payload": {}})["workers"]
     connections = sorted(str(row["name"]) for row in listed if row["runtime"] != "engine")  # not the modules
     assert connections == ["iii-test-client", "iii-test-worker"]  # no row for the direct channels
+
+
+def test_a_direct_call_is_the_workers_own(iii_engine, iii_worker, iii_client):
+    """The engine takes the channel for the calling worker: its callee sees the worker's id as
+    ``_caller_worker_id``, and watchers of ``engine::workers-available`` see no connection come."""
+    callers: list[str] = []
+    events: list[tuple[str, str]] = []
+    iii_worker.register_function("t::who", lambda data: callers.append(data.pop("_caller_worker_id")) or data)
+    iii_worker.register_function("t::watch", lambda data: events.append((data["event"], data["worker_id"])))
+    iii_worker.register_trigger({"type": "engine::workers-available", "function_id": "t::watch", "config": {}})
+    iii_worker.trigger({"function_id": "engine::functions::list", "payload": {}})  # the binding is in
+    caller = register_worker(iii_engine.url, InitOptions(worker_name="direct-caller", otel={"enabled": False}))
+    try:
+        direct = DirectCalls(caller)
+        assert [caller.trigger({"function_id": "t::who", "payload": {"n": n}}) for n in range(5)] == [{"n": n} for n in range(5)]
+        assert direct.answered == 5
+        assert set(callers) == {caller.worker_id}
+    finally:
+        caller.shutdown()
+    deadline = time.monotonic() + _WAIT_S
+    while ("worker_disconnected", caller.worker_id) not in events and time.monotonic() < deadline:
+        time.sleep(0.02)  # the event is delivered by a void call to this process: no handle to await
+    assert {worker_id for _, worker_id in events} == {caller.worker_id}  # no other connection
+    assert [event for event, _ in events].count("worker_connected") == 1
 
 
 def test_a_registration_is_in_effect_for_the_next_call_from_the_same_thread(iii_client, direct):
@@ -210,8 +228,8 @@ def test_a_worker_that_makes_no_such_call_opens_no_channel(iii_engine):
         iii.shutdown()
 
 
-def test_the_direct_channel_is_off_unless_asked_for(iii_engine, monkeypatch):
-    monkeypatch.delenv(client_module.DIRECT_TRIGGER_ENV)
+def test_the_direct_channel_is_off_when_asked(iii_engine, monkeypatch):
+    monkeypatch.setenv(client_module.DIRECT_TRIGGER_ENV, "0")
     iii = register_worker(iii_engine.url, InitOptions(worker_name="no-direct", otel={"enabled": False}))
     try:
         assert iii._direct is None

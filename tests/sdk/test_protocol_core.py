@@ -416,7 +416,7 @@ def test_replay_after_a_reconnect_follows_the_official_order():
     protocol.data_to_send()
     engine = from_engine("reconnect")
     welcome = json.loads(engine[0])
-    assert protocol.receive(engine[0]) == [Welcomed(welcome["worker_id"])]
+    assert protocol.receive(engine[0]) == [Welcomed(welcome["worker_id"], welcome["reattach_token"])]
     (invocation,) = protocol.receive(next(frame for frame in engine if b'"invokefunction"' in frame))
     protocol.start_call(protocol.prepare_call({"function_id": "fake::echo"}), "waiter")
     sent(protocol)

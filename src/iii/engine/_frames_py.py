@@ -29,7 +29,7 @@ from picows import WSCloseCode
 from iii.codec import route_frame
 from iii.engine import ticker
 from iii.engine.rbac import Session, auth_error_frame
-from iii.protocol import MAX_MESSAGE_SIZE
+from iii.protocol import CALL_CHANNEL_HEADER, MAX_MESSAGE_SIZE
 
 try:
     import cython  # type: ignore[import-untyped]
@@ -130,6 +130,10 @@ class WorkerListener(WSListener):
         self._write = transport.underlying_transport.writelines
         peer = transport.underlying_transport.get_extra_info("peername")
         ip = peer[0] if peer else None
+        call_channel = transport.request.headers.get(CALL_CHANNEL_HEADER)
+        if call_channel is not None:
+            self._admit_call_channel(call_channel, ip)
+            return
         self._policy = policy = self._engine.policy_of(self._config)
         if policy is None:
             self._admit(None, ip)
@@ -146,6 +150,24 @@ class WorkerListener(WSListener):
         self._caller = conn.caller_field
         conn.buffered = self._transport.underlying_transport.get_write_buffer_size
         self._grace = ticker.call_later(router.grace_ms / 1000, router.expire_grace, conn)
+
+    def _admit_call_channel(self, header: str, ip: Optional[str]) -> None:
+        """A worker's call channel: admitted on its worker's proof, with no auth call of its own
+        (it acts as that worker); refused (closed) when the proof names no live worker."""
+        router = self._engine.router
+        owner_id, _, owner_token = header.partition(" ")
+        conn = router.connect_call_channel(owner_id, owner_token, self._send, self._close, ip, _now_ms())
+        if conn is None:
+            log.debug("refused a call channel for worker %r: no such worker connected, or a wrong token", owner_id[:64])
+            self._transport.send_close(WSCloseCode.POLICY_VIOLATION)  # type: ignore[union-attr]
+            self._transport.disconnect()  # type: ignore[union-attr]
+            return
+        self._conn = conn
+        self._caller = conn.caller_field
+        conn.buffered = self._transport.underlying_transport.get_write_buffer_size  # type: ignore[union-attr]
+        if conn.session is not None:
+            self._forward = router.forward_answer
+        self._handle = router.handle_call_channel
 
     def _authenticated(self, session: Optional[Session], reason: Optional[str], ip: Optional[str]) -> None:
         transport = self._transport

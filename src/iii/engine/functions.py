@@ -142,15 +142,15 @@ def worker_row(conn: Connection) -> dict[str, Any]:
         "status": conn.status,
         "function_count": len(conn.functions),
         "connected_at_ms": conn.connected_at_ms,
-        "active_invocations": len(conn.invocations),
+        "active_invocations": len(conn.invocations) + sum(len(c.invocations) for c in conn.call_channels),
         "isolation": conn.isolation,
         "ip_address": conn.ip,
         "metrics": {
             "invocations_in_flight": conn.inbound_active,
             "invocations_handled": conn.invocations_handled,
             "invocations_failed": conn.invocations_failed,
-            "invocations_made": conn.invocations_made,
-            "frames_dropped": conn.frames_dropped,
+            "invocations_made": conn.invocations_made + sum(c.invocations_made for c in conn.call_channels),
+            "frames_dropped": conn.frames_dropped + sum(c.frames_dropped for c in conn.call_channels),
         },
     }
 

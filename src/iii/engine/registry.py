@@ -67,6 +67,8 @@ class Connection:
         "gate_bytes",
         "buffered",
         "engine",
+        "owner",
+        "call_channels",
     )
 
     def __init__(
@@ -121,6 +123,11 @@ class Connection:
         #: worker. A link from a peer engine, or one engine's replica of a remote function (never
         #: in ``Router.connections``: not a worker, not listed, fires no worker events).
         self.engine: Optional[str] = None
+        #: A call channel (see ``Router.connect_call_channel``): the worker connection it makes
+        #: calls for, ``None`` for a worker. Never in ``Router.connections``: it shares its id.
+        self.owner: Optional[Connection] = None
+        #: A worker's open call channels (closed with it).
+        self.call_channels: list[Connection] = []
 
     @property
     def closed(self) -> bool:

@@ -291,6 +291,50 @@ class Router:
         self.fire_workers_available("worker_connected", worker_id)
         return conn
 
+    def connect_call_channel(
+        self,
+        owner_id: str,
+        owner_token: str,
+        send: Callable[[bytes], None],
+        close: Callable[[], None],
+        ip: Optional[str],
+        now_ms: int,
+    ) -> Optional[Connection]:
+        """Admit a worker's call channel: a second connection on which its process makes calls
+        from another thread (our SDK's synchronous ``trigger()``), proven by the worker's
+        ``reattach_token`` (known only to it). Its calls are the worker's: same
+        ``_caller_worker_id``, same RBAC session. It is not a worker: not listed, no
+        ``workers-available`` event, it may register nothing, and it closes with its worker.
+        Sends ``workerregistered`` with the worker's own id (how the SDK knows it was taken for
+        one). Returns ``None`` (nothing sent) when ``owner_id`` names no live connection with that
+        token."""
+        owner = self.connections.get(owner_id)
+        if owner is None or owner.state == ABORTED or not owner_token or owner_token != owner.token:
+            return None
+        conn = Connection(owner.id, self.new_id(), send, close, owner.caller_field, ip, now_ms)
+        conn.owner = owner
+        conn.session = owner.session
+        conn.state = RESOLVED
+        owner.call_channels.append(conn)
+        send(codec.encode_message(WorkerRegistered(worker_id=owner.id, reattach_token=conn.token)))
+        return conn
+
+    def handle_call_channel(self, conn: Connection, frame: bytes) -> None:
+        """:meth:`handle` for a call channel: calls and pings only; anything else is dropped
+        as a bad frame (a registration would outlive nothing: the channel owns nothing)."""
+        if conn.state == ABORTED:
+            return
+        try:
+            msg = codec.decode_frame(frame)
+        except codec.DecodeError as exc:
+            self._on_bad_frame(conn, frame, exc)
+            return
+        msg_type = type(msg)
+        if msg_type is not InvokeFunction and msg_type is not Ping and msg_type is not Pong:
+            self._on_bad_frame(conn, frame, ValueError("a call channel only makes calls"))
+            return
+        self._handlers[msg_type](conn, msg, frame)
+
     def receive(self, conn: Connection, frame: bytes) -> None:
         """Process one complete message from ``conn``; bad frames are logged and dropped.
 
@@ -382,9 +426,15 @@ class Router:
 
     def disconnect(self, conn: Connection) -> None:
         """Clean up after a connection (idempotent; protocol.md §5.3)."""
+        if conn.owner is not None:
+            self._disconnect_call_channel(conn)
+            return
         if conn.state == ABORTED and conn.id not in self.connections:
             return
         conn.state = ABORTED
+        for channel in list(conn.call_channels):
+            self._disconnect_call_channel(channel)
+            channel.close()
         conn.held.clear()
         conn.gate = None
         for ns, function_id in list(conn.functions):
@@ -399,6 +449,17 @@ class Router:
             self.stats.deaths += 1
             self.stats.frames_dropped_gone += conn.frames_dropped
             self.fire_workers_available("worker_disconnected", conn.id)
+
+    def _disconnect_call_channel(self, channel: Connection) -> None:
+        """Forget a call channel (idempotent); its counts go to its worker's."""
+        if channel.state == ABORTED:
+            return
+        channel.state = ABORTED
+        self._halt_invocations(channel)
+        owner = channel.owner
+        owner.call_channels.remove(channel)  # type: ignore[union-attr]
+        owner.invocations_made += channel.invocations_made  # type: ignore[union-attr]
+        owner.frames_dropped += channel.frames_dropped  # type: ignore[union-attr]
 
     def expire_grace(self, conn: Connection) -> None:
         """The grace period ended: a connection still without namespace gets ``default``."""

@@ -6,14 +6,17 @@ two thread hand-offs (caller → loop to send, loop → caller with the answer) 
 both sides. On this channel the calling thread writes its frame and reads the answer with plain
 blocking socket calls (the GIL is released while it waits): no other thread wakes up.
 
-The channel is an ordinary engine connection that never registers anything and never sends
-``engine::workers::register``: the engine names it (``workerregistered``) and leaves it in
-namespace ``default``, and ``engine::workers::list`` does not show it (it hides connections that
-reported no ``pid``). It authenticates with the worker's own handshake headers, so RBAC and
-middleware treat its calls as the worker's. One thread owns it at a time (:attr:`DirectChannel.lock`);
-the client decides which calls may use it (see :meth:`iii.sdk.client.III.trigger`). Whatever the
-engine sends between calls (pings) is read by :meth:`DirectChannel.drain`, which the client's
-loop runs every few seconds when no call holds the channel.
+The channel is the worker's *call channel* (``Router.connect_call_channel``): its handshake
+carries the worker connection's id and ``reattach_token`` (``x-iii-call-channel``), and the
+engine treats its calls as that worker's (``_caller_worker_id``, RBAC session) without listing it
+or announcing it to ``workers-available`` watchers. An engine that does not know call channels
+names it a worker of its own (its watchers see one worker come and go): then it is closed and
+never opened again.
+
+One thread owns it at a time (:attr:`DirectChannel.lock`); the client decides which calls may use
+it (see :meth:`iii.sdk.client.III.trigger`). Whatever the engine sends between calls (pings) is
+read by :meth:`DirectChannel.drain`, which the client's loop runs every few seconds when no call
+holds the channel.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Callable, Optional, Union
 from urllib.parse import urlsplit
 
 from iii import codec
-from iii.protocol import MAX_MESSAGE_SIZE, WorkerRegistered
+from iii.protocol import CALL_CHANNEL_HEADER, MAX_MESSAGE_SIZE, WorkerRegistered
 from iii.sdk._protocol import Answer, decode_answer
 
 __all__ = ["DirectChannel", "NOT_SENT", "LOST", "TIMED_OUT"]
@@ -93,14 +96,18 @@ class DirectChannel:
         #: Set while the channel is open (for whoever needs to wait for it).
         self.opened = threading.Event()
         self._buffer = bytearray()
+        #: The worker connection it was opened for.
+        self.worker_id: Optional[str] = None
         #: The receive/send timeout set on the socket (changed only when a call needs another).
         self._timeout_s: Optional[float] = None
 
     # ------------------------------------------------------------------ connection
 
-    def connect(self, timeout_s: float) -> bool:
-        """Open the channel (blocking, ≤ ``timeout_s`` per step): handshake, then wait for
-        ``workerregistered`` (the engine accepted the connection). Returns whether it is open."""
+    def connect(self, timeout_s: float, worker_id: str, reattach_token: str) -> bool:
+        """Open the channel for the worker connection ``worker_id`` (blocking, ≤ ``timeout_s``
+        per step): handshake with its proof, then wait for ``workerregistered``. Returns whether
+        it is open. An engine that names the channel anything but ``worker_id`` took it for a
+        worker of its own (it does not know call channels): the channel is closed for good."""
         url = urlsplit(self._address)
         if url.scheme != "ws" or not url.hostname:
             return False
@@ -108,13 +115,19 @@ class DirectChannel:
         try:
             sock = socket.create_connection((url.hostname, url.port or 80), timeout_s)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            leftover = self._handshake(sock, url.netloc, url.path or "/")
+            headers = {**self._headers(), CALL_CHANNEL_HEADER: f"{worker_id} {reattach_token}"}
+            leftover = self._handshake(sock, url.netloc, url.path or "/", headers)
             sock.settimeout(None)  # blocking: one system call per read or write, no poll() first
             self._buffer = bytearray(leftover)
             self._set_timeout(sock, timeout_s)
             opcode, payload = self._read_message(sock)
-            if opcode != _TEXT or not isinstance(codec.decode_engine_frame(payload), WorkerRegistered):
+            welcome = codec.decode_engine_frame(payload) if opcode == _TEXT else None
+            if not isinstance(welcome, WorkerRegistered):
                 raise _Closed(f"the engine's first frame was not workerregistered: {payload[:200]!r}")
+            if welcome.worker_id != worker_id:
+                log.debug("[iii] the engine at %s has no call channels: synchronous calls go through the loop", self._address)
+                self.closed = True
+                raise _Closed("taken for a worker of its own")
         except (OSError, _Closed, codec.DecodeError, ValueError) as exc:
             log.debug("[iii] direct call channel to %s not opened: %s", self._address, exc)
             if sock is not None:
@@ -125,10 +138,11 @@ class DirectChannel:
                 sock.close()
                 return False
             self.sock = sock
+            self.worker_id = worker_id
             self.opened.set()
         return True
 
-    def _handshake(self, sock: socket.socket, host: str, path: str) -> bytes:
+    def _handshake(self, sock: socket.socket, host: str, path: str, headers: dict[str, str]) -> bytes:
         key = base64.b64encode(os.urandom(16))
         lines = [
             f"GET {path} HTTP/1.1",
@@ -138,7 +152,7 @@ class DirectChannel:
             f"Sec-WebSocket-Key: {key.decode()}",
             "Sec-WebSocket-Version: 13",
         ]
-        lines += [f"{name}: {value}" for name, value in self._headers().items()]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         response = b""
         while b"\r\n\r\n" not in response:

@@ -150,6 +150,7 @@ class Welcomed:
     """The engine named this connection (``workerregistered``); kept for the next ``reattach``."""
 
     worker_id: str
+    reattach_token: Optional[str]
 
 
 @dataclass(frozen=True)
@@ -317,7 +318,7 @@ class WorkerProtocol:
             case WorkerRegistered():
                 self.worker_id = msg.worker_id
                 self._reattach_token = msg.reattach_token
-                return [Welcomed(msg.worker_id)]
+                return [Welcomed(msg.worker_id, msg.reattach_token)]
             case RegisterTrigger():
                 return self._on_bind(msg)
             case UnregisterTrigger():

@@ -8,11 +8,10 @@ This module is the pump: the socket (picows), the loop or thread, reconnect timi
 handlers and call timers. What to send and what an engine frame means is decided by the
 sans-I/O :class:`~iii.sdk._protocol.WorkerProtocol`. All socket and protocol work happens on the
 client's loop: calls made from other threads are handed over with ``call_soon_threadsafe``. The
-one exception, when ``III_DIRECT_TRIGGER=1``, is the synchronous :meth:`III.trigger`: when the
-order of this connection's frames allows it, the calling thread makes the round trip itself on
-the direct call channel (:mod:`iii.sdk._direct`, a second socket), without waking the loop. It
-is off by default: those calls come from another connection, so their callee's
-``_caller_worker_id`` is that connection's, and ``engine::workers-available`` sees it connect.
+one exception is the synchronous :meth:`III.trigger`: when the order of this connection's frames
+allows it, the calling thread makes the round trip itself on the direct call channel
+(:mod:`iii.sdk._direct`, a second socket the engine takes for this worker's), without waking the
+loop. ``III_DIRECT_TRIGGER=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -85,8 +84,8 @@ _PING_INTERVAL_S = 20
 _DIRECT_KEEPALIVE_S = 5
 #: Attempts to open the direct call channel per connection of the worker (one per keepalive tick).
 _DIRECT_ATTEMPTS = 3
-#: Set to ``1`` to let synchronous calls take the direct call channel (off: through the loop, as
-#: every other frame, from the worker's own connection).
+#: Set to ``0`` to keep synchronous calls off the direct call channel (then they go through the
+#: loop, as every other frame, on the worker's own connection).
 DIRECT_TRIGGER_ENV = "III_DIRECT_TRIGGER"
 
 #: Error codes this SDK makes itself: a call that failed with one was not answered by the engine.
@@ -182,11 +181,13 @@ class III:
         self._direct_opening = False
         self._direct_attempts = 0
         self._direct_keepalive: Optional[asyncio.TimerHandle] = None
+        #: ``(worker_id, reattach_token)`` of the open connection: the direct channel's proof.
+        self._identity: Optional[tuple[str, str]] = None
         self._loop: asyncio.AbstractEventLoop
         if loop is None:
             # Only with the client's own thread: on the caller's loop there is no thread to spare
             # for opening it, and synchronous calls are not the way to call from there.
-            if os.environ.get(DIRECT_TRIGGER_ENV) == "1":
+            if os.environ.get(DIRECT_TRIGGER_ENV) != "0":
                 self._direct = DirectChannel(address, self._headers)
             self._loop = uvloop.new_event_loop()
             self._thread: Optional[threading.Thread] = threading.Thread(
@@ -242,18 +243,25 @@ class III:
             or direct.sock is not None
             or self._direct_opening
             or self._direct_attempts >= _DIRECT_ATTEMPTS
-            or not self._protocol.connected
+            or self._identity is None
         ):
             return
         self._direct_attempts += 1
         self._direct_opening = True
-        opened = self._loop.run_in_executor(None, direct.connect, _HANDSHAKE_TIMEOUT_S)
+        opened = self._loop.run_in_executor(None, direct.connect, _HANDSHAKE_TIMEOUT_S, *self._identity)
         opened.add_done_callback(self._direct_opened)
 
     def _direct_opened(self, opened: "asyncio.Future[bool]") -> None:
         self._direct_opening = False
-        if not opened.cancelled() and opened.exception() is None and opened.result():
-            log.debug("[iii] direct call channel open")
+        if opened.cancelled() or opened.exception() is not None or not opened.result():
+            return
+        direct = self._direct
+        if self._identity is None or direct.worker_id != self._identity[0]:  # type: ignore[union-attr]
+            # The worker's connection changed while it opened: it was opened for the old one.
+            direct.close(final=False)  # type: ignore[union-attr]
+            self._open_direct()
+            return
+        log.debug("[iii] direct call channel open")
 
     def _close_direct(self) -> None:
         """Close the direct call channel for good (the worker stops: shutdown, rejection, no
@@ -363,11 +371,10 @@ class III:
                 self._connected.set()
                 self._in_loop(self._protocol.connection_opened)  # the replay: ordered like the rest
                 self._flush()
-                self._direct_attempts = 0
-                self._open_direct()
                 await transport.wait_disconnected()
                 self._protocol.connection_lost()
                 self._transport = None
+                self._identity = None
                 if self._direct is not None:  # it shares the engine's fate: reopened with this one
                     self._direct.close(final=False)
                 if self._stopped():
@@ -415,6 +422,10 @@ class III:
                 self._loop.create_task(self._unbind(event))
             case Welcomed():
                 log.debug("[iii] the engine calls this worker %s", event.worker_id)
+                if event.reattach_token:  # the direct channel opens for this connection
+                    self._identity = (event.worker_id, event.reattach_token)
+                    self._direct_attempts = 0
+                    self._open_direct()
             case WorkerRejected():
                 self._close_direct()
                 self._set_state("failed")
