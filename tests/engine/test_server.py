@@ -299,13 +299,15 @@ async def test_a_call_channel_calls_as_its_worker_and_closes_with_it(engine):
         answer = await channel.recv_until(lambda f: f.get("type") == "invocationresult")
         assert (answer["invocation_id"], answer["result"]) == (invocation_id, "back")
     channel.send(type="registerfunction", id="channel::own")  # refused: a channel owns nothing
+    refused = await channel.call("engine::workers::register", {"runtime": "test", "name": "impostor"})
+    assert refused["error"]["code"] == "FORBIDDEN"
     listed = (await channel.call("engine::functions::list", {}))["result"]["functions"]
     assert "channel::own" not in {f["function_id"] for f in listed}
     workers = (await channel.call("engine::workers::list", {}))["result"]["workers"]
     rows = [w for w in workers if w["runtime"] == "test"]
     assert sorted(w["name"] for w in rows) == ["callee", "owner"]  # no row of its own
     (owner_row,) = [w for w in rows if w["name"] == "owner"]
-    assert owner_row["metrics"]["invocations_made"] == 2 + 4  # its register and list, and the channel's 4 calls
+    assert owner_row["metrics"]["invocations_made"] == 2 + 4  # its register and list, and the channel's 4 calls made
     assert owner_row["metrics"]["frames_dropped"] == 1
     await owner.close()
     await asyncio.wait_for(channel.listener.closed.wait(), 10)

@@ -76,6 +76,7 @@ __all__ = ["Router"]
 log = logging.getLogger("iii.engine")
 
 _PONG = codec.encode_message(Pong())
+_WORKERS_REGISTER = "engine::workers::register"
 
 
 #: UUID v4 strings, 256 per ``getrandom`` (``uuid.uuid4()`` costs a system call each).
@@ -321,7 +322,8 @@ class Router:
 
     def handle_call_channel(self, conn: Connection, frame: bytes) -> None:
         """:meth:`handle` for a call channel: calls and pings only; anything else is dropped
-        as a bad frame (a registration would outlive nothing: the channel owns nothing)."""
+        as a bad frame (the channel owns nothing), and ``engine::workers::register`` is refused
+        (its worker is registered on its own connection)."""
         if conn.state == ABORTED:
             return
         try:
@@ -332,6 +334,10 @@ class Router:
         msg_type = type(msg)
         if msg_type is not InvokeFunction and msg_type is not Ping and msg_type is not Pong:
             self._on_bad_frame(conn, frame, ValueError("a call channel only makes calls"))
+            return
+        if msg_type is InvokeFunction and LEGACY_FUNCTION_IDS.get(msg.function_id, msg.function_id) == _WORKERS_REGISTER:
+            message = "a call channel cannot register a worker: its worker registers on its own connection"
+            self._reply_error(conn, msg.invocation_id, msg.function_id, ErrorBody(ErrorCode.FORBIDDEN, message))
             return
         self._handlers[msg_type](conn, msg, frame)
 
