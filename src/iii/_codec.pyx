@@ -479,7 +479,8 @@ def client_text_frames(payloads):
     cdef unsigned char *dst = <unsigned char *>PyBytes_AS_STRING(out)
     cdef const unsigned char *src
     cdef unsigned int mask
-    cdef unsigned char *key
+    cdef unsigned long long mask8, chunk
+    cdef unsigned char key[4]
     for payload in payloads:
         size = PyBytes_GET_SIZE(payload)
         dst[0] = 0x81
@@ -497,11 +498,20 @@ def client_text_frames(payloads):
                 dst[2 + i] = <unsigned char>((<unsigned long long>size) >> (56 - 8 * i))
             head = 10
         mask = <unsigned int>rand()
-        key = dst + head
-        memcpy(key, &mask, 4)
+        memcpy(key, &mask, 4)  # a local copy: stores to dst cannot alias it
+        memcpy(dst + head, &mask, 4)
         head += 4
         src = <const unsigned char *>PyBytes_AS_STRING(payload)
-        for i in range(size):
+        # Eight bytes at a time: the key repeated twice is the same bytes in memory on any endianness.
+        mask8 = (<unsigned long long>mask << 32) | mask
+        i = 0
+        while i + 8 <= size:
+            memcpy(&chunk, src + i, 8)
+            chunk ^= mask8
+            memcpy(dst + head + i, &chunk, 8)
+            i += 8
+        while i < size:
             dst[head + i] = src[i] ^ key[i & 3]
+            i += 1
         dst += head + size
     return out

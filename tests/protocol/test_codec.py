@@ -128,3 +128,21 @@ def test_caller_splice_edge_cases_agree_across_twins(codec, raw):
     assert codec.with_caller(raw, field) == _codec_py.with_caller(raw, field)
     if raw.startswith(b"{"):
         assert json.loads(codec.with_caller(raw, field))["_caller_worker_id"] == "w"
+
+
+@pytest.mark.parametrize("sizes", [[0], [1, 3, 7, 8, 9, 15, 16, 17], [125, 126, 127, 4096, 65535], [65536, 70_003]])
+def test_client_text_frames_are_masked_text_frames_of_the_payloads(codec, sizes):
+    payloads = [bytes((n * 7 + k) % 256 for k in range(n)) for n in sizes]
+    out = codec.client_text_frames(payloads)
+    offset, unmasked = 0, []
+    while offset < len(out):
+        assert out[offset] == 0x81 and out[offset + 1] & 0x80  # final text frame, masked
+        size, offset = out[offset + 1] & 0x7F, offset + 2
+        if size == 126:
+            size, offset = int.from_bytes(out[offset:offset + 2], "big"), offset + 2
+        elif size == 127:
+            size, offset = int.from_bytes(out[offset:offset + 8], "big"), offset + 8
+        key, offset = out[offset:offset + 4], offset + 4
+        unmasked.append(bytes(b ^ key[k % 4] for k, b in enumerate(out[offset:offset + size])))
+        offset += size
+    assert unmasked == payloads
