@@ -324,12 +324,8 @@ class Router:
         """:meth:`handle` for a call channel: calls and pings only; anything else is dropped
         as a bad frame (the channel owns nothing), and ``engine::workers::register`` is refused
         (its worker is registered on its own connection)."""
-        if conn.state == ABORTED:
-            return
-        try:
-            msg = codec.decode_frame(frame)
-        except codec.DecodeError as exc:
-            self._on_bad_frame(conn, frame, exc)
+        msg = self._decode(conn, frame)
+        if msg is None:
             return
         msg_type = type(msg)
         if msg_type is not InvokeFunction and msg_type is not Ping and msg_type is not Pong:
@@ -414,12 +410,8 @@ class Router:
 
     def handle(self, conn: Connection, frame: bytes) -> None:
         """The full path: decode the frame (payloads stay raw) and act on the message."""
-        if conn.state == ABORTED:
-            return
-        try:
-            msg = codec.decode_frame(frame)
-        except codec.DecodeError as exc:
-            self._on_bad_frame(conn, frame, exc)
+        msg = self._decode(conn, frame)
+        if msg is None:
             return
         if conn.gate is not None:
             self._hold_behind_hook(conn, msg, frame)
@@ -429,6 +421,17 @@ class Router:
             conn.held.append(msg)
             return
         self._handlers[msg_type](conn, msg, frame)
+
+    def _decode(self, conn: Connection, frame: bytes) -> Any:
+        """The message in ``frame`` (payloads stay raw); ``None`` when ``conn`` is gone or the
+        frame is bad (logged and dropped)."""
+        if conn.state == ABORTED:
+            return None
+        try:
+            return codec.decode_frame(frame)
+        except codec.DecodeError as exc:
+            self._on_bad_frame(conn, frame, exc)
+            return None
 
     def disconnect(self, conn: Connection) -> None:
         """Clean up after a connection (idempotent; protocol.md §5.3)."""
