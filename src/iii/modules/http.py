@@ -229,10 +229,10 @@ def buffered_response(value: Any) -> Response:
     status = value.get("status_code", 200)
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
         status = 200
-    headers = _headers_of(value.get("headers"))
+    given = value.get("headers")
+    headers = _headers_of(given) if given else {}
     body = value.get("body", {})
-    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
-    if content_type is not None:
+    if headers and any(k.lower() == "content-type" for k in headers):
         if isinstance(body, str):
             data = body.encode()
         elif body is None:
@@ -649,11 +649,12 @@ class HttpServer:
 
     def _call(
         self, request: Request, route: Route, fields: dict[str, Any], raw: Optional[bytes], deadline: float,
-        notify: Optional[Callable[[_Exchange, str, str], None]] = None,
+        notify: Optional[Callable[[_Exchange, str, str], None]] = None, timeout_ms: Optional[int] = None,
     ) -> tuple[_Exchange, str, str]:
         """Call the route's function with ``fields`` and the two channel refs; the exchange that
         gets its answer and the two channels' ids. ``notify(exchange, request_id, response_id)``,
-        if given, stands for the exchange's future (see :attr:`_Exchange.notify`)."""
+        if given, stands for the exchange's future (see :attr:`_Exchange.notify`);
+        ``timeout_ms``: the call's, when the caller knows it is all the time to the deadline."""
         channels = self._host.channels
         exchange = _Exchange(request, raw, self._loop, deadline)
         request_id, request_key = channels.promise(exchange.request_opened)
@@ -666,7 +667,7 @@ class HttpServer:
         try:
             self._host.invoke(
                 binding.namespace, binding.function_id, codec.encode_json(fields), binding.metadata or b"",
-                exchange.answered, timeout_ms=self._remaining_ms(deadline),
+                exchange.answered, timeout_ms=self._remaining_ms(deadline) if timeout_ms is None else timeout_ms,
                 # alone: written now, not at the end of the loop turn with others (none come)
                 batched=not self._slots.alone,
             )
@@ -704,8 +705,8 @@ class HttpServer:
             if type(raw) is bytes:
                 fields = self._fields(request, route, path_params, raw, "application/json" in request.headers.get("content-type", ""))
                 if type(fields) is dict:
-                    deadline = self._loop.time() + self.config.default_timeout / 1000
-                    self._call(request, route, fields, raw, deadline, self._settled)
+                    timeout_ms = self.config.default_timeout
+                    self._call(request, route, fields, raw, self._loop.time() + timeout_ms / 1000, self._settled, timeout_ms)
                     return True
                 answer = fields
             else:
