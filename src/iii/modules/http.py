@@ -703,10 +703,12 @@ class HttpServer:
         try:
             raw = self._body_now(request)
             if type(raw) is bytes:
-                fields = self._fields(request, route, path_params, raw, "application/json" in request.headers.get("content-type", ""))
+                is_json = "application/json" in request.headers.get("content-type", "")
+                fields = self._fields(request, route, path_params, raw, is_json)
                 if type(fields) is dict:
                     timeout_ms = self.config.default_timeout
-                    self._call(request, route, fields, raw, self._loop.time() + timeout_ms / 1000, self._settled, timeout_ms)
+                    deadline = self._loop.time() + timeout_ms / 1000
+                    self._call(request, route, fields, raw, deadline, self._settled, timeout_ms)
                     return True
                 answer = fields
             else:
