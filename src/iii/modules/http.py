@@ -530,7 +530,7 @@ class HttpServer:
         is_json = "application/json" in request.headers.get("content-type", "")
         raw: Optional[bytes] = None
         if is_json or request.body_complete:  # read whole: JSON, or a body already all in
-            read = await self._body(request)
+            read = self._body_now(request) if request.body_complete else await self._body(request)
             if not isinstance(read, bytes):
                 return read
             raw = read
@@ -589,9 +589,8 @@ class HttpServer:
         return response
 
     async def _body(self, request: Request) -> Union[bytes, Response]:
-        """The request's body, or the answer when it is too large or does not come in time."""
-        if request.body_complete:
-            return self._body_now(request)
+        """The body of a request whose body is still coming, or the answer when it is too large
+        or does not come in time."""
         limit = self.config.max_body_bytes
         length = request.content_length
         try:
