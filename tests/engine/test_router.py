@@ -143,6 +143,16 @@ def test_a_worker_that_leaves_while_calling_itself_is_cleaned_up(router):
     assert [f["data"]["event"] for f in watcher.take()] == ["worker_disconnected"]
 
 
+def test_engine_calls_ask_for_a_batch_unless_told_they_come_alone():
+    batches = []
+    router = make_router(batch=lambda: batches.append(1))
+    owner = connected(router, "owner", "job::run")
+    router.invoke("default", "job::run", b"{}", timeout_ms=1000)
+    assert len(batches) == 1
+    router.invoke("default", "job::run", b"{}", timeout_ms=1000, batched=False)
+    assert len(batches) == 1 and len(owner.take()) == 2
+
+
 def test_engine_calls_time_out_and_free_the_worker(codec):
     now = [1_000_000]
     wakes = []

@@ -49,8 +49,8 @@ async def server(twin):
     """Start a server for a handler; yields ``start(handler) -> (host, port)``; stops them all."""
     stops = []
 
-    async def start(handler=echo) -> tuple[str, int]:
-        listening, stop = await twin.serve(handler, error_body, "127.0.0.1", 0)
+    async def start(handler=echo, fast=None) -> tuple[str, int]:
+        listening, stop = await twin.serve(handler, error_body, "127.0.0.1", 0, fast)
         stops.append(stop)
         return listening.sockets[0].getsockname()[:2]
 
@@ -100,6 +100,57 @@ async def test_requests_on_one_connection_are_answered_in_order_also_when_pipeli
     for n in range(5):
         status, _, body = await read_response(reader)
         assert (status, json.loads(body)["path"], json.loads(body)["body"]) == (200, f"/p{n}", str(n))
+    writer.close()
+
+
+async def test_a_fast_handler_answers_whole_requests_without_a_task_in_order_with_the_others(server, caplog):
+    loop = asyncio.get_running_loop()
+    taken = []
+
+    def fast(request: Request) -> bool:
+        """``/now``: answered at once; ``/later``: on the next loop turn; ``/task``: in a task
+        after all; ``/raise``: fails; anything else is left to the handler."""
+        kind = request.path.lstrip("/")
+        if kind not in ("now", "later", "task", "raise"):
+            return False
+        taken.append(kind)
+        connection = request.connection
+        answer = Response(200, f"fast {kind} {request.take_body().decode()}".encode())
+        if kind == "now":
+            connection.finish(request, answer)
+        elif kind == "later":
+            loop.call_soon(connection.finish, request, answer)
+        elif kind == "task":
+            async def in_task(request: Request) -> Response:
+                await asyncio.sleep(0)
+                return answer
+            connection.go_on(request, in_task)
+        else:
+            try:
+                raise RuntimeError("boom")
+            except RuntimeError:
+                connection.failed(request)
+        return True
+
+    reader, writer = await connect(await server(fast=fast))
+    paths = ["later", "echo", "now", "task", "raise", "now", "later"]
+    writer.write(b"".join(b"POST /%s HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\n%d" % (p.encode(), n)
+                          for n, p in enumerate(paths)))
+    answers = [await read_response(reader) for _ in paths]
+    for n, (path, (status, _, body)) in enumerate(zip(paths, answers)):
+        if path == "echo":
+            assert (status, json.loads(body)["body"]) == (200, str(n))
+        elif path == "raise":
+            assert status == 500 and "boom" in caplog.text
+        else:
+            assert (status, body) == (200, f"fast {path} {n}".encode())
+    assert taken == [p for p in paths if p != "echo"]
+    # a body still coming when its request's turn comes goes to the handler (which asks for it)
+    writer.write(b"POST /now HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+    assert (await read_response(reader))[0] == 100
+    writer.write(b"abcd")
+    status, _, body = await read_response(reader)
+    assert (status, json.loads(body)["body"], len(taken)) == (200, "abcd", len(paths) - 1)
     writer.close()
 
 

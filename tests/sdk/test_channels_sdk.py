@@ -77,7 +77,7 @@ def test_a_call_whose_data_holds_a_ref_is_flagged_for_resolution():
         b'{"channel_id":"c","access_key":"k","direction":"read"}')
     plain = b'{"type":"invokefunction","invocation_id":"i2","function_id":"f","data":{"access":"key"}}'
     flagged = [e.channel_refs for e in protocol.receive(with_ref) + protocol.receive(plain) if isinstance(e, InvokeHandler)]
-    assert flagged == [True, False]
+    assert flagged == [1, 0]
 
 
 async def test_a_writer_that_never_connected_closes_at_once():
@@ -147,5 +147,11 @@ def test_the_clients_in_place_attach_makes_what_resolve_channels_makes():
 
     expected = shape(resolve_channels(data(), "ws://engine", None))
     assert shape(_attach_channels(data(), "ws://engine", None)) == expected
+    # told how often "access_key" occurs in the raw data (6 here): the same, found in a walk
+    # that stops early only when the top level held them all
+    assert shape(_attach_channels(data(), "ws://engine", None, 6)) == expected
+    top_level_only = {"headers": {"a": "b"}, "request_body": ref(1, "read"), "response": ref(2, "write")}
+    assert shape(_attach_channels(dict(top_level_only), "ws://engine", None, 2)) == shape(
+        resolve_channels(top_level_only, "ws://engine", None))
     assert expected["nested"][0]["deep"] == ("ChannelReader", "c3", "k3")
     assert shape(_attach_channels(ref(6, "write"), "ws://engine", None)) == ("ChannelWriter", "c6", "k6")

@@ -154,9 +154,12 @@ class Host(Protocol):
         on_result: Optional[OnResult] = None,
         *,
         timeout_ms: int,
+        batched: bool = True,
     ) -> None:
         """Call a function; ``on_result`` gets its answer, or a ``TIMEOUT`` error once
-        ``timeout_ms`` has passed (the call is then forgotten: a late answer is dropped)."""
+        ``timeout_ms`` has passed (the call is then forgotten: a late answer is dropped).
+        ``batched=False``: the call is written now, not with others at the end of the loop
+        turn (the caller knows no other comes)."""
 
     def find_function(self, namespace: str, function_id: str) -> Any:
         """The function at ``(namespace, function_id)``, or ``None``."""

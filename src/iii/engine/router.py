@@ -1012,12 +1012,15 @@ class Router:
         on_result: Optional[Callable[[bytes, Optional[ErrorBody]], None]] = None,
         *,
         timeout_ms: int,
+        batched: bool = True,
     ) -> None:
         """Engine-originated call (a trigger firing): fresh id, no ``_caller_worker_id``.
 
         ``on_result(result_raw, error)`` is called when the answer arrives, if given; a worker
         that has not answered within ``timeout_ms`` gets its call forgotten (its answer is then
         dropped, it is no longer busy with it) and ``on_result`` a ``TIMEOUT`` error.
+        ``batched=False``: written now unless a batch is under way (the caller expects no other
+        call in this loop turn to share the write with).
         """
         fn = self.find_function(namespace, function_id)
         if fn is None:
@@ -1033,7 +1036,7 @@ class Router:
         self._open_with_deadline(self._pending(fn, None, on_result), key, timeout_ms)
         if self._debug:
             self._debug_calls[key] = (time.perf_counter(), "the engine", function_id)
-        if self._batch is not None:  # fan-outs and queue deliveries: one write per worker
+        if batched and self._batch is not None:  # fan-outs and queue deliveries: one write per worker
             self._batch()
         context = self.trace_context
         traceparent, baggage = context if context is not None else (None, None)

@@ -69,6 +69,9 @@ class Response:
 
 
 Handler = Callable[["Request"], Awaitable[Optional[Response]]]
+#: Takes a whole request without a task, or declines it (``False``, having done nothing): see
+#: :func:`serve`.
+FastHandler = Callable[["Request"], bool]
 ErrorAnswer = Callable[[int, str, str], Response]
 
 
@@ -280,8 +283,11 @@ class _HeadTooLarge(Exception):
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests and answers them one at a time, in order."""
 
-    def __init__(self, handler: Handler, error_body: ErrorAnswer, registry: set[_Connection]) -> None:
+    def __init__(
+        self, handler: Handler, error_body: ErrorAnswer, registry: set[_Connection], fast: Optional[FastHandler] = None,
+    ) -> None:
         self._handler = handler
+        self._fast = fast
         self._registry = registry
         self._error_body = error_body
         self._loop = asyncio.get_running_loop()
@@ -296,6 +302,9 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._head_bytes = 0
         self._receiving: Optional[Request] = None
+        #: The first request in line, held back from its handler until its body is in (then
+        #: the fast handler may take it) or this read ends (then a task answers it).
+        self._unstarted: Optional[Request] = None
         # requests parsed and not answered yet: the first is being answered
         self._pending: deque[Request] = deque()
         self._task: Optional[asyncio.Task[None]] = None
@@ -348,6 +357,10 @@ class _Connection(asyncio.Protocol):
                 raise
         except httptools.HttpParserError as exc:
             self._bad_input(400, " ".join(str(exc).split()) or "The request does not parse")
+        unstarted = self._unstarted
+        if unstarted is not None:  # its body is still coming: a task answers it as it comes
+            self._unstarted = None
+            self._start(unstarted)
 
     def pause_writing(self) -> None:
         self._writable = False
@@ -383,7 +396,10 @@ class _Connection(asyncio.Protocol):
         self._receiving = request
         self._pending.append(request)
         if len(self._pending) == 1:
-            self._start(request)
+            if self._fast is not None:
+                self._unstarted = request
+            else:
+                self._start(request)
         elif len(self._pending) > MAX_PIPELINED:
             self._pause_reading()
 
@@ -397,23 +413,31 @@ class _Connection(asyncio.Protocol):
         if request is not None:
             self._receiving = None
             request._finish()
+            if request is self._unstarted:
+                self._unstarted = None
+                self._start(request)
 
     # -------------------------------------------------------------- answering
 
     def _start(self, request: Request) -> None:
-        self._task = self._loop.create_task(self._answer(request))
+        fast = self._fast
+        if fast is not None and request._complete and fast(request):
+            return  # taken: it calls finish() (or goes on in a task) itself
+        self._task = self._loop.create_task(self._answer(request, self._handler))
 
-    async def _answer(self, request: Request) -> None:
+    def go_on(self, request: Request, handler: Handler) -> None:
+        """A request the fast handler took needs a task after all (a streamed answer):
+        ``handler(request)`` answers it there."""
+        self._task = self._loop.create_task(self._answer(request, handler))
+
+    async def _answer(self, request: Request, handler: Handler) -> None:
         try:
-            response = await self._handler(request)
+            response = await handler(request)
         except asyncio.CancelledError:
             return  # the server stops
         except Exception:
-            if self.closed or request._failure is not None:  # the client left, or its body broke off
-                self.close()
-                return
-            log.exception("iii-http: answering %s %s failed", request.method, request.raw_path)
-            response = self._error_body(500, "INTERNAL_SERVER_ERROR", "The engine failed to answer")
+            self.failed(request)
+            return
         if response is not None:
             self.respond(request, response)
         if not self._writable:  # the client reads slowly: its next request waits for it
@@ -422,6 +446,30 @@ class _Connection(asyncio.Protocol):
             except ConnectionError:
                 return
         self._answered(request)
+
+    def finish(self, request: Request, response: Response) -> None:
+        """Send the answer of a request the fast handler took; the next request goes on."""
+        self.respond(request, response)
+        if self._writable:
+            self._answered(request)
+        else:  # the client reads slowly: its next request waits for it (in a task)
+            self._task = self._loop.create_task(self._drained(request))
+
+    async def _drained(self, request: Request) -> None:
+        try:
+            await self.drain()
+        except ConnectionError:
+            return
+        self._answered(request)
+
+    def failed(self, request: Request) -> None:
+        """Answering ``request`` raised (call from the ``except`` block): 500, logged with the
+        exception, unless the client left or its body broke off (then the connection ends)."""
+        if self.closed or request._failure is not None:
+            self.close()
+            return
+        log.exception("iii-http: answering %s %s failed", request.method, request.raw_path)
+        self.finish(request, self._error_body(500, "INTERNAL_SERVER_ERROR", "The engine failed to answer"))
 
     def _answered(self, request: Request) -> None:
         pending = self._pending
@@ -572,10 +620,17 @@ class _Connection(asyncio.Protocol):
 
 
 async def serve(
-    handler: Handler, error_body: ErrorAnswer, host: str, port: int,
+    handler: Handler, error_body: ErrorAnswer, host: str, port: int, fast: Optional[FastHandler] = None,
 ) -> tuple[asyncio.Server, Callable[[], Awaitable[None]]]:
     """Listen on ``host:port``; returns the server and a coroutine function that stops it (the
     listening socket, then every connection, answers in progress cancelled).
+
+    Each request is answered by ``handler`` in a task of its own, unless ``fast`` takes it
+    first: ``fast(request)`` is offered each request whose body is all in when its turn comes
+    and returns ``True`` if it answers it without a task, calling ``request.connection.finish``
+    with the answer (now or later; ``failed`` when making it raised, ``go_on`` to finish in a
+    task after all), or ``False``, having done nothing, to leave it to ``handler``. Answers in
+    progress without a task are not cancelled at stop (their connections are closed).
 
     Raises:
         OSError: the address cannot be bound.
@@ -583,7 +638,7 @@ async def serve(
     connections: set[_Connection] = set()
 
     server = await asyncio.get_running_loop().create_server(
-        lambda: _Connection(handler, error_body, connections), host, port, reuse_address=True
+        lambda: _Connection(handler, error_body, connections, fast), host, port, reuse_address=True
     )
 
     async def stop() -> None:

@@ -59,7 +59,7 @@ from iii.triggers import RegisterTriggerTypeInput, TriggerConfig, TriggerHandler
 #: Functions whose plain-call frame parts are kept (the cache is emptied when full).
 _MAX_CACHED_CALL_ENDS = 1024
 
-#: Seen in a call's raw data: it may hold channel refs (searched in the buffer, no copy).
+#: Seen in a call's raw data: it may hold channel refs (counted in the buffer, no copy).
 _CHANNEL_REF_KEY = re.compile(rb'"access_key"')
 
 __all__ = [
@@ -105,8 +105,9 @@ class InvokeHandler:
     invocation_id: Optional[str]
     #: ``(data,)``, or ``(data, metadata)`` for a handler that declares ``metadata``.
     args: tuple[Any, ...]
-    #: ``data`` may hold channel refs (the client makes them live channel ends).
-    channel_refs: bool = False
+    #: How often ``"access_key"`` occurs in the raw data: the most channel refs it may hold (the
+    #: client makes them live channel ends); 0: none.
+    channel_refs: int = 0
 
 
 @dataclass(slots=True)  # not frozen: one is made per call, and a frozen one costs 3× as much
@@ -356,7 +357,7 @@ class WorkerProtocol:
             args: tuple[Any, ...] = (data, _decode(msg.metadata) if msg.metadata else None)
         else:
             args = (data,)
-        refs = data is not None and _CHANNEL_REF_KEY.search(msg.data) is not None
+        refs = len(_CHANNEL_REF_KEY.findall(msg.data)) if data is not None else 0
         return [InvokeHandler(function.handler, function.is_async, function_id, invocation_id, args, refs)]
 
     def _on_bind(self, msg: RegisterTrigger) -> list[Event]:

@@ -436,7 +436,7 @@ class III:
         refs in the data become live channel ends first (as the official SDK does)."""
         if invocation.channel_refs:
             args = invocation.args
-            data = _attach_channels(args[0], self._address, self._options.headers)
+            data = _attach_channels(args[0], self._address, self._options.headers, invocation.channel_refs)
             if data is not args[0]:  # the data is a ref itself
                 invocation = dataclasses.replace(invocation, args=(data, *args[1:]))
         self._handlers_running += 1
@@ -761,10 +761,24 @@ class III:
             self._loop.close()
 
 
-def _attach_channels(data: Any, engine_ws_base: str, headers: Optional[dict[str, str]]) -> Any:
+def _attach_channels(
+    data: Any, engine_ws_base: str, headers: Optional[dict[str, str]], most: Optional[int] = None
+) -> Any:
     """:func:`~iii.channels.resolve_channels` for a call's freshly decoded data, cheaper: refs are
     replaced in place and only containers are visited (an HTTP request's data holds two refs
-    among a dozen plain values)."""
+    among a dozen plain values). ``most``: how often ``"access_key"`` occurs in the raw data;
+    once that many refs are found among the top-level values (an HTTP request's two), there
+    can be no other and the rest is not visited."""
+    if most is not None and type(data) is dict and "access_key" not in data:
+        found = 0
+        for key, value in data.items():
+            if type(value) is dict and "access_key" in value:
+                data[key] = end = resolve_channels(value, engine_ws_base, headers)
+                if type(end) is not dict:
+                    found += 1
+        if found == most:
+            return data
+        # more to find: the walk below visits all (what was resolved stays as it is)
     if type(data) is dict:
         if "access_key" in data:  # a ref, or a dict holding that key: resolve_channels decides
             return resolve_channels(data, engine_ws_base, headers)
