@@ -320,10 +320,7 @@ class _Exchange:
         self.done = True
         self.result = result
         self.error = error
-        notify = self.notify
-        if notify is not None:
-            self.notify = None
-            notify()
+        if self._notified():
             return
         wake = self._wake
         if wake is not None and not wake.done():
@@ -344,14 +341,20 @@ class _Exchange:
         """The function opened its ``response``: the engine reads it from now on."""
         self._response_channel = channel
         self.reader = reader = ChannelReaderEnd(channel)
-        notify = self.notify
-        if notify is not None:
-            self.notify = None
-            notify()
+        if self._notified():
             return
         wake = self._wake
         if wake is not None and not wake.done():
             reader.wake(wake)
+
+    def _notified(self) -> bool:
+        """Call :attr:`notify` (once) if set; whether it was (then no future is woken)."""
+        notify = self.notify
+        if notify is None:
+            return False
+        self.notify = None
+        notify()
+        return True
 
     def next_event(self) -> asyncio.Future[None]:
         """A future done at the answer, the response channel's opening or its next item (or end)."""
@@ -392,6 +395,15 @@ def _refuse(request: Request, status: int, code: str, message: str) -> Response:
 
 def _too_large(request: Request, limit: int) -> Response:
     return _refuse(request, 413, "BODY_TOO_LARGE", f"The body is larger than {limit} bytes")
+
+
+def _returned_answer(exchange: _Exchange) -> Optional[Response]:
+    """The answer of a call that returned: its error's, or its value buffered; ``None`` when it
+    returned null (its response comes on the ``response`` channel)."""
+    if exchange.error is not None:
+        return _failure(exchange.error)
+    result = codec.decode_json(exchange.result)
+    return buffered_response(result) if result is not None else None
 
 
 class _Slots:
@@ -741,12 +753,7 @@ class HttpServer:
         answer: Optional[Response] = None
         try:
             if exchange.reader is None:  # answered, the response channel not opened
-                if exchange.error is not None:
-                    answer = _failure(exchange.error)
-                else:
-                    result = codec.decode_json(exchange.result)
-                    if result is not None:
-                        answer = buffered_response(result)
+                answer = _returned_answer(exchange)
         except Exception:
             self._release(exchange, request_id, response_id)
             connection.failed(request)
@@ -786,11 +793,9 @@ class HttpServer:
                     return await self._stream(request, start, item, reader)
                 start.control(item)
             elif exchange.done:
-                if exchange.error is not None:
-                    return _failure(exchange.error)
-                result = codec.decode_json(exchange.result)
-                if result is not None:
-                    return buffered_response(result)
+                answer = _returned_answer(exchange)
+                if answer is not None:
+                    return answer
                 break
             else:
                 await exchange.next_event()
