@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -500,3 +501,19 @@ class RedisServer:
         self.start()
 
     stop = kill
+
+
+def calls_from_threads(client: Any, function_id: str, threads: int, calls: int) -> dict[int, list]:
+    """Each of ``threads`` threads makes ``calls`` synchronous ``trigger()`` calls of
+    ``function_id`` with payload ``[thread, n]``; their answers by thread."""
+    answers: dict[int, list] = {}
+
+    def caller(thread: int) -> None:
+        answers[thread] = [client.trigger({"function_id": function_id, "payload": [thread, n]}) for n in range(calls)]
+
+    started = [threading.Thread(target=caller, args=(t,)) for t in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join(30)
+    return answers

@@ -11,6 +11,8 @@ import pytest
 from iii import InvocationError, TriggerAction
 from iii.sdk._protocol import WorkerProtocol
 
+from helpers import calls_from_threads
+
 
 def test_a_call_past_its_timeout_fails_and_its_late_answer_is_dropped(iii_worker, iii_client):
     release = threading.Event()
@@ -40,16 +42,7 @@ def test_errors_and_void_calls(iii_worker, iii_client):
 
 def test_calls_from_many_threads_each_get_their_own_answer(iii_worker, iii_client):
     iii_worker.register_function("t::echo", lambda data: data)
-    answers: dict[int, list] = {}
-
-    def caller(thread: int) -> None:
-        answers[thread] = [iii_client.trigger({"function_id": "t::echo", "payload": [thread, n]}) for n in range(20)]
-
-    threads = [threading.Thread(target=caller, args=(t,)) for t in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    answers = calls_from_threads(iii_client, "t::echo", 4, 20)
     assert answers == {t: [[t, n] for n in range(20)] for t in range(4)}
 
 

@@ -18,6 +18,8 @@ from iii.sdk import client as client_module
 from iii.sdk._direct import LOST, TIMED_OUT, DirectChannel
 from iii.sdk._protocol import Answer
 
+from helpers import calls_from_threads
+
 _WAIT_S = 15
 
 
@@ -202,16 +204,7 @@ def test_engine_calls_and_contended_calls_go_through_the_loop(iii_worker, iii_cl
     before = len(direct.outcomes)
     iii_client.trigger({"function_id": "engine::functions::list", "payload": {}})
     assert len(direct.outcomes) == before  # engine::* calls act on the caller's own connection
-    answers: dict[int, list] = {}
-
-    def caller(thread: int) -> None:
-        answers[thread] = [iii_client.trigger({"function_id": "t::echo", "payload": [thread, n]}) for n in range(50)]
-
-    threads = [threading.Thread(target=caller, args=(t,)) for t in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    answers = calls_from_threads(iii_client, "t::echo", 4, 50)
     assert answers == {t: [[t, n] for n in range(50)] for t in range(4)}
     assert len(direct.outcomes) - before < 200  # some calls found the channel busy
 
