@@ -51,6 +51,7 @@ class Rbac:
         self.host = host
         self._python = python
         self._node = node
+        self._clients = 0
 
     async def client(self, runtime: str, name: str, token: str, *steps: dict):
         if runtime == "python":
@@ -62,8 +63,11 @@ class Rbac:
         )
 
     async def steps(self, runtime: str, token: str, *steps: dict) -> list[dict]:
-        """Run a client through ``steps``; the outcome line of each."""
-        client = await self.client(runtime, f"rbac-{runtime}", token, *steps)
+        """Run a client through ``steps``; the outcome line of each. Each client has a name of its
+        own: the clients of earlier steps stay connected, and a second worker of the same name
+        in a namespace is refused (``WORKER_NAMESPACE_CONFLICT``)."""
+        self._clients += 1
+        client = await self.client(runtime, f"rbac-{runtime}-{self._clients}", token, *steps)
         return [await client.key("step", index, timeout=40) for index in range(len(steps))]
 
     def seen(self, key: str) -> list[dict]:
