@@ -515,3 +515,58 @@ def client_text_frames(payloads):
             i += 1
         dst += head + size
     return out
+
+
+# ---------------------------------------------------------------------------- the direct call channel's I/O
+# The SDK's synchronous calls: the frame masked and written, and the answer read into a kept
+# buffer, one system call each with the GIL released (the pure twins go through os.write and
+# os.readv, and Python's socket methods cost more again).
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.exc cimport PyErr_CheckSignals
+from libc.errno cimport EINTR, errno
+
+cdef extern from "sys/socket.h" nogil:
+    ssize_t send(int fd, const void *buf, size_t size, int flags)
+    ssize_t recv(int fd, void *buf, size_t size, int flags)
+
+
+cdef int _interrupted(int error) except -1:
+    """Whether a system call that failed with ``error`` is to be retried (EINTR, after the
+    signal handlers ran, as PEP 475 has Python's own calls do); raises OSError otherwise."""
+    if error == EINTR:
+        PyErr_CheckSignals()
+        return 1
+    raise OSError(error, os.strerror(error))
+
+
+def send_text_frame(int fd, bytes payload):
+    """C override of the pure ``send_text_frame``: ``send`` without the GIL until all is written."""
+    frame = client_text_frames([payload])
+    cdef const char *p = PyBytes_AS_STRING(frame)
+    cdef Py_ssize_t left = PyBytes_GET_SIZE(frame)
+    cdef ssize_t sent
+    while left > 0:
+        with nogil:
+            sent = send(fd, p, left, 0)
+        if sent < 0:
+            _interrupted(errno)
+            continue
+        p += sent
+        left -= sent
+
+
+def receive_into(int fd, buffer):
+    """C override of the pure ``receive_into``: one ``recv`` into the buffer, without the GIL
+    (the buffer is held exported meanwhile: it cannot be resized under the read)."""
+    cdef Py_buffer view
+    cdef ssize_t got
+    PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
+    try:
+        while True:
+            with nogil:
+                got = recv(fd, view.buf, view.len, 0)
+            if got >= 0:
+                return got
+            _interrupted(errno)
+    finally:
+        PyBuffer_Release(&view)

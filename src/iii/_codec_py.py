@@ -6,6 +6,7 @@ same Structs, splicing forwarded payloads in verbatim. ``_codec.pyx`` compiles t
 (``include``), so both twins share one source and behave identically.
 """
 
+import os
 import random
 import struct
 from typing import Union
@@ -40,6 +41,8 @@ __all__ = [
     "encode_json",
     "decode_json",
     "client_text_frames",
+    "send_text_frame",
+    "receive_into",
 ]
 
 DecodeError = msgspec.DecodeError
@@ -240,3 +243,18 @@ def client_text_frames(payloads: list) -> bytes:
         masked = (int.from_bytes(payload, "big") ^ int.from_bytes(keys[:size], "big")).to_bytes(size, "big")
         out += (head, key, masked)
     return b"".join(out)
+
+
+def send_text_frame(fd: int, payload: bytes) -> None:
+    """Write ``payload`` as one masked text frame on the blocking socket ``fd`` (the SDK's
+    direct call channel), all of it, or raise ``OSError`` (``BlockingIOError``: the socket's
+    send timeout expired), perhaps with part of it written."""
+    frame = memoryview(client_text_frames([payload]))
+    while frame:
+        frame = frame[os.write(fd, frame):]
+
+
+def receive_into(fd: int, buffer: bytearray) -> int:
+    """Read once from the blocking socket ``fd`` into ``buffer``; how many bytes came (0: the
+    peer closed). Raises ``OSError`` (``BlockingIOError``: the socket's receive timeout expired)."""
+    return os.readv(fd, [buffer])

@@ -34,6 +34,8 @@ encode_invoke = _impl.encode_invoke
 encode_result = _impl.encode_result
 encode_error_result = _impl.encode_error_result
 client_text_frames = _impl.client_text_frames
+send_text_frame = _impl.send_text_frame
+receive_into = _impl.receive_into
 
 __all__ = [
     "IMPLEMENTATION",
@@ -53,4 +55,6 @@ __all__ = [
     "encode_result",
     "encode_error_result",
     "client_text_frames",
+    "send_text_frame",
+    "receive_into",
 ]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
+import struct
 
 import msgspec
 import pytest
@@ -133,7 +136,11 @@ def test_caller_splice_edge_cases_agree_across_twins(codec, raw):
 @pytest.mark.parametrize("sizes", [[0], [1, 3, 7, 8, 9, 15, 16, 17], [125, 126, 127, 4096, 65535], [65536, 70_003]])
 def test_client_text_frames_are_masked_text_frames_of_the_payloads(codec, sizes):
     payloads = [bytes((n * 7 + k) % 256 for k in range(n)) for n in sizes]
-    out = codec.client_text_frames(payloads)
+    assert unmask_frames(codec.client_text_frames(payloads)) == payloads
+
+
+def unmask_frames(out: bytes) -> list[bytes]:
+    """The payloads of consecutive masked text frames."""
     offset, unmasked = 0, []
     while offset < len(out):
         assert out[offset] == 0x81 and out[offset + 1] & 0x80  # final text frame, masked
@@ -145,4 +152,54 @@ def test_client_text_frames_are_masked_text_frames_of_the_payloads(codec, sizes)
         key, offset = out[offset:offset + 4], offset + 4
         unmasked.append(bytes(b ^ key[k % 4] for k, b in enumerate(out[offset:offset + size])))
         offset += size
-    assert unmasked == payloads
+    return unmasked
+
+
+# The SDK's direct call channel: one write of a whole frame, one read into a kept buffer.
+
+
+@pytest.fixture
+def socket_pair():
+    ours, theirs = socket.socketpair()
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 70_003])
+def test_send_text_frame_writes_the_whole_masked_frame(codec, socket_pair, size):
+    ours, theirs = socket_pair
+    payload = bytes((n * 7) % 256 for n in range(size))
+    codec.send_text_frame(ours.fileno(), payload)
+    ours.shutdown(socket.SHUT_RDWR)  # their reads end after the frame
+    received = b""
+    while chunk := theirs.recv(1 << 16):
+        received += chunk
+    assert unmask_frames(received) == [payload]
+
+
+def test_send_text_frame_raises_when_the_peer_is_gone(codec, socket_pair):
+    ours, theirs = socket_pair
+    theirs.close()
+    with pytest.raises(OSError):
+        codec.send_text_frame(ours.fileno(), b"{}")
+
+
+def test_receive_into_reads_once_into_the_buffer(codec, socket_pair):
+    ours, theirs = socket_pair
+    theirs.sendall(b"\x81\x02{}")
+    buffer = memoryview(bytearray(64))
+    assert codec.receive_into(ours.fileno(), buffer) == 4
+    assert bytes(buffer[:4]) == b"\x81\x02{}"
+    theirs.close()
+    assert codec.receive_into(ours.fileno(), buffer) == 0  # the peer closed
+
+
+def test_receive_into_raises_as_os_readv_does(codec, socket_pair):
+    ours, _theirs = socket_pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 20_000))  # 20 ms
+    with pytest.raises(BlockingIOError):  # the receive timeout expired
+        codec.receive_into(ours.fileno(), bytearray(16))
+    with pytest.raises(OSError) as bad_fd:
+        codec.receive_into(-1, bytearray(16))
+    assert bad_fd.value.errno == errno.EBADF

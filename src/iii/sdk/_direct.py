@@ -33,9 +33,11 @@ import time
 from typing import Callable, Optional, Union
 from urllib.parse import urlsplit
 
+import msgspec
+
 from iii import codec
 from iii.protocol import CALL_CHANNEL_HEADER, MAX_MESSAGE_SIZE, WorkerRegistered
-from iii.sdk._protocol import Answer, decode_answer
+from iii.sdk._protocol import Answer
 
 __all__ = ["DirectChannel", "NOT_SENT", "LOST", "TIMED_OUT"]
 
@@ -45,6 +47,8 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_HANDSHAKE_BYTES = 64 * 1024
 _READ_CHUNK = 64 * 1024  # below malloc's mmap threshold: no mmap/munmap per read
 _TEXT, _BINARY, _CONTINUATION, _CLOSE, _PING, _PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
+#: Reads an ``invocationresult`` in one pass, result and error included.
+_answer_decoder = msgspec.json.Decoder(Answer)
 
 
 class _Outcome:
@@ -96,6 +100,10 @@ class DirectChannel:
         #: Set while the channel is open (for whoever needs to wait for it).
         self.opened = threading.Event()
         self._buffer = bytearray()
+        #: What each call's answer is read into first (a view of it: it is never resized).
+        self._scratch = memoryview(bytearray(_READ_CHUNK))
+        #: The open socket's descriptor.
+        self._fd = -1
         #: The worker connection it was opened for.
         self.worker_id: Optional[str] = None
         #: The receive/send timeout set on the socket (changed only when a call needs another).
@@ -138,6 +146,7 @@ class DirectChannel:
                 sock.close()
                 return False
             self.sock = sock
+            self._fd = sock.fileno()
             self.worker_id = worker_id
             self.opened.set()
         return True
@@ -193,6 +202,7 @@ class DirectChannel:
     def _drop(self) -> None:
         """Forget the socket (with the lock held)."""
         sock, self.sock = self.sock, None
+        self._fd = -1
         self.opened.clear()
         self._buffer = bytearray()
         if sock is not None:
@@ -213,19 +223,22 @@ class DirectChannel:
         try:
             if self._timeout_s != timeout_s:
                 self._set_timeout(sock, timeout_s)
-            sock.sendall(codec.client_text_frames([frame]))
+            codec.send_text_frame(self._fd, frame)
         except OSError as exc:  # incomplete: the engine drops a connection with a partial frame
             log.debug("[iii] direct call channel failed while sending: %s", exc)
             self._drop()
             return NOT_SENT
         try:
             while True:
-                payload = self._whole_text_frame(sock) if not self._buffer else None
+                payload = self._whole_text_frame() if not self._buffer else None
                 if payload is None:
                     opcode, payload = self._read_message(sock)
                     if opcode != _TEXT:
                         continue
-                answer = decode_answer(payload)
+                try:
+                    answer = _answer_decoder.decode(payload)
+                except msgspec.DecodeError:  # not an answer
+                    answer = None
                 if answer is not None and answer.invocation_id == invocation_id:
                     return answer
                 # A late answer to a call that timed out, or a frame for no call: skip it.
@@ -275,20 +288,21 @@ class DirectChannel:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
         self._timeout_s = timeout_s
 
-    def _whole_text_frame(self, sock: socket.socket) -> Optional[bytes]:
+    def _whole_text_frame(self) -> Optional[memoryview]:
         """Read once (the buffer is empty); the payload if that brought exactly one text frame
-        (the usual answer), else ``None`` with what was read left in the buffer."""
-        chunk = sock.recv(_READ_CHUNK)
-        size = len(chunk)
-        if size > 3 and chunk[0] == 0x81:
-            second = chunk[1]
+        (the usual answer; valid until the next read), else ``None`` with what was read left in
+        the buffer."""
+        scratch = self._scratch
+        size = codec.receive_into(self._fd, scratch)
+        if size > 3 and scratch[0] == 0x81:
+            second = scratch[1]
             if second < 126 and size == second + 2:
-                return chunk[2:]
-            if second == 126 and size == ((chunk[2] << 8) | chunk[3]) + 4:
-                return chunk[4:]
-        if not chunk:
+                return scratch[2:size]
+            if second == 126 and size == ((scratch[2] << 8) | scratch[3]) + 4:
+                return scratch[4:size]
+        if not size:
             raise _Closed("closed by the engine")
-        self._buffer += chunk
+        self._buffer += scratch[:size]
         return None
 
     def _read_message(self, sock: socket.socket) -> tuple[int, bytes]:

@@ -78,7 +78,6 @@ __all__ = [
     "resolve_worker_namespace",
     "worker_metadata",
     "Answer",
-    "decode_answer",
     "timeout_error",
     "shutdown_error",
 ]
@@ -191,8 +190,7 @@ class LocalFunction:
         self.frame = frame
 
 
-@dataclass(slots=True)  # not frozen: one is made per call
-class OutboundCall:
+class OutboundCall(msgspec.Struct, gc=False):  # one per call: made in C, not tracked by the GC
     """A call encoded and checked, ready for :meth:`WorkerProtocol.start_call`."""
 
     frame: bytes
@@ -576,7 +574,7 @@ class WorkerProtocol:
         if isinstance(action, dict):
             action = TriggerActionEnqueue(queue=action["queue"]) if action.get("type") == "enqueue" else TriggerActionVoid()
         explicit = request.get("namespace")
-        namespace = self._call_namespace(explicit, "TriggerRequest.namespace")
+        namespace = self.namespace if explicit is None else self._call_namespace(explicit, "TriggerRequest.namespace")
         if explicit is None and function_id.startswith(("engine::", "configuration::")):
             namespace = "default"
         payload = request.get("payload")
@@ -775,7 +773,7 @@ def _is_async(handler: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))
 
 
-class Answer(msgspec.Struct, tag="invocationresult", tag_field="type"):
+class Answer(msgspec.Struct, tag="invocationresult", tag_field="type", gc=False):
     """An ``invocationresult`` decoded in one pass, result and error included (a call that reads
     its own answer wants them at once; the connection's reader keeps them raw until it finds the
     call)."""
@@ -793,17 +791,6 @@ class Answer(msgspec.Struct, tag="invocationresult", tag_field="type"):
         if self.error is not None:
             raise error_from_wire(self.error, function_id, self.invocation_id)
         return self.result
-
-
-_answer_decoder = msgspec.json.Decoder(Answer)
-
-
-def decode_answer(frame: bytes) -> Optional[Answer]:
-    """The :class:`Answer` in a frame, ``None`` if it holds anything else."""
-    try:
-        return _answer_decoder.decode(frame)
-    except msgspec.DecodeError:
-        return None
 
 
 def timeout_error(function_id: str, timeout_ms: int, invocation_id: str) -> InvocationError:

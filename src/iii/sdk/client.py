@@ -197,13 +197,16 @@ class III:
         else:
             self._loop = loop
             self._thread = None
+        #: The client's thread's id (``None``: on the caller's loop): ``Thread.ident`` is a
+        #: property, and each synchronous call asks.
+        self._thread_ident = self._thread.ident if self._thread is not None else None
         self._in_loop(self._start)
 
     # ------------------------------------------------------------------ loop plumbing
 
     def _on_loop_thread(self) -> bool:
-        if self._thread is not None:
-            return _thread.get_ident() == self._thread.ident
+        if self._thread_ident is not None:
+            return _thread.get_ident() == self._thread_ident
         try:
             return asyncio.get_running_loop() is self._loop
         except RuntimeError:
@@ -620,6 +623,8 @@ class III:
             finally:
                 direct.lock.release()
             if type(outcome) is Answer:
+                if outcome.error is None:  # (Answer.outcome, inline: this is the hot path)
+                    return outcome.result
                 return outcome.outcome(call.function_id)
             if outcome is TIMED_OUT:
                 raise timeout_error(call.function_id, call.timeout_ms, call.invocation_id)
