@@ -238,9 +238,10 @@ class DirectChannel:
                 try:
                     answer = _answer_decoder.decode(payload)
                 except msgspec.DecodeError:  # not an answer
-                    answer = None
-                if answer is not None and answer.invocation_id == invocation_id:
-                    return answer
+                    pass
+                else:
+                    if answer.invocation_id == invocation_id:
+                        return answer
                 # A late answer to a call that timed out, or a frame for no call: skip it.
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
