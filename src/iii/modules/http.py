@@ -738,10 +738,10 @@ class HttpServer:
         except RecursionError:  # a body at the decoder's depth limit, one level deeper here
             answer = _refuse(request, 400, "INVALID_JSON", "The body's JSON is nested too deeply")
         except Exception:
-            self._slots.give()
+            slots.give()
             connection.failed(request)
             return True
-        self._slots.give()
+        slots.give()
         connection.finish(request, self._done(request, answer))  # type: ignore[arg-type]
         return True
 
